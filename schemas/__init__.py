@@ -1,0 +1,6 @@
+"""Typed records of the pipeline, their Arrow schemas, the proof format and parsers.
+
+Every record crossing a Beam transform is a ``typing.NamedTuple`` from
+``schemas.records`` registered with Beam's ``RowCoder``; parsing and validation
+are plain functions (``schemas.parse``) so they are tested without a runner.
+"""

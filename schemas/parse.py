@@ -1,0 +1,158 @@
+"""Parsing and validation of the contract's input lines into typed records.
+
+``parse_line(source, line)`` is the single entry point the pipeline, the
+generator's self-check and the gateway use: it returns one record or raises
+``InvalidRecord`` with a specific reason. Pure functions, no Beam.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from schemas.errors import InvalidRecord
+from schemas.proofs import check_nonce
+from schemas.records import Ping, TapReport, User
+from schemas.timefmt import parse_rfc3339
+
+# A line larger than this is rejected before JSON decoding: no legitimate record
+# is near it (a v1.1 status with everything expanded is ~10 KB).
+MAX_LINE_BYTES = 1 << 20
+SOURCES = ("users", "pings", "taps", "tweets")
+PING_SOURCES = frozenset({"gps", "cell", "wifi"})
+
+
+def parse_line(source: str, line) -> object:
+    """One input line of ``source`` (users|pings|taps|tweets) -> a typed record."""
+    obj = decode_json_object(line)
+    if source == "users":
+        return parse_user(obj)
+    if source == "pings":
+        return parse_ping(obj)
+    if source == "taps":
+        return parse_tap(obj)
+    if source == "tweets":
+        from schemas.tweets import parse_tweet  # the firehose formats live apart
+        return parse_tweet(obj)
+    raise InvalidRecord(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+
+
+def decode_json_object(line) -> dict:
+    if isinstance(line, bytes):
+        if len(line) > MAX_LINE_BYTES:
+            raise InvalidRecord(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRecord(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if not isinstance(line, str):
+        raise InvalidRecord(f"expected a text line, got {type(line).__name__}")
+    if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8")) > MAX_LINE_BYTES:
+        raise InvalidRecord(f"line of {len(line.encode('utf-8'))} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+    if not line.strip():
+        raise InvalidRecord("empty line")
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRecord(f"malformed JSON: {getattr(exc, 'msg', exc)} at char {getattr(exc, 'pos', '?')}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+# ---- field validators, shared with schemas.tweets -------------------------------------
+
+def req(obj: dict, field: str):
+    if field not in obj or obj[field] is None:
+        raise InvalidRecord(f"missing required field {field!r}")
+    return obj[field]
+
+
+def as_str(value, field: str, max_len: int = 256) -> str:
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{field}: expected a string, got {type(value).__name__}")
+    if not value or len(value) > max_len:
+        raise InvalidRecord(f"{field}: length {len(value)} outside 1..{max_len}")
+    return value
+
+
+def as_user_id(value, field: str = "user_id") -> str:
+    value = as_str(value, field, 32)
+    if not value.isascii() or not value.isdigit():
+        raise InvalidRecord(f"{field}: {value!r} is not a Twitter id_str (decimal digits)")
+    return value
+
+
+def as_bool(value, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRecord(f"{field}: expected true/false, got {type(value).__name__}")
+    return value
+
+
+def as_number(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRecord(f"{field}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidRecord(f"{field}: {value} is not finite")
+    return value
+
+
+def as_lat_lng(lat, lng, where: str = "") -> tuple[float, float]:
+    lat = as_number(lat, f"{where}lat")
+    lng = as_number(lng, f"{where}lng")
+    if not -90.0 <= lat <= 90.0:
+        raise InvalidRecord(f"{where}lat: {lat} out of range [-90, 90]")
+    if not -180.0 <= lng <= 180.0:
+        raise InvalidRecord(f"{where}lng: {lng} out of range [-180, 180]")
+    return lat, lng
+
+
+# ---- the three simple sources ---------------------------------------------------------
+
+def parse_user(obj: dict) -> User:
+    age_band = obj.get("age_band")
+    if age_band is not None:
+        age_band = as_str(age_band, "age_band", 16)
+    return User(
+        user_id=as_user_id(req(obj, "user_id")),
+        pubkey=as_str(req(obj, "pubkey"), "pubkey", 64),
+        alerts_opt_in=as_bool(req(obj, "alerts_opt_in"), "alerts_opt_in"),
+        stats_opt_out=as_bool(req(obj, "stats_opt_out"), "stats_opt_out"),
+        age_band=age_band,
+    )
+
+
+def parse_ping(obj: dict) -> Ping:
+    lat, lng = as_lat_lng(req(obj, "lat"), req(obj, "lng"))
+    accuracy = obj.get("accuracy_m")
+    if accuracy is not None:
+        accuracy = as_number(accuracy, "accuracy_m")
+        if accuracy < 0:
+            raise InvalidRecord(f"accuracy_m: {accuracy} is negative")
+    source = obj.get("source")
+    if source is not None and source not in PING_SOURCES:
+        raise InvalidRecord(f"source: {source!r} is not one of gps, cell, wifi")
+    return Ping(
+        user_id=as_user_id(req(obj, "user_id")),
+        ts=parse_rfc3339(req(obj, "ts")),
+        lat=lat,
+        lng=lng,
+        accuracy_m=accuracy,
+        source=source,
+    )
+
+
+def parse_tap(obj: dict) -> TapReport:
+    """Shape checks only; signatures are checked where the users' keys are known."""
+    lat, lng = as_lat_lng(req(obj, "lat"), req(obj, "lng"))
+    return TapReport(
+        tap_id=as_str(req(obj, "tap_id"), "tap_id", 128),
+        user_id=as_user_id(req(obj, "user_id")),
+        peer_user_id=as_user_id(req(obj, "peer_user_id"), "peer_user_id"),
+        nonce=check_nonce(req(obj, "nonce")),
+        ts=parse_rfc3339(req(obj, "ts")),
+        lat=lat,
+        lng=lng,
+        proof=as_str(req(obj, "proof"), "proof", 128),
+        peer_proof=as_str(req(obj, "peer_proof"), "peer_proof", 128),
+    )

@@ -1,0 +1,151 @@
+"""The typed records that flow through the pipeline.
+
+Inputs (``User``, ``Ping``, ``TapReport``, ``Tweet``, ``TweetDelete``) come out of
+``schemas.parse``; outputs (``Follow``, ``Alert``, ``Statistic``, ``DeadLetter``)
+go to the sinks of ``shared/CONTRACTS.md``. Times are float epoch seconds (UTC)
+inside the pipeline (see ``schemas.timefmt``) and RFC 3339 in files.
+
+Each record is registered with Beam's ``RowCoder`` (so runners move it as a
+schema'd row, not a pickle), and ``arrow_schema(Record)`` gives its Arrow
+schema, derived from the same annotations so the two never disagree.
+"""
+from __future__ import annotations
+
+import typing
+from typing import List, NamedTuple, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+
+from schemas.timefmt import format_rfc3339
+
+
+class User(NamedTuple):
+    user_id: str                 # Twitter id_str
+    pubkey: str                  # base64 of the raw 32-byte Ed25519 public key
+    alerts_opt_in: bool
+    stats_opt_out: bool
+    age_band: Optional[str]      # e.g. "20-29"; only ever used in aggregates
+
+
+class Ping(NamedTuple):
+    user_id: str
+    ts: float
+    lat: float
+    lng: float
+    accuracy_m: Optional[float]
+    source: Optional[str]        # gps | cell | wifi
+
+
+class TapReport(NamedTuple):
+    """One phone's report of one NFC touch (see ``schemas.proofs`` for proofs)."""
+    tap_id: str
+    user_id: str
+    peer_user_id: str
+    nonce: str                   # hex, shared by both phones of the touch
+    ts: float                    # the reporting phone's clock
+    lat: float
+    lng: float
+    proof: str                   # base64 Ed25519 signature by user_id over the claim
+    peer_proof: str              # base64 Ed25519 signature by peer_user_id over the claim
+
+
+class Tweet(NamedTuple):
+    """One status, normalised from API v1.1 or v2: the same tweet gives the same record."""
+    tweet_id: str
+    author_id: str
+    ts: float                    # created_at
+    text: str                    # extended_tweet.full_text / note_tweet when present
+    lang: Optional[str]
+    hashtags: List[str]          # lower-cased, without '#', in order of appearance
+    lat: Optional[float]         # None when the tweet has no location at all
+    lng: Optional[float]
+    coarse: bool                 # located only at a place bounding box's centre
+    place_id: Optional[str]
+    retweet_of: Optional[str]    # the original's id when this is a retweet
+
+
+class TweetDelete(NamedTuple):
+    """A v1.1 compliance ``delete`` notice: the tweet must never alert."""
+    tweet_id: str
+    author_id: str
+    ts: float                    # timestamp_ms of the notice, else the tweet id's snowflake time
+
+
+class Follow(NamedTuple):
+    user_a: str                  # user_a < user_b
+    user_b: str
+    established_at: float
+    nonce: str
+    h3_cell: str                 # where the touch happened, never raw coordinates
+
+
+class Alert(NamedTuple):
+    alert_id: str                # deterministic: same input, same id
+    user_id: str
+    tweet_id: str
+    ts: float
+    distance_m: float
+    reason: str
+
+
+class Statistic(NamedTuple):
+    """One released differentially private value (no user id or coordinate, ever)."""
+    window_start: float
+    window_end: float
+    h3_cell: str
+    h3_res: int
+    metric: str
+    value: float
+    mechanism: str               # e.g. "laplace", "gaussian"
+    noise_scale: float           # stddev of the added noise
+    ci95_halfwidth: float
+    epsilon: float
+    delta: float
+
+
+class DeadLetter(NamedTuple):
+    source: str                  # input file or topic
+    error: str                   # a readable, specific reason
+    raw: str                     # the input as received
+
+
+ALL_RECORDS = (User, Ping, TapReport, Tweet, TweetDelete, Follow, Alert, Statistic, DeadLetter)
+for _record in ALL_RECORDS:
+    beam.coders.registry.register_coder(_record, beam.coders.RowCoder)
+
+# Fields holding event time; sinks write them as RFC 3339.
+TIME_FIELDS = frozenset({"ts", "established_at", "window_start", "window_end"})
+
+_ARROW_TYPES = {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_()}
+
+
+def _arrow_type(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _arrow_type(inner)[0], True
+    if origin in (list, List):
+        (inner,) = typing.get_args(annotation)
+        return pa.list_(_arrow_type(inner)[0]), False
+    return _ARROW_TYPES[annotation], False
+
+
+def arrow_schema(record_type, times_as_timestamps: bool = True) -> pa.Schema:
+    """The Arrow schema of a record type; time fields become UTC timestamps."""
+    fields = []
+    for name, annotation in typing.get_type_hints(record_type).items():
+        arrow_type, nullable = _arrow_type(annotation)
+        if times_as_timestamps and name in TIME_FIELDS:
+            arrow_type = pa.timestamp("ms", tz="UTC")
+        fields.append(pa.field(name, arrow_type, nullable=nullable))
+    return pa.schema(fields)
+
+
+def to_json_dict(record) -> dict:
+    """A record as the dict its JSONL sink writes (times as RFC 3339)."""
+    out = record._asdict()
+    for name in TIME_FIELDS.intersection(out):
+        if out[name] is not None:
+            out[name] = format_rfc3339(out[name])
+    return out

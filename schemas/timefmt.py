@@ -1,0 +1,61 @@
+"""Event-time conversions: RFC 3339 in the files, float epoch seconds (UTC) inside.
+
+Records carry time as float seconds since the Unix epoch, UTC, so that Beam
+timestamps, windows and comparisons need no parsing; outputs format it back to
+RFC 3339 with millisecond precision and a ``Z`` suffix, always the same way, so
+the same input gives byte-identical outputs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+
+from schemas.errors import InvalidRecord
+
+_UTC = _dt.timezone.utc
+_EARLIEST = _dt.datetime(2006, 3, 21, tzinfo=_UTC).timestamp()  # Twitter's first tweet
+_LATEST = _dt.datetime(2100, 1, 1, tzinfo=_UTC).timestamp()
+
+
+def parse_rfc3339(value, field: str = "ts") -> float:
+    """RFC 3339 string (``Z`` or numeric offset) -> epoch seconds, UTC."""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{field}: expected an RFC 3339 string, got {type(value).__name__}")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRecord(f"{field}: {value!r} is not an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        raise InvalidRecord(f"{field}: {value!r} has no UTC offset (RFC 3339 requires one)")
+    return check_epoch(moment.timestamp(), field)
+
+
+def parse_twitter_v1(value, field: str = "created_at") -> float:
+    """v1.1 ``created_at`` (``Wed Oct 10 20:19:24 +0000 2018``) -> epoch seconds."""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{field}: expected a string, got {type(value).__name__}")
+    try:
+        moment = _dt.datetime.strptime(value, "%a %b %d %H:%M:%S %z %Y")
+    except ValueError:
+        raise InvalidRecord(
+            f"{field}: {value!r} is not a v1.1 date like 'Wed Oct 10 20:19:24 +0000 2018'"
+        ) from None
+    return check_epoch(moment.timestamp(), field)
+
+
+def check_epoch(seconds: float, field: str = "ts") -> float:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or math.isnan(seconds):
+        raise InvalidRecord(f"{field}: not a finite time")
+    if not _EARLIEST <= seconds < _LATEST:
+        raise InvalidRecord(f"{field}: {format_rfc3339(seconds) if math.isfinite(seconds) else seconds} is outside 2006..2100")
+    return float(seconds)
+
+
+def format_rfc3339(seconds: float) -> str:
+    """Epoch seconds -> ``2026-11-25T23:36:41.123Z`` (milliseconds, always)."""
+    millis = int(round(seconds * 1000))
+    moment = _dt.datetime.fromtimestamp(millis // 1000, tz=_UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"

@@ -1,0 +1,20 @@
+"""The business steps of the pipeline, one module per step.
+
+Each step is one composite ``PTransform`` over pure functions that are tested
+without a runner. The pipeline (``pipelines/run.py``) hands every step a dict of
+event-time-stamped PCollections and takes a dict back:
+
+=====================================  ==============================================  ===========================================
+step                                   input dict                                      output dict
+=====================================  ==============================================  ===========================================
+``follows.ResolveMutualFollows``       ``taps``, ``users``                             ``follows`` [Follow], ``dead_letters``
+``alerts.FanOutGeofencedAlerts``       ``tweets``, ``deletes``, ``pings``, ``taps``,   ``alerts`` [Alert], ``dead_letters``
+                                       ``follows``, ``users``
+``dp_stats.ReleaseDpStatistics``       ``pings``, ``tweets``, ``taps``, ``users``      ``statistics`` [Statistic], ``ledger``
+=====================================  ==============================================  ===========================================
+
+``users`` is the user registry: bounded in batch and in streaming (a snapshot
+taken when the job starts), element timestamp MIN, global window. All other
+inputs carry their event time (``ts``) as the element timestamp, in the global
+window; each step windows as its logic needs.
+"""

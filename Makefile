@@ -1,0 +1,35 @@
+# Two entry points (see README): `make run` runs the main job, `make test` the suite.
+# Both create .venv and install the project from setup.py on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
+
+.PHONY: run test test-fast infra-up infra-down install
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: DirectRunner on the embedded synthetic world; pass more with ARGS="…".
+run: $(STAMP)
+	$(BIN)/python -m pipelines.run $(ARGS)
+
+# The whole suite, including the Flink + Kafka integration tests (infra installs its own parts).
+test: $(STAMP)
+	bash infra/install.sh
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# Unit and DirectRunner tests only (no cluster).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not flink" $(PYTEST_ARGS)
+
+infra-up: $(STAMP)
+	bash infra/install.sh && bash infra/up.sh
+
+infra-down:
+	bash infra/down.sh

@@ -1,0 +1,86 @@
+"""Command-line options of ``python -m pipelines.run``, read once at the edge.
+
+Project options live in ``TapFollowOptions``; every Beam option (``--runner``,
+``--streaming``, ``--flink_master`` …) passes through untouched. Each business
+step declares its parameters as a frozen dataclass (``FollowParams``,
+``AlertParams``, ``DpParams``); ``add_params_arguments`` turns every field into a
+``--<prefix>_<field>`` flag with the dataclass default, and ``params_from``
+builds the validated dataclass back, so a new parameter needs no wiring here.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.errors import ConfigError
+
+
+def _flag_type(annotation):
+    if annotation is bool:
+        return lambda text: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
+    return annotation
+
+
+def add_params_arguments(parser, prefix: str, params_cls) -> None:
+    hints = typing.get_type_hints(params_cls)
+    for field in dataclasses.fields(params_cls):
+        parser.add_argument(
+            f"--{prefix}_{field.name}",
+            dest=f"{prefix}_{field.name}",
+            type=_flag_type(hints[field.name]),
+            default=None,
+            help=f"{params_cls.__name__}.{field.name} (default {field.default!r})",
+        )
+
+
+def params_from(options: PipelineOptions, prefix: str, params_cls):
+    """The validated params dataclass; ConfigError with the dataclass's own message."""
+    values = options.get_all_options(retain_unknown_options=True)
+    given = {
+        f.name: values[f"{prefix}_{f.name}"]
+        for f in dataclasses.fields(params_cls)
+        if values.get(f"{prefix}_{f.name}") is not None
+    }
+    try:
+        return params_cls(**given)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--{prefix}_*: {exc}") from None
+
+
+def _step_params():
+    """(flag prefix, params dataclass) of every business step."""
+    from transforms.alerts import AlertParams
+    from transforms.dp_stats import DpParams
+    from transforms.follows import FollowParams
+    return (("follows", FollowParams), ("alerts", AlertParams), ("dp", DpParams))
+
+
+class TapFollowOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input", default=None,
+                            help="directory of users/pings/taps/tweets .jsonl[.gz]; "
+                                 "default: a synthetic world generated in-process")
+        parser.add_argument("--output", default="out", help="output directory (default ./out)")
+        parser.add_argument("--source", default="files", choices=("files", "kafka"),
+                            help="where events come from (default files)")
+        parser.add_argument("--kafka_bootstrap_servers", default="127.0.0.1:9092")
+        parser.add_argument("--kafka_expansion_service", default=None,
+                            help="host:port of a running Beam expansion service, or a path "
+                                 "to the expansion-service jar (default: infra's jar)")
+        parser.add_argument("--alerts_sink", default="files", choices=("files", "kafka"),
+                            help="where alerts and follows go (default files)")
+        parser.add_argument("--stream_disorder_s", type=float, default=5.0,
+                            help="--streaming from files: events are delivered shuffled "
+                                 "within this many seconds of event time")
+        parser.add_argument("--stream_seed", type=int, default=7,
+                            help="--streaming from files: seed of the delivery shuffle")
+        parser.add_argument("--world_users", type=int, default=300,
+                            help="size of the default synthetic world (no --input)")
+        parser.add_argument("--world_hours", type=int, default=6)
+        parser.add_argument("--world_seed", type=int, default=42)
+        for prefix, params_cls in _step_params():
+            add_params_arguments(parser, prefix, params_cls)

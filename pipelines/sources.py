@@ -1,0 +1,135 @@
+"""Where the pipeline's raw lines come from: files (batch), files replayed as a
+stream in event time (``--streaming`` on DirectRunner), or Kafka topics.
+
+Every source yields ``(kind, line)`` elements for ``transforms.parse_inputs``;
+the user registry is always read as its own *bounded* collection (a snapshot
+at job start), because every step uses it as a side input and a side input
+must be complete before the events that need it are processed.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import random
+
+import apache_beam as beam
+from apache_beam.coders import BytesCoder
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines.errors import ConfigError
+from schemas.errors import InvalidRecord
+from schemas.parse import SOURCES, parse_line
+
+EVENT_KINDS = tuple(kind for kind in SOURCES if kind != "users")
+
+
+def input_files(input_dir: str) -> dict[str, list[str]]:
+    """kind -> its file(s) in input_dir (``kind.jsonl`` and/or ``kind.jsonl.gz``)."""
+    if not os.path.isdir(input_dir):
+        raise ConfigError(f"--input {input_dir}: not a directory")
+    found = {}
+    for kind in SOURCES:
+        paths = [os.path.join(input_dir, f"{kind}{ext}") for ext in (".jsonl", ".jsonl.gz")]
+        paths = [p for p in paths if os.path.isfile(p)]
+        if not paths:
+            raise ConfigError(f"--input {input_dir}: missing {kind}.jsonl (or {kind}.jsonl.gz)")
+        for path in paths:
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"--input {path}: not readable")
+        found[kind] = paths
+    return found
+
+
+def origin_names(files: dict[str, list[str]]) -> dict[str, str]:
+    """The dead letters' ``source`` per kind: the file name(s) it was read from."""
+    return {kind: "+".join(os.path.basename(p) for p in paths) for kind, paths in files.items()}
+
+
+class ReadKindFromFiles(beam.PTransform):
+    """Bounded ``(kind, line bytes)`` from one kind's files; bytes so bad UTF-8 is a dead letter, not a crash."""
+
+    def __init__(self, kind: str, paths: list[str]):
+        super().__init__()
+        self._kind, self._paths = kind, list(paths)
+
+    def expand(self, pbegin):
+        reads = [
+            pbegin | f"Read{os.path.basename(path)}" >> beam.io.ReadFromText(path, coder=BytesCoder())
+            for path in self._paths
+        ]
+        lines = reads[0] if len(reads) == 1 else tuple(reads) | "FlattenFiles" >> beam.Flatten()
+        kind = self._kind
+        return lines | "Tag" >> beam.Map(lambda line: (kind, line))
+
+
+def read_lines(path: str):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        for line in handle:
+            yield line.rstrip(b"\r\n") if line.endswith(b"\n") else line
+
+
+def replay_schedule(events, disorder_s: float, seed: int, step_s: float = 60.0):
+    """TestStream steps replaying ``[(event_time, element)]`` as a live feed would.
+
+    Each element is delivered at event_time + U(0, disorder_s) (seeded), so
+    events arrive shuffled and out of order, but never later than the
+    watermark allows: after delivering everything due by delivery time D the
+    watermark moves to D - disorder_s, which every undelivered event is past.
+    Yields ("elements", [TimestampedValue…]) and ("watermark", t) steps.
+    """
+    rng = random.Random(seed)
+    scheduled = sorted(
+        ((event_time + rng.uniform(0.0, disorder_s), i, event_time, element)
+         for i, (event_time, element) in enumerate(events)),
+        key=lambda item: (item[0], item[1]))
+    batch, batch_end, watermark = [], None, None
+    for delivery, _, event_time, element in scheduled:
+        if batch_end is None:
+            batch_end = delivery + step_s
+        if delivery > batch_end:
+            yield "elements", batch
+            # Runners keep watermarks in whole milliseconds; round down, never past an event.
+            mark = math.floor((batch_end - disorder_s) * 1000) / 1000
+            if watermark is None or mark > watermark:
+                watermark = mark
+                yield "watermark", watermark
+            batch, batch_end = [], delivery + step_s
+        batch.append(TimestampedValue(element, event_time))
+    if batch:
+        yield "elements", batch
+
+
+def peek_event_time(kind: str, line: bytes, previous: float) -> float:
+    """Event time used to schedule a raw line; a line that will be rejected keeps its neighbour's."""
+    try:
+        return parse_line(kind, line).ts
+    except (InvalidRecord, AttributeError):
+        return previous
+
+
+def stream_from_files(pipeline, files: dict[str, list[str]], disorder_s: float, seed: int):
+    """Unbounded ``(kind, line)`` from the event files, in event time (DirectRunner)."""
+    events, first = [], None
+    for kind in EVENT_KINDS:
+        previous = None
+        for path in files[kind]:
+            for line in read_lines(path):
+                event_time = peek_event_time(kind, line, previous)
+                if event_time is not None:
+                    previous = event_time
+                    first = event_time if first is None else min(first, event_time)
+                events.append([event_time, (kind, line)])
+    for event in events:  # a leading run of bad lines takes the earliest time seen
+        if event[0] is None:
+            event[0] = first if first is not None else 0.0
+    stream = TestStream()
+    for step, value in replay_schedule([tuple(e) for e in events], disorder_s, seed):
+        if step == "elements":
+            stream.add_elements(value)
+        else:
+            stream.advance_watermark_to(value)
+    stream.advance_watermark_to_infinity()
+    return pipeline | "ReplayEventsInEventTime" >> stream

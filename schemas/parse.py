@@ -46,14 +46,21 @@ def decode_json_object(line) -> dict:
             raise InvalidRecord(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     if not isinstance(line, str):
         raise InvalidRecord(f"expected a text line, got {type(line).__name__}")
-    if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8")) > MAX_LINE_BYTES:
-        raise InvalidRecord(f"line of {len(line.encode('utf-8'))} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+    if len(line) > MAX_LINE_BYTES // 4:
+        # surrogatepass: a str line may hold lone surrogates; measuring must not raise.
+        size = len(line.encode("utf-8", "surrogatepass"))
+        if size > MAX_LINE_BYTES:
+            raise InvalidRecord(f"line of {size} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
     if not line.strip():
         raise InvalidRecord("empty line")
     try:
         obj = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRecord(f"malformed JSON: {getattr(exc, 'msg', exc)} at char {getattr(exc, 'pos', '?')}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRecord(f"malformed JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise InvalidRecord("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer literal over Python's 4300-digit conversion limit
+        raise InvalidRecord(f"malformed JSON: {str(exc).split(';')[0]}") from None
     if not isinstance(obj, dict):
         raise InvalidRecord(f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -91,7 +98,10 @@ def as_bool(value, field: str) -> bool:
 def as_number(value, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRecord(f"{field}: expected a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer literal with hundreds of digits
+        raise InvalidRecord(f"{field}: integer too large for a number") from None
     if not math.isfinite(value):
         raise InvalidRecord(f"{field}: {value} is not finite")
     return value
@@ -130,7 +140,7 @@ def parse_ping(obj: dict) -> Ping:
         if accuracy < 0:
             raise InvalidRecord(f"accuracy_m: {accuracy} is negative")
     source = obj.get("source")
-    if source is not None and source not in PING_SOURCES:
+    if source is not None and (not isinstance(source, str) or source not in PING_SOURCES):
         raise InvalidRecord(f"source: {source!r} is not one of gps, cell, wifi")
     return Ping(
         user_id=as_user_id(req(obj, "user_id")),

@@ -36,7 +36,7 @@ from schemas.errors import InvalidRecord
 CLAIM_DOMAIN = "tap-to-follow/v1"
 NONCE_HEX_DIGITS = 32
 _NONCE_TIME_DIGITS = 12
-_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+_NONCE_RE = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: '$' would accept a trailing newline
 
 
 def claim_bytes(user_x: str, user_y: str, nonce: str) -> bytes:
@@ -61,7 +61,7 @@ def nonce_time(nonce: str) -> float:
 
 
 def check_nonce(nonce) -> str:
-    if not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
+    if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
         raise InvalidRecord(f"nonce: expected {NONCE_HEX_DIGITS} lower-case hex digits, got {str(nonce)[:64]!r}")
     return nonce
 

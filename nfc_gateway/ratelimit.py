@@ -1,0 +1,56 @@
+"""Per-device flood control: a token bucket per reporting device.
+
+A person touches phones a few times a minute at most; a device sending more
+than ``burst`` reports at once, or more than ``rate`` per second sustained, is
+broken or hostile. ``check(key)`` answers whether one more report is allowed
+now and, if not, after how many seconds it would be (the ``Retry-After``).
+Idle buckets are dropped once full again, so memory follows active devices.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable
+
+
+class TokenBuckets:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_keys: int = 1_000_000):
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}   # key -> (tokens, last refill time)
+        self._lock = threading.Lock()
+        self._last_sweep = clock()
+
+    def check(self, key: str) -> tuple[bool, float]:
+        """(allowed, seconds until allowed); consumes a token when allowed."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                allowed, wait = True, 0.0
+            else:
+                self._buckets[key] = (tokens, now)
+                allowed, wait = False, (1.0 - tokens) / self.rate
+            if now - self._last_sweep > self.burst / self.rate or len(self._buckets) > self.max_keys:
+                self._sweep(now)
+        return allowed, wait
+
+    def _sweep(self, now: float):
+        full_after = self.burst / self.rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+        self._last_sweep = now
+
+    def __len__(self):
+        return len(self._buckets)
+
+
+def retry_after_header(wait_s: float) -> str:
+    """HTTP Retry-After is whole seconds; round up so a client that obeys is let in."""
+    return str(max(1, math.ceil(wait_s)))

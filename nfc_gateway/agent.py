@@ -114,8 +114,7 @@ class _TargetSnepServer:
             def process_get_request(self, records):
                 try:
                     size = sum(len(r.data or b"") + len(r.type or "") + 6 for r in records)
-                    msg = protocol.decode_message(records, handshake.expected_mime(), size)
-                    mime, payload = handshake.handle(msg)
+                    mime, payload = handshake.answer(records, size)
                 except HandshakeError as exc:
                     outcome.error = outcome.error or exc
                     log.warning("touch refused: %s", exc)

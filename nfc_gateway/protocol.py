@@ -265,8 +265,19 @@ class TargetHandshake(_Side):
             return self._on_ack(msg)
         self._fail(HandshakeError("wrong_mime_type", f"unexpected message type {msg.mime!r}"))
 
-    def expected_mime(self) -> str:
-        return {"start": MIME_HELLO, "hello_sent": MIME_CLAIM, "claim_sent": MIME_ACK}.get(self.state, MIME_HELLO)
+    def expected_mime(self) -> Optional[str]:
+        return {"start": MIME_HELLO, "hello_sent": MIME_CLAIM, "claim_sent": MIME_ACK}.get(self.state)
+
+    def answer(self, records, message_bytes: Optional[int] = None) -> tuple[str, bytes]:
+        """One received NDEF message -> the answer to send (what the SNEP server calls)."""
+        expected = self.expected_mime()
+        if expected is None:
+            raise HandshakeError("out_of_order", f"message after the touch was {self.state}")
+        try:
+            msg = decode_message(records, expected, message_bytes)
+        except HandshakeError as exc:
+            self._fail(exc)
+        return self.handle(msg)
 
     def _on_hello(self, msg: Message) -> tuple[str, bytes]:
         self._expect("start", "hello")

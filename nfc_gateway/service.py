@@ -284,7 +284,7 @@ class Gateway:
     def start(self) -> "Gateway":
         if self.firehose:
             self.firehose.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="http", daemon=True)
         self._thread.start()
         return self
 

@@ -1,0 +1,68 @@
+"""Test support for nfc_gateway: users with fixed keys, signed tap reports, a tiny HTTP client."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+from schemas.proofs import make_nonce, new_keypair, sign_claim
+from schemas.timefmt import format_rfc3339
+
+T0 = 1_780_000_000.0
+USERS = {uid: new_keypair(bytes([i]) * 32) for i, uid in enumerate(("1001", "1002", "1003", "1004"), start=1)}
+PUBKEYS = {uid: pub for uid, (_, pub) in USERS.items()}
+
+
+def signed_report(user: str, peer: str, seq: int = 0, t: float = T0, lat: float = 35.68, lng: float = 139.76,
+                  forge_proof: bool = False, forge_peer_proof: bool = False) -> dict:
+    nonce = make_nonce(t + seq, seq.to_bytes(10, "big"))
+    proof_key = USERS["1004" if forge_proof else user][0]
+    peer_key = USERS["1004" if forge_peer_proof else peer][0]
+    return {
+        "tap_id": f"{nonce}-{user}", "user_id": user, "peer_user_id": peer, "nonce": nonce,
+        "ts": format_rfc3339(t + seq + 0.2), "lat": lat, "lng": lng,
+        "proof": sign_claim(proof_key, user, peer, nonce),
+        "peer_proof": sign_claim(peer_key, peer, user, nonce),
+    }
+
+
+def users_jsonl(path):
+    with open(path, "w", encoding="utf-8") as handle:
+        for uid, pub in PUBKEYS.items():
+            handle.write(json.dumps({"user_id": uid, "pubkey": pub, "alerts_opt_in": False, "stats_opt_out": False}) + "\n")
+
+
+def post(port: int, body, content_type: str = "application/json", path: str = "/v1/taps", timeout: float = 10.0):
+    """(status, json body, headers) for one POST on a fresh connection."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": content_type} if content_type else {}
+        conn.request("POST", path, body=data, headers=headers)
+        response = conn.getresponse()
+        text = response.read()
+        return response.status, json.loads(text) if text else None, dict(response.getheaders())
+    finally:
+        conn.close()
+
+
+def get(port: int, path: str):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)

@@ -1,0 +1,146 @@
+"""The gateway's HTTP intake, in-process on an ephemeral port: every answer and its counter."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from nfc_gateway.service import Gateway, GatewayConfig
+from nfc_gateway.testing import PUBKEYS, get, post, raw_request, signed_report
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS,
+                               device_rate=1.0, device_burst=3, max_body=4096)).start()
+    yield gw
+    gw.stop()
+
+
+def taps_file(gw) -> list[dict]:
+    with open(gw.tap_sink.path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def counters(gw) -> dict:
+    status, body = get(gw.port, "/metrics")
+    assert status == 200
+    return body["counters"]
+
+
+def test_a_valid_report_is_stored_once_in_contract_form(gateway):
+    report = signed_report("1001", "1002")
+    status, body, _ = post(gateway.port, dict(report, extra="dropped"))
+    assert (status, body) == (201, {"status": "accepted", "tap_id": report["tap_id"]})
+    assert taps_file(gateway) == [report]
+    with open(gateway.tap_sink.path, encoding="utf-8") as handle:
+        assert list(json.loads(handle.readline())) == list(report)   # contract field order
+
+
+def test_an_identical_retry_is_200_and_a_different_report_with_the_same_id_is_409(gateway):
+    report = signed_report("1001", "1002")
+    assert post(gateway.port, report)[0] == 201
+    assert post(gateway.port, report)[:2] == (200, {"status": "duplicate", "tap_id": report["tap_id"]})
+    moved = dict(report, lat=35.7)
+    status, body, _ = post(gateway.port, moved)
+    assert (status, body["error"]) == (409, "tap_id_conflict")
+    assert taps_file(gateway) == [report]
+    assert counters(gateway) == {"accepted": 1, "duplicates": 1, "rejected_tap_id_conflict": 1}
+
+
+@pytest.mark.parametrize("body, content_type, status, reason", [
+    (b"{not json", "application/json", 400, "malformed_json"),
+    (b"[1, 2]", "application/json", 400, "malformed_json"),
+    (b"\xff\xfe{}", "application/json", 400, "malformed_json"),
+    (b"", "application/json", 400, "malformed_json"),
+    (json.dumps({"tap_id": "x"}).encode(), "application/json", 400, "invalid_report"),
+    (json.dumps(dict(signed_report("1001", "1002"), lat=91)).encode(), "application/json", 400, "invalid_report"),
+    (json.dumps(dict(signed_report("1001", "1002"), nonce="zz")).encode(), "application/json", 400, "invalid_report"),
+    (json.dumps(signed_report("1001", "1002")).encode(), "text/plain", 415, "unsupported_media_type"),
+    (json.dumps(signed_report("1001", "1002")).encode(), None, 415, "unsupported_media_type"),
+    (json.dumps(signed_report("1001", "1002", forge_proof=True)).encode(), "application/json", 422, "bad_proof"),
+    (json.dumps(signed_report("1001", "1002", forge_peer_proof=True)).encode(), "application/json", 422, "bad_peer_proof"),
+    (json.dumps(signed_report("1001", "1001")).encode(), "application/json", 422, "self_tap"),
+])
+def test_bad_input_gets_its_own_status_reason_and_counter(gateway, body, content_type, status, reason):
+    got_status, got_body, _ = post(gateway.port, body, content_type=content_type)
+    assert (got_status, got_body["error"]) == (status, reason)
+    assert got_body["detail"]
+    assert counters(gateway) == {f"rejected_{reason}": 1}
+    assert taps_file(gateway) == []
+
+
+def test_a_report_with_a_proof_of_another_touch_fails_verification(gateway):
+    genuine = signed_report("1001", "1002", seq=1)
+    replayed = dict(signed_report("1001", "1002", seq=2), proof=genuine["proof"], peer_proof=genuine["peer_proof"])
+    assert post(gateway.port, replayed)[1]["error"] == "bad_proof"
+
+
+def test_an_oversized_body_is_413_without_reading_it(gateway):
+    status, body, headers = post(gateway.port, b"{" + b" " * 5000 + b"}")
+    assert (status, body["error"]) == (413, "body_too_large")
+    assert headers.get("Connection") == "close"
+    assert counters(gateway) == {"rejected_body_too_large": 1}
+
+
+def test_a_body_without_length_is_411_and_unknown_routes_are_404_or_405(gateway):
+    answer = raw_request(gateway.port, b"POST /v1/taps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 411")
+    assert post(gateway.port, signed_report("1001", "1002"), path="/v2/taps")[0] == 404
+    assert raw_request(gateway.port, b"PUT /v1/taps HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").startswith(b"HTTP/1.1 405")
+    assert counters(gateway) == {"rejected_length_required": 1, "rejected_not_found": 1, "rejected_method_not_allowed": 1}
+
+
+def test_unknown_users_pass_unless_known_users_are_required(tmp_path):
+    stranger = signed_report("1001", "1002")
+    stranger_keys = {"1002": PUBKEYS["1002"]}             # the gateway does not know 1001
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path / "a"), public_keys=stranger_keys)).start()
+    try:
+        assert post(gw.port, stranger)[0] == 201          # peer_proof still checked with 1002's key
+    finally:
+        gw.stop()
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path / "b"), public_keys=stranger_keys,
+                               require_known_users=True)).start()
+    try:
+        status, body, _ = post(gw.port, stranger)
+        assert (status, body["error"]) == (422, "unknown_user") and "1001" in body["detail"]
+    finally:
+        gw.stop()
+
+
+def test_a_flooding_device_gets_429_with_retry_after_and_others_are_unaffected(gateway):
+    statuses = [post(gateway.port, signed_report("1001", "1002", seq=i))[0] for i in range(3)]
+    assert statuses == [201, 201, 201]                     # the burst
+    status, body, headers = post(gateway.port, signed_report("1001", "1002", seq=3))
+    assert (status, body["error"]) == (429, "device_flood")
+    assert 1 <= int(headers["Retry-After"]) <= 2
+    assert post(gateway.port, signed_report("1002", "1001", seq=3))[0] == 201     # another device
+    assert post(gateway.port, signed_report("1001", "1002", seq=0))[0] == 200     # a retry is never throttled
+    assert counters(gateway) == {"accepted": 4, "rejected_device_flood": 1, "duplicates": 1}
+
+
+def test_concurrent_copies_of_one_report_are_stored_once(gateway):
+    report = signed_report("1003", "1002", seq=7)
+    results = []
+
+    def send():
+        results.append(post(gateway.port, report)[0])
+
+    threads = [threading.Thread(target=send) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] * 11 + [201]
+    assert taps_file(gateway) == [report]
+
+
+def test_health_and_metrics_describe_the_service(gateway):
+    post(gateway.port, signed_report("1001", "1002"))
+    status, health = get(gateway.port, "/healthz")
+    assert status == 200 and health["status"] == "ok" and health["taps"]["sink"] == "file"
+    status, metrics = get(gateway.port, "/metrics")
+    assert metrics["counters"] == {"accepted": 1} and metrics["tap_ids_known"] == 1
+    assert get(gateway.port, "/nope")[0] == 404

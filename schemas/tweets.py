@@ -73,7 +73,7 @@ def parse_tweet(obj: dict) -> Tweet | TweetDelete:
     for key in _V1_STATUS_KEYS:
         if key in obj:
             return _parse_v1(obj)
-    keys = ", ".join(repr(key[:40]) for key in list(obj)[:6])
+    keys = ", ".join(repr(str(key)[:40]) for key in list(obj)[:6])
     raise InvalidRecord(
         f"unrecognised firehose object (keys: {keys or 'none'}): "
         "neither a v1.1 status, a v2 {data, includes} object nor a delete notice")
@@ -104,7 +104,7 @@ def _parse_delete(notice) -> TweetDelete:
     if status is None:
         for other in notice:
             if other != "timestamp_ms":
-                raise InvalidRecord(f"unsupported firehose message 'delete.{other[:40]}'")
+                raise InvalidRecord(f"unsupported firehose message 'delete.{str(other)[:40]}'")
         raise InvalidRecord("missing required field 'delete.status'")
     status = _as_object(status, "delete.status")
     tweet_id = _id_of(status, "id_str", "id", "delete.status.")

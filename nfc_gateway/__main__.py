@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--outbox", help="directory keeping undelivered reports across restarts")
     agent.add_argument("--touches", type=_non_negative(int), default=0, help="stop after N touches (0: no limit)")
     agent.add_argument("--timeout", type=_non_negative(float), default=0.0, help="stop after S seconds (0: no limit)")
-    agent.add_argument("--max-skew", type=_positive(float), default=60.0, help="refuse a touch whose time is this many seconds off our clock")
+    agent.add_argument("--max-skew", type=_positive(float), default=10.0, help="refuse a touch whose time is this many seconds off our clock")
     agent.add_argument("--post-deadline", type=_positive(float), default=30.0, help="give up delivering a report after S seconds (it stays in the outbox)")
 
     serve = sub.add_parser("serve", help="run the gateway service")

@@ -54,7 +54,10 @@ SERVICE_NAME = "urn:nfc:xsn:tapfollow.net:tap"
 MAX_NDEF_BYTES = 1024
 MAX_PAYLOAD_BYTES = 512
 RANDOM_HALF_BYTES = 5
-DEFAULT_MAX_SKEW_S = 60.0
+# The pipeline dead-letters a report whose ts is further than this from its nonce
+# time (transforms.follows.FollowParams.max_clock_skew_s); refusing such a touch
+# on the phone keeps a doomed report from ever being signed.
+DEFAULT_MAX_SKEW_S = 10.0
 
 _USER_ID_RE = re.compile(r"^[0-9]{1,32}$")
 _RAND_RE = re.compile(r"^[0-9a-f]{%d}$" % (2 * RANDOM_HALF_BYTES))

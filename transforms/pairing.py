@@ -1,0 +1,353 @@
+"""The rules that turn NFC tap reports into mutual follows, as pure functions.
+
+No Beam here: ``transforms.follows.ResolveMutualFollows`` wires these functions
+into a pipeline, and ``resolve_reports`` runs the whole rule set on a plain list
+(the reference the Beam tests and the benchmark compare against).
+
+A touch is identified by its nonce (``schemas.proofs``: 48-bit touch time ||
+80 random bits). The rules, in the order they are applied:
+
+1. ``check_report`` (one report, no crypto): reporter and peer must be known
+   users with usable keys, not the same user, and the report's ``ts`` within
+   ``max_clock_skew_s`` of the touch time signed into the nonce.
+2. ``judge_touch`` (all reports of one nonce that have arrived so far, plus the
+   nonce's ``NonceMemory``): a ``tap_id`` already received is a duplicate; each
+   report's ``proof`` must verify under the reporter's key and its
+   ``peer_proof`` under the peer's key, over the shared claim; then a touch is
+   confirmed by one report X->Y and one report Y->X whose ``ts`` differ by at
+   most ``max_clock_skew_s``. A nonce confirms at most one follow, ever: every
+   other valid report of a confirmed nonce is a replay. Valid reports without a
+   partner wait (``NonceMemory.pending``) until ``expire_touch``.
+3. ``expire_touch`` (at touch time + ``pending_expiry_s``): the waiting reports
+   become unmatched; the memory keeps only which tap ids were seen and that the
+   touch expired, so a partner arriving later cannot match.
+4. ``keep_first_follow`` (all confirmed touches of one user pair): the pair's
+   earliest touch is the follow; later touches of an already-followed pair are
+   repeats, counted, never a second edge.
+
+Every decision is independent of the order the reports arrive in within one
+call: inputs are put in a canonical order first, and choices between
+candidates use explicit tie-breaks (earliest ``ts``, then ``tap_id``).
+Signatures shared by both reports of a genuine pair (Ed25519 is deterministic,
+so A's ``proof`` is B's ``peer_proof``) are verified once, which halves the
+cost of the dominant operation.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+
+from cryptography.exceptions import InvalidSignature
+
+from schemas.errors import InvalidRecord
+from schemas.proofs import claim_bytes, decode_pubkey, nonce_time
+from schemas.records import Follow, TapReport
+from schemas.touch import follow_for_touch
+
+# Counter names (``Metrics.counter('tapfollow', kind)``), one per way a report can end.
+TAPS_UNKNOWN_USER = "taps_unknown_user"
+TAPS_UNKNOWN_PEER = "taps_unknown_peer"
+TAPS_SELF = "taps_self_tap"
+TAPS_CLOCK_SKEW = "taps_clock_skew"
+TAPS_BAD_NONCE = "taps_bad_nonce"
+TAPS_BAD_PROOF = "taps_bad_proof"
+TAPS_BAD_PEER_PROOF = "taps_bad_peer_proof"
+TAPS_DUPLICATE = "taps_duplicate"
+TAPS_REPLAYED = "taps_replayed"
+TAPS_UNMATCHED = "taps_unmatched"
+TAPS_LATE = "taps_late"
+
+
+class Rejection(NamedTuple):
+    """A report that cannot confirm a follow: ``kind`` is its counter, ``reason`` its dead-letter error."""
+    report: TapReport
+    kind: str
+    reason: str
+
+
+class CheckedTap(NamedTuple):
+    """A report that passed the key-free checks, with both users' registered public keys."""
+    report: TapReport
+    reporter_key: str            # base64 Ed25519 public key of report.user_id
+    peer_key: str                # base64 Ed25519 public key of report.peer_user_id
+
+
+class NonceMemory(NamedTuple):
+    """What is remembered about one nonce between arrivals (small: ids and flags, plus waiting reports)."""
+    seen_tap_ids: frozenset = frozenset()
+    pending: Tuple[CheckedTap, ...] = ()           # valid reports still waiting for a partner
+    confirmed: Optional[Tuple[str, str]] = None     # (user_a, user_b) once the nonce confirmed a touch
+    expired: bool = False                           # the pending expiry has passed without confirmation
+
+
+EMPTY_MEMORY = NonceMemory()
+
+
+class Verdict(NamedTuple):
+    memory: NonceMemory
+    follows: List[Follow]
+    rejections: List[Rejection]
+    expire_at: Optional[float]   # event time at which expire_touch must run; None when nothing waits
+
+
+class Resolution(NamedTuple):
+    follows: List[Follow]        # one per followed pair, sorted
+    rejections: List[Rejection]  # sorted by (tap_id, kind, reason)
+    repeats: List[Follow]        # confirmed touches of an already-followed pair, sorted
+
+
+# ---- 1. one report, no crypto -------------------------------------------------------------
+
+def check_report(report: TapReport, pubkeys: Mapping[str, str], max_clock_skew_s: float,
+                 keys_ok: Optional[Dict[str, bool]] = None):
+    """A ``CheckedTap`` when the report may go on to pairing, else a ``Rejection``.
+
+    ``keys_ok`` is an optional cache (pubkey -> decodes) the caller keeps across calls.
+    """
+    reporter_key = pubkeys.get(report.user_id)
+    if reporter_key is None:
+        return Rejection(report, TAPS_UNKNOWN_USER, f"unknown user: user_id {report.user_id!r} is not in users")
+    if report.user_id == report.peer_user_id:
+        return Rejection(report, TAPS_SELF, f"self-tap: user_id and peer_user_id are both {report.user_id!r}")
+    peer_key = pubkeys.get(report.peer_user_id)
+    if peer_key is None:
+        return Rejection(report, TAPS_UNKNOWN_PEER,
+                         f"unknown peer: peer_user_id {report.peer_user_id!r} is not in users")
+    for who, key in ((report.user_id, reporter_key), (report.peer_user_id, peer_key)):
+        if not _key_decodes(key, keys_ok):
+            kind = TAPS_BAD_PROOF if who == report.user_id else TAPS_BAD_PEER_PROOF
+            return Rejection(report, kind, f"unusable key: the registered pubkey of user {who!r} "
+                                           "is not base64 of a 32-byte Ed25519 public key")
+    try:
+        touch_time = nonce_time(report.nonce)
+    except InvalidRecord as exc:
+        return Rejection(report, TAPS_BAD_NONCE, str(exc))
+    off = report.ts - touch_time
+    if abs(off) > max_clock_skew_s:
+        return Rejection(report, TAPS_CLOCK_SKEW,
+                         f"clock skew: ts is {off:+.3f} s from the touch time signed into the nonce "
+                         f"(max_clock_skew_s={max_clock_skew_s:g})")
+    return CheckedTap(report, reporter_key, peer_key)
+
+
+def _key_decodes(key: str, cache: Optional[Dict[str, bool]]) -> bool:
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        decode_pubkey(key)
+        ok = True
+    except InvalidRecord:
+        ok = False
+    if cache is not None:
+        if len(cache) > 1_000_000:
+            cache.clear()
+        cache[key] = ok
+    return ok
+
+
+# ---- 2. all reports of one nonce ----------------------------------------------------------
+
+class Verifier:
+    """Ed25519 verification that decodes each key once and checks each (key, signature, claim) once.
+
+    In a genuine pair the same two signatures appear in both reports, so one
+    ``Verifier`` per nonce group does one verification per report, not two.
+    """
+
+    def __init__(self, key_cache: Optional[dict] = None):
+        self._keys = key_cache if key_cache is not None else {}
+        self._results: Dict[tuple, bool] = {}
+        self.verifications = 0   # actual signature checks done (for tests and the benchmark)
+
+    def verify(self, key_b64: str, signature_b64: str, user_x: str, user_y: str, nonce: str) -> bool:
+        memo = (key_b64, signature_b64, *sorted((user_x, user_y)), nonce)
+        result = self._results.get(memo)
+        if result is None:
+            result = self._check(key_b64, signature_b64, claim_bytes(user_x, user_y, nonce))
+            self._results[memo] = result
+        return result
+
+    def _check(self, key_b64: str, signature_b64: str, message: bytes) -> bool:
+        import base64
+        import binascii
+        key = self._keys.get(key_b64)
+        if key is None:
+            try:
+                key = decode_pubkey(key_b64)
+            except InvalidRecord:
+                return False
+            if len(self._keys) > 1_000_000:
+                self._keys.clear()
+            self._keys[key_b64] = key
+        self.verifications += 1
+        try:
+            key.verify(base64.b64decode(signature_b64, validate=True), message)
+            return True
+        except (InvalidSignature, binascii.Error, ValueError, TypeError):
+            return False
+
+
+def _arrival_order(tap: CheckedTap):
+    r = tap.report
+    return (r.tap_id, r.ts, r.user_id, r.peer_user_id, r.lat, r.lng, r.proof, r.peer_proof, r.nonce)
+
+
+def _pair_order(tap: CheckedTap):
+    return (tap.report.ts, tap.report.tap_id)
+
+
+def judge_touch(memory: NonceMemory, arrivals: Iterable[CheckedTap], *, max_clock_skew_s: float,
+                pending_expiry_s: float, verifier: Optional[Verifier] = None) -> Verdict:
+    """Add newly arrived reports of one nonce to its memory and decide what can be decided now."""
+    verifier = verifier or Verifier()
+    rejections: List[Rejection] = []
+    seen = set(memory.seen_tap_ids)
+    fresh: List[CheckedTap] = []
+    for tap in sorted(arrivals, key=_arrival_order):
+        r = tap.report
+        if r.tap_id in seen:
+            rejections.append(Rejection(r, TAPS_DUPLICATE,
+                                        f"duplicate: tap_id {r.tap_id!r} was already received for this nonce"))
+            continue
+        seen.add(r.tap_id)
+        fresh.append(tap)
+
+    valid: List[CheckedTap] = []
+    for tap in fresh:
+        r = tap.report
+        if not verifier.verify(tap.reporter_key, r.proof, r.user_id, r.peer_user_id, r.nonce):
+            rejections.append(Rejection(r, TAPS_BAD_PROOF,
+                                        f"bad proof: not a signature by user {r.user_id!r} over the claim "
+                                        f"({r.user_id!r}, {r.peer_user_id!r}, nonce)"))
+        elif not verifier.verify(tap.peer_key, r.peer_proof, r.user_id, r.peer_user_id, r.nonce):
+            rejections.append(Rejection(r, TAPS_BAD_PEER_PROOF,
+                                        f"bad peer_proof: not a signature by peer_user_id {r.peer_user_id!r} "
+                                        "over the claim (forged, or peer_user_id altered)"))
+        else:
+            valid.append(tap)
+
+    seen_ids = frozenset(seen)
+    if memory.confirmed is not None:
+        rejections.extend(_replayed(tap, memory.confirmed) for tap in valid)
+        return Verdict(memory._replace(seen_tap_ids=seen_ids), [], rejections, None)
+    if memory.expired:
+        rejections.extend(Rejection(tap.report, TAPS_LATE,
+                                    "unmatched: arrived after its touch expired "
+                                    f"(pending_expiry_s={pending_expiry_s:g} after the nonce's touch time)")
+                          for tap in valid)
+        return Verdict(memory._replace(seen_tap_ids=seen_ids), [], rejections, None)
+
+    candidates = list(memory.pending) + valid
+    pair = _choose_pair(candidates, max_clock_skew_s)
+    if pair is not None:
+        x, y = pair
+        follow = follow_for_touch(x.report, y.report)
+        users = (follow.user_a, follow.user_b)
+        rejections.extend(_replayed(tap, users) for tap in candidates if tap is not x and tap is not y)
+        return Verdict(NonceMemory(seen_ids, (), users, False), [follow], rejections, None)
+    pending = tuple(sorted(candidates, key=_arrival_order))
+    expire_at = nonce_time(pending[0].report.nonce) + pending_expiry_s if pending else None
+    return Verdict(NonceMemory(seen_ids, pending, None, False), [], rejections, expire_at)
+
+
+def _replayed(tap: CheckedTap, users: Tuple[str, str]) -> Rejection:
+    return Rejection(tap.report, TAPS_REPLAYED,
+                     f"replayed: this nonce already confirmed the touch between {users[0]!r} and {users[1]!r}")
+
+
+def _choose_pair(candidates: List[CheckedTap], max_clock_skew_s: float):
+    """The confirming (X->Y, Y->X) pair, or None; ties broken by users, then earliest ts, then tap_id."""
+    by_direction: Dict[Tuple[str, str], List[CheckedTap]] = defaultdict(list)
+    for tap in candidates:
+        by_direction[(tap.report.user_id, tap.report.peer_user_id)].append(tap)
+    best = None
+    for (x_user, y_user), xs in sorted(by_direction.items()):
+        if x_user > y_user or (y_user, x_user) not in by_direction:
+            continue
+        xs = sorted(xs, key=_pair_order)
+        ys = sorted(by_direction[(y_user, x_user)], key=_pair_order)
+        y_times = [y.report.ts for y in ys]
+        for x in xs:
+            # the earliest Y->X report within the skew of x (the rest of ys is later still)
+            i = bisect.bisect_left(y_times, x.report.ts - max_clock_skew_s)
+            if i < len(ys) and ys[i].report.ts <= x.report.ts + max_clock_skew_s:
+                best = (x, ys[i])
+                break
+        if best is not None:
+            return best
+    return None
+
+
+# ---- 3. the pending expiry ----------------------------------------------------------------
+
+def expire_touch(memory: NonceMemory, *, max_clock_skew_s: float, pending_expiry_s: float) -> Verdict:
+    """The waiting reports become unmatched; afterwards nothing waits and no expiry is due."""
+    rejections = []
+    directions = {(t.report.user_id, t.report.peer_user_id): t for t in memory.pending}
+    for tap in memory.pending:
+        r = tap.report
+        partner = directions.get((r.peer_user_id, r.user_id))
+        if partner is not None:
+            rejections.append(Rejection(r, TAPS_CLOCK_SKEW,
+                                        f"clock skew: the partner report {partner.report.tap_id!r} has ts "
+                                        f"{partner.report.ts - r.ts:+.3f} s from this one "
+                                        f"(max_clock_skew_s={max_clock_skew_s:g})"))
+        else:
+            rejections.append(Rejection(r, TAPS_UNMATCHED,
+                                        "unmatched: no partner report within "
+                                        f"pending_expiry_s={pending_expiry_s:g} of the touch time"))
+    return Verdict(NonceMemory(memory.seen_tap_ids, (), memory.confirmed, memory.confirmed is None),
+                   [], rejections, None)
+
+
+# ---- 4. one edge per user pair ------------------------------------------------------------
+
+def follow_order(follow: Follow):
+    return (follow.established_at, follow.nonce, follow.h3_cell)
+
+
+def keep_first_follow(edge: Optional[Follow], candidates: Iterable[Follow]):
+    """(edge, newly emitted follow or None, repeats) for one user pair: the earliest touch is the edge."""
+    ordered = sorted(candidates, key=follow_order)
+    if edge is None and ordered:
+        return ordered[0], ordered[0], ordered[1:]
+    return edge, None, ordered
+
+
+# ---- the whole rule set on a list ---------------------------------------------------------
+
+def resolve_reports(reports: Iterable[TapReport], pubkeys: Mapping[str, str], *,
+                    max_clock_skew_s: float = 10.0, pending_expiry_s: float = 600.0) -> Resolution:
+    """All reports at once, as a bounded input is resolved: follows, rejections and repeats."""
+    rejections: List[Rejection] = []
+    by_nonce: Dict[str, List[CheckedTap]] = defaultdict(list)
+    key_cache: Dict[str, bool] = {}
+    for report in reports:
+        checked = check_report(report, pubkeys, max_clock_skew_s, key_cache)
+        if isinstance(checked, Rejection):
+            rejections.append(checked)
+        else:
+            by_nonce[checked.report.nonce].append(checked)
+    confirmed: List[Follow] = []
+    for group in by_nonce.values():
+        verdict = judge_touch(EMPTY_MEMORY, group, max_clock_skew_s=max_clock_skew_s,
+                              pending_expiry_s=pending_expiry_s)
+        confirmed.extend(verdict.follows)
+        rejections.extend(verdict.rejections)
+        if verdict.expire_at is not None:
+            rejections.extend(expire_touch(verdict.memory, max_clock_skew_s=max_clock_skew_s,
+                                           pending_expiry_s=pending_expiry_s).rejections)
+    by_pair: Dict[Tuple[str, str], List[Follow]] = defaultdict(list)
+    for follow in confirmed:
+        by_pair[(follow.user_a, follow.user_b)].append(follow)
+    follows, repeats = [], []
+    for candidates in by_pair.values():
+        _, emitted, rest = keep_first_follow(None, candidates)
+        follows.append(emitted)
+        repeats.extend(rest)
+    return Resolution(sorted(follows), sorted(rejections, key=rejection_order), sorted(repeats))
+
+
+def rejection_order(rejection: Rejection):
+    return (rejection.report.tap_id, rejection.kind, rejection.reason, rejection.report)

@@ -85,6 +85,7 @@ class FirehoseReplay:
                 log.info("firehose %s resumes at byte %d", self.path, offset)
             started = time.monotonic()
             batch: list[bytes] = []
+            ends: list[int] = []          # input offset after each line, for exact resumption
             batch_started = time.monotonic()
             sent = 0
             for raw in source:
@@ -98,27 +99,28 @@ class FirehoseReplay:
                 if not line.lstrip().startswith(b"{"):
                     self.not_json += 1
                 batch.append(line)
+                ends.append(offset)
                 sent += 1
                 if self.rate > 0:
                     # pace against the start, so per-line sleeps do not accumulate drift
                     ahead = started + sent / self.rate - time.monotonic()
                     if ahead > 0:
-                        self._flush(key, batch, offset)
-                        batch = []
+                        self._flush(key, batch, ends)
+                        batch, ends = [], []
                         batch_started = time.monotonic()
                         if self._stop.wait(ahead):
                             break
                 if len(batch) >= self.batch_size or time.monotonic() - batch_started >= self.batch_s:
-                    self._flush(key, batch, offset)
-                    batch = []
+                    self._flush(key, batch, ends)
+                    batch, ends = [], []
                     batch_started = time.monotonic()
-            self._flush(key, batch, offset)
+            self._flush(key, batch, ends)
         finally:
             if source is not sys.stdin.buffer:
                 source.close()
 
-    def _flush(self, key, batch, offset):
+    def _flush(self, key, batch, ends):
         if not batch:
             return
-        self.sink.write_batch(key, batch, offset)
+        self.sink.write_batch(key, batch, ends)
         self.written += len(batch)

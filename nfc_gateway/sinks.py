@@ -95,11 +95,12 @@ class FileTweetSink:
     def resume_offset(self, source: str) -> int:
         return self.state.offset(source)
 
-    def write_batch(self, source: Optional[str], lines: list[bytes], end_offset: int):
+    def write_batch(self, source: Optional[str], lines: list[bytes], ends: list[int]):
+        """Durably append ``lines``; ``ends[i]`` is the input offset just after line i."""
         self._file.write(b"".join(line + b"\n" for line in lines))
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.state.commit(source, end_offset, self._file.tell())
+        self.state.commit(source, ends[-1], self._file.tell())
 
     def close(self):
         self._file.close()

@@ -146,8 +146,9 @@ class ListSink:
     def resume_offset(self, key):
         return 0
 
-    def write_batch(self, key, lines, offset):
-        self.batches.append((list(lines), offset))
+    def write_batch(self, key, lines, ends):
+        assert len(lines) == len(ends) and ends == sorted(ends)
+        self.batches.append((list(lines), ends[-1]))
 
 
 def test_firehose_keeps_its_rate_and_hands_lines_on_unchanged(tmp_path):
@@ -168,7 +169,7 @@ def test_firehose_keeps_its_rate_and_hands_lines_on_unchanged(tmp_path):
 def test_tweet_sink_cuts_back_to_the_last_commit(tmp_path):
     state = FirehoseState(tmp_path)
     sink = FileTweetSink(tmp_path, state)
-    sink.write_batch("src", [b"a", b"b"], 4)
+    sink.write_batch("src", [b"a", b"b"], [2, 4])
     sink.close()
     with open(tmp_path / "tweets.jsonl", "ab") as handle:
         handle.write(b"c\nd")                                  # written, never committed

@@ -1,0 +1,217 @@
+"""Handing records to Kafka without losing or repeating one across a restart.
+
+The producer is idempotent with ``acks=all`` (no broker-side duplicates from its
+own retries), and progress is committed to a local state file only after
+``flush()`` returned, i.e. after every record of the batch is acknowledged by
+all in-sync replicas. That alone is at-least-once: a crash between the flush
+and the commit would send the batch again. So every record carries headers
+``tf-gateway`` (this instance), ``tf-source`` and ``tf-pos`` (its position in
+the source), and on start the gateway reads the tail of every partition of the
+topic and skips exactly the records of the uncommitted window that already
+landed -- a set, not a high-water mark, because a half-flushed batch may have
+landed out of order across partitions.
+
+* Taps: the HTTP intake confirms a report once it is fsynced in the write-ahead
+  spool ``OUT/spool/taps.wal.jsonl`` (so senders are not held hostage by a slow
+  broker); a forwarder thread moves the spool to the topic, keyed by
+  ``tap_id``. The spool also rebuilds the seen-``tap_id`` set on start.
+* Tweets: each firehose batch is produced and flushed before the source offset
+  is committed; records are keyed by nothing (the broker spreads them).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+from nfc_gateway.sinks import STATE_DIR
+from nfc_gateway.spool import DurableLog, read_lines, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+H_GATEWAY, H_SOURCE, H_POS = "tf-gateway", "tf-source", "tf-pos"
+# How far back from each partition's end the restart scan looks; it must cover
+# the uncommitted window (one batch) plus whatever other producers wrote since.
+TAIL_SCAN_RECORDS = 20_000
+BATCH_RECORDS = 1000
+
+
+def make_producer(bootstrap: str):
+    from kafka import KafkaProducer
+    return KafkaProducer(
+        bootstrap_servers=bootstrap.split(","),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        compression_type=None,
+        max_in_flight_requests_per_connection=5,   # the most idempotence keeps ordered
+        retries=2_147_483_647,
+        delivery_timeout_ms=120_000,
+    )
+
+
+def landed_positions(bootstrap: str, topic: str, gateway: str, source: str, after: int,
+                     scan: int = TAIL_SCAN_RECORDS) -> set[int]:
+    """Positions > ``after`` of records this gateway already wrote for ``source``."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=2000)
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        begins = consumer.beginning_offsets(tps)
+        pending = {}
+        for tp in tps:
+            start = max(begins[tp], ends[tp] - scan)
+            if start < ends[tp]:
+                consumer.seek(tp, start)
+                pending[tp] = ends[tp]
+            else:
+                consumer.pause(tp)
+        found: set[int] = set()
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    headers = {k: v for k, v in (record.headers or [])}
+                    if (headers.get(H_GATEWAY) == gateway.encode() and headers.get(H_SOURCE) == source.encode()):
+                        pos = int(headers[H_POS])
+                        if pos > after:
+                            found.add(pos)
+                if records and records[-1].offset + 1 >= pending.get(tp, 0):
+                    pending.pop(tp, None)
+                    consumer.pause(tp)
+        if pending:
+            raise RuntimeError(f"could not read the tail of {topic} to recover; refusing to risk duplicates")
+        return found
+    finally:
+        consumer.close()
+
+
+def _headers(gateway: str, source: str, pos: int):
+    return [(H_GATEWAY, gateway.encode()), (H_SOURCE, source.encode()), (H_POS, str(pos).encode())]
+
+
+def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], bytes, int]], gateway: str,
+                    source: str, bootstrap: str, committed: int, skip: set[int], stop: threading.Event) -> bool:
+    """Send ``(key, value, pos)`` records not in ``skip`` and wait until all are acknowledged.
+
+    On a failure some records may have landed; the topic's tail is read again so
+    the retry sends exactly the missing ones. Returns False only when stopping.
+    """
+    while not stop.is_set():
+        try:
+            futures = [producer.send(topic, key=key, value=value, headers=_headers(gateway, source, pos))
+                       for key, value, pos in records if pos not in skip]
+            producer.flush(timeout=60)
+            for future in futures:
+                future.get(timeout=0)      # raises the delivery error of a failed record
+            return True
+        except Exception as exc:  # noqa: BLE001 - any Kafka error: find what landed, retry the rest
+            log.error("Kafka %s: batch not fully acknowledged (%s: %s); retrying", topic, type(exc).__name__, exc)
+            stop.wait(1.0)
+            try:
+                skip |= landed_positions(bootstrap, topic, gateway, source, committed)
+            except Exception as scan_exc:  # noqa: BLE001 - broker still away: wait and try again
+                log.error("Kafka %s: cannot read the tail yet (%s)", topic, scan_exc)
+    return False
+
+
+class KafkaTapSink:
+    name = "kafka"
+
+    def __init__(self, output_dir: str, bootstrap: str, topic: str, gateway: str):
+        self.bootstrap, self.topic, self.gateway = bootstrap, topic, gateway
+        out = Path(output_dir)
+        self.wal_path = out / "spool" / "taps.wal.jsonl"
+        self.wal = DurableLog(self.wal_path)
+        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        self.state_path = out / STATE_DIR / f"kafka-{topic}.json"
+        self.committed = json.loads(self.state_path.read_text())["wal_offset"] if self.state_path.exists() else 0
+        self.producer = make_producer(bootstrap)
+        self._skip = landed_positions(bootstrap, topic, gateway, "taps-wal", self.committed)
+        self.forwarded = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._forward_loop, name="kafka-taps", daemon=True)
+        self._thread.start()
+
+    def existing(self) -> Iterable[bytes]:
+        for _, line in read_lines(self.wal_path):
+            yield line
+
+    def append(self, line: bytes):
+        self.wal.append(line)
+        self._wake.set()
+
+    def _forward_loop(self):
+        while not self._stop.is_set():
+            batch = []
+            for end, line in read_lines(self.wal_path, self.committed):
+                batch.append((end, line))
+                if len(batch) >= BATCH_RECORDS:
+                    break
+            if not batch:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            records = [(json.loads(line)["tap_id"].encode(), line, end) for end, line in batch]
+            if not publish_exactly(self.producer, self.topic, records, self.gateway, "taps-wal", self.bootstrap,
+                                   self.committed, self._skip, self._stop):
+                return
+            self.committed = batch[-1][0]
+            write_json_atomic(self.state_path, {"wal_offset": self.committed})
+            self.forwarded += len(batch)
+
+    def health(self) -> dict:
+        return {"sink": "kafka", "topic": self.topic, "spool_bytes": self.wal.size,
+                "forwarded_bytes": self.committed, "forwarded": self.forwarded}
+
+    def close(self):
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        self.producer.close(timeout=10)
+        self.wal.close()
+
+
+class KafkaTweetSink:
+    name = "kafka"
+
+    def __init__(self, output_dir: str, bootstrap: str, topic: str, gateway: str):
+        self.bootstrap, self.topic, self.gateway = bootstrap, topic, gateway
+        out = Path(output_dir) / STATE_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        self.state_path = out / f"kafka-{topic}.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"sources": {}}
+        self.producer = make_producer(bootstrap)
+        self._skip: set[int] = set()
+        self._stop = threading.Event()
+
+    def resume_offset(self, source: str) -> int:
+        committed = int(self.state["sources"].get(source, 0))
+        self._skip = landed_positions(self.bootstrap, self.topic, self.gateway, source, committed)
+        if self._skip:
+            log.info("firehose: %d records after the last commit already in %s; skipping them", len(self._skip), self.topic)
+        return committed
+
+    def write_batch(self, source: Optional[str], lines: list[bytes], ends: list[int]):
+        records = [(None, line, end) for line, end in zip(lines, ends)]
+        committed = int(self.state["sources"].get(source, 0)) if source else 0
+        if not publish_exactly(self.producer, self.topic, records, self.gateway, source or "-", self.bootstrap,
+                               committed, self._skip, self._stop):
+            raise RuntimeError("stopped before the batch was acknowledged")
+        if source is not None:
+            self.state["sources"][source] = ends[-1]
+            write_json_atomic(self.state_path, self.state)
+
+    def close(self):
+        self._stop.set()
+        self.producer.close(timeout=10)

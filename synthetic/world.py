@@ -29,7 +29,9 @@ How the world works: each user has a home and (most) a workplace in one of the
 clock is a few seconds off. Venues near Tokyo's hotspots host scheduled
 happenings; groups of friends attend them together, tweet about them in
 bursts, and touch phones; friends also meet elsewhere and touch; a few pairs
-touch twice. Pings sample each user's true path every 10-20 minutes (every 3-6
+touch twice. Other Twitter accounts (half as many as users, not in
+``users.jsonl``, no phone data) chatter, retweet and tweet about happenings
+too, as the real firehose carries everyone's tweets. Pings sample each user's true path every 10-20 minutes (every 3-6
 minutes at a happening) with GPS, Wi-Fi or cell-tower error. Tweets are ordinary
 chatter (some geotagged, some with only a place, most with no location, a few
 mentioning "ライブ"/"sale" without being at anything), event tweets, retweets
@@ -234,6 +236,8 @@ class World:
         self.fake_en = Faker("en_US")
         self.fake_en.seed_instance(seed)
         self.people: list[Person] = []
+        # Twitter accounts that are not the carrier's users: they only tweet (no phone data).
+        self.public: list[Person] = []
         self.venues: dict[str, list[Venue]] = {}
         self.ward_places: list[twitter.Place] = []
         self.happenings: list[Happening] = []
@@ -254,19 +258,11 @@ class World:
         home_cum = _cumulative(w.home_weight for w in geo.WARDS)
         work_cum = _cumulative(w.work_weight for w in geo.WARDS)
         age_cum = _cumulative(share for _, share in AGE_BANDS)
-        used_ids, used_names = set(), set()
-        names = [self.fake.name() for _ in range(min(self.n_users, 2000))]
-        handles = [self.fake.user_name() for _ in range(min(self.n_users, 2000))]
+        self._used_ids, self._used_names = set(), set()
+        self._names = [self.fake.name() for _ in range(min(self.n_users, 2000))]
+        self._handles = [self.fake.user_name() for _ in range(min(self.n_users, 2000))]
         for idx in range(self.n_users):
-            while True:
-                # Twitter ids: pre-2013 accounts have short sequential ids, later ones are snowflakes.
-                if rng.random() < 0.35:
-                    user_id = str(rng.randrange(10_000_000, 3_000_000_000))
-                else:
-                    user_id = str(rng.randrange(700_000_000_000_000_000, 1_900_000_000_000_000_000))
-                if user_id not in used_ids:
-                    used_ids.add(user_id)
-                    break
+            author = self._new_account(rng)
             key, pubkey = proofs.new_keypair(seed=rng.randbytes(32))
             ward = _weighted_index(rng, home_cum)
             w = geo.WARDS[ward]
@@ -275,17 +271,10 @@ class World:
             if rng.random() < 0.72:
                 wk = geo.WARDS[_weighted_index(rng, work_cum)]
                 work = geo.scatter(rng, wk.lat, wk.lng, 1000.0)
-            handle = handles[rng.randrange(len(handles))]
-            screen_name = handle if handle not in used_names else f"{handle}_{rng.randrange(10, 9999)}"
-            while screen_name in used_names:
-                screen_name = f"{handle}_{rng.randrange(10, 999999)}"
-            used_names.add(screen_name)
-            author = twitter.Author(user_id, screen_name, names[rng.randrange(len(names))],
-                                    int(rng.lognormvariate(4.5, 1.2)), int(rng.lognormvariate(4.8, 0.8)))
             geo_roll = rng.random()
             p_exact = 0.0 if geo_roll < 0.55 else (0.3 if geo_roll < 0.85 else 0.8)
             self.people.append(Person(
-                idx=idx, user_id=user_id, key=key, pubkey=pubkey,
+                idx=idx, user_id=author.user_id, key=key, pubkey=pubkey,
                 alerts_opt_in=rng.random() < 0.88,
                 stats_opt_out=rng.random() < 0.04,
                 age_band=AGE_BANDS[_weighted_index(rng, age_cum)][0] if rng.random() < 0.85 else None,
@@ -295,7 +284,36 @@ class World:
                 p_exact=p_exact, p_place=0.15,
                 lang="en" if rng.random() < 0.08 else "ja",
             ))
-        self.progress(f"people: {len(self.people)}")
+        rng = self.rng("public")
+        for j in range(max(10, self.n_users // 2)):
+            author = self._new_account(rng)
+            ward = _weighted_index(rng, home_cum)
+            home = geo.scatter(rng, geo.WARDS[ward].lat, geo.WARDS[ward].lng, 1500.0)
+            self.public.append(Person(
+                idx=-1 - j, user_id=author.user_id, key=None, pubkey="", alerts_opt_in=False,
+                stats_opt_out=False, age_band=None, author=author, home=home, work=None, ward=ward,
+                skew_s=0.0, chatter_rate=min(3.0, rng.lognormvariate(math.log(0.2), 0.9)),
+                p_exact=0.0 if rng.random() < 0.6 else 0.4, p_place=0.15,
+                lang="en" if rng.random() < 0.1 else "ja"))
+        self.progress(f"people: {len(self.people)} users, {len(self.public)} other accounts")
+
+    def _new_account(self, rng: random.Random) -> twitter.Author:
+        while True:
+            # Twitter ids: pre-2013 accounts have short sequential ids, later ones are snowflakes.
+            if rng.random() < 0.35:
+                user_id = str(rng.randrange(10_000_000, 3_000_000_000))
+            else:
+                user_id = str(rng.randrange(700_000_000_000_000_000, 1_900_000_000_000_000_000))
+            if user_id not in self._used_ids:
+                self._used_ids.add(user_id)
+                break
+        handle = self._handles[rng.randrange(len(self._handles))]
+        screen_name = handle if handle not in self._used_names else f"{handle}_{rng.randrange(10, 9999)}"
+        while screen_name in self._used_names:
+            screen_name = f"{handle}_{rng.randrange(10, 999999)}"
+        self._used_names.add(screen_name)
+        return twitter.Author(user_id, screen_name, self._names[rng.randrange(len(self._names))],
+                              int(rng.lognormvariate(4.5, 1.2)), int(rng.lognormvariate(4.8, 0.8)))
 
     def build_friends(self) -> None:
         rng = self.rng("friends")
@@ -369,17 +387,16 @@ class World:
 
     def _window_start(self, rng: random.Random, duration: float, typical: tuple) -> float:
         """A start time for something lasting ``duration`` that fits the window; at
-        typical local hours when the window is long enough to have them."""
+        typical local hours when the window has them (a night-only window gets a
+        late-night one)."""
         lo, hi = self.t0 + 10 * MINUTE, self.t1 - duration - 10 * MINUTE
         if hi <= lo:
             return self.t0
         start = rng.uniform(lo, hi)
-        if self.hours >= 12:
-            for _ in range(30):
-                local_h = ((start + JST_OFFSET_S) % 86400) / HOUR
-                if typical[0] <= local_h <= typical[1]:
-                    break
-                start = rng.uniform(lo, hi)
+        for _ in range(30):
+            if typical[0] <= ((start + JST_OFFSET_S) % 86400) / HOUR <= typical[1]:
+                break
+            start = rng.uniform(lo, hi)
         return start
 
     @staticmethod
@@ -517,11 +534,10 @@ class World:
             if hi <= lo:
                 return False
             start = rng.uniform(lo, hi)
-            if self.hours >= 12:
-                for _ in range(20):
-                    if 9.0 <= ((start + JST_OFFSET_S) % 86400) / HOUR <= 22.0:
-                        break
-                    start = rng.uniform(lo, hi)
+            for _ in range(20):
+                if 9.0 <= ((start + JST_OFFSET_S) % 86400) / HOUR <= 22.0:
+                    break
+                start = rng.uniform(lo, hi)
             end = start + duration
             if not (self._is_free(p, start, end, spot) and self._is_free(q, start, end, spot)):
                 continue
@@ -795,6 +811,23 @@ class World:
                         retweetable.append(spec)
                         if not is_core and coords is not None:
                             deletable.append(spec)
+            # Non-users at the happening tweet about it too (no attendance truth: no phone data).
+            for _ in range(round(len(h.attendees) * 0.5)):
+                p = self.public[rng.randrange(len(self.public))]
+                t = rng.uniform(max(h.start, t0), min(h.end, t1))
+                lat, lng = geo.scatter(rng, h.venue.lat, h.venue.lng, h.radius_m * 0.3)
+                text, tags = self._event_text(rng, h, p, with_tag=rng.random() < 0.7)
+                roll = rng.random()
+                if roll < 0.5:
+                    coords, place = self._geotag(rng, lat, lng, 10.0), h.venue.place
+                elif roll < 0.8:
+                    coords, place = None, h.venue.place
+                else:
+                    coords, place = None, None
+                spec = self._spec(rng, t, p, text, tags, coords, place)
+                specs.append(spec)
+                h.event_tweet_ids.append(spec.tweet_id)
+                retweetable.append(spec)
         if not deleted and deletable:
             # Every world has at least one deleted event tweet: the alerts must honour it.
             spec = min(deletable, key=lambda s: s.tweet_id)
@@ -802,9 +835,9 @@ class World:
             deleted.append((spec, spec.millis + int(rng.uniform(2, 10) * MINUTE * 1000)))
         self.progress(f"event tweets: {len(specs)}")
 
-        # Chatter: a Poisson process per user following the diurnal curve.
+        # Chatter: a Poisson process per account following the diurnal curve.
         peak = max(DIURNAL)
-        for p in self.people:
+        for p in self.people + self.public:
             rate = p.chatter_rate * peak / HOUR
             t = t0
             while True:
@@ -824,7 +857,10 @@ class World:
                         while len(text) <= twitter.V1_TEXT_LIMIT + 10:
                             text = f"{text} {pool[rng.randrange(len(pool))]}"
                 tags = tuple(word[1:] for word in text.split() if word.startswith("#"))
-                lat, lng, _ = self.locate(p, t)
+                if p.idx >= 0:
+                    lat, lng, _ = self.locate(p, t)
+                else:  # no phone data: somewhere around home
+                    lat, lng = geo.scatter(rng, p.home[0], p.home[1], 2500.0)
                 roll = rng.random()
                 if roll < p.p_exact:
                     coords, place = self._geotag(rng, lat, lng, 15.0), self._ward_place(lat, lng)
@@ -843,12 +879,15 @@ class World:
         # Retweets: event tweets spread (mostly through friends); a few chatter tweets do too.
         retweets = []
         for orig in retweetable:
-            author = self.people[self._person_index[orig.author.user_id]]
+            author = self._accounts[orig.author.user_id]
             count = sum(rng.random() < 0.35 for _ in range(3))
             for _ in range(count):
                 friends = sorted(author.friends)
-                if friends and rng.random() < 0.7:
+                roll = rng.random()
+                if friends and roll < 0.7:
                     rter = self.people[friends[rng.randrange(len(friends))]]
+                elif roll < 0.85:
+                    rter = self.public[rng.randrange(len(self.public))]
                 else:
                     rter = self.people[rng.randrange(len(self.people))]
                 if rter is author:
@@ -903,7 +942,7 @@ class World:
 
     def build(self) -> None:
         self.build_people()
-        self._person_index = {p.user_id: p.idx for p in self.people}
+        self._accounts = {p.user_id: p for p in self.people + self.public}
         self.build_friends()
         self.build_venues()
         self.build_happenings()

@@ -374,10 +374,10 @@ def test_every_happening_has_an_opening_burst_from_three_people_at_the_venue(wor
                 if i not in deleted and by_id[i][2] is not None and h["hashtag"] in by_id[i][3]
                 and geo.distance_m(by_id[i][2][1], by_id[i][2][0], h["lat"], h["lng"]) <= h["radius_m"]
                 and start <= by_id[i][1] <= start + 20 * 60]
-        authors = {author for author, *_ in near}
-        assert len(authors) >= 3, h["happening_id"]
-        assert authors <= attendance[h["happening_id"]]
-        assert max(t for _, t, _, _ in near) - min(t for _, t, _, _ in near) <= 15 * 60
+        # Other accounts tweet about it too; the burst comes from three users who are there.
+        near = sorted((t, author) for author, t, _, _ in near if author in attendance[h["happening_id"]])
+        burst = max(len({a for t2, a in near if t <= t2 <= t + 15 * 60}) for t, _ in near)
+        assert burst >= 3, h["happening_id"]
 
 
 # ---- formatting helpers -------------------------------------------------------------------

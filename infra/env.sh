@@ -1,0 +1,33 @@
+# Shared settings for infra/*.sh (sourced, not executed). Override any of them from
+# the environment.
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+INFRA_CACHE="${INFRA_CACHE:-$INFRA_DIR/.cache}"
+RUN_DIR="$INFRA_CACHE/run"      # pid files
+LOG_DIR="$INFRA_CACHE/logs"
+DATA_DIR="$INFRA_CACHE/data"    # kafka log dirs, flink checkpoints
+
+# Flink: the distribution shipped inside the apache-flink(-libraries) PyPI wheels.
+FLINK_VERSION="${FLINK_VERSION:-2.2.1}"
+FLINK_MAJOR_MINOR="${FLINK_VERSION%.*}"
+FLINK_HOME="${FLINK_HOME_OVERRIDE:-$INFRA_CACHE/flink-$FLINK_VERSION/pyflink}"
+FLINK_REST_PORT="${FLINK_REST_PORT:-8081}"
+FLINK_RPC_PORT="${FLINK_RPC_PORT:-6123}"
+
+# Kafka broker (KRaft, single node) from Maven Central jars.
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+KAFKA_LIB="$INFRA_CACHE/kafka-$KAFKA_VERSION/libs"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+KAFKA_TOPICS="${KAFKA_TOPICS:-taps tweets pings users alerts follows}"
+
+# Beam. Python SDK version is the project's (2.77.0); Java artifacts come from the
+# newest release whose modules Maven Central serves here together (2.73.0).
+BEAM_VERSION="${BEAM_VERSION:-2.77.0}"
+BEAM_JAVA_VERSION="${BEAM_JAVA_VERSION:-2.73.0}"
+BEAM_XLANG_LIB="$INFRA_CACHE/beam-xlang-$BEAM_JAVA_VERSION/libs"
+EXPANSION_PORT="${EXPANSION_PORT:-8097}"      # KafkaIO expansion service (gRPC)
+JAVA_WORKER_PORT="${JAVA_WORKER_PORT:-8099}"  # Java SDK harness worker pool (EXTERNAL env)
+FLINK_JOB_SERVER_JAR="$INFRA_CACHE/jars/beam-runners-flink-$FLINK_MAJOR_MINOR-job-server-$BEAM_VERSION.jar"
+
+JAVA="${JAVA:-java}"

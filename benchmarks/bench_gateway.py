@@ -1,0 +1,181 @@
+"""Throughput of the NFC gateway on loopback: accepted tap reports/s and firehose records/s.
+
+    python benchmarks/bench_gateway.py [--reports 20000] [--clients 16] [--seconds 20]
+                                       [--firehose-records 200000] [--no-kafka]
+
+* Taps: the gateway runs as its own process (``python -m nfc_gateway serve``,
+  file sink, signatures verified against a users.jsonl); this process drives it
+  with ``--clients`` threads, each on a keep-alive HTTP/1.1 connection, posting
+  distinct signed reports until ``--reports`` are accepted or ``--seconds``
+  pass. Every accepted report is fsynced before its 201 (group commit).
+* Firehose: ``--firehose-records`` v1.1-shaped lines (~0.9 KB each) replayed
+  at full speed into ``tweets.jsonl`` (fsync per batch, offsets committed),
+  and into a fresh Kafka topic when a broker answers at 127.0.0.1:9092.
+
+Prints one line per measurement and a JSON summary at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nfc_gateway.testing import signed_report, users_jsonl  # noqa: E402
+
+PAIRS = [("1001", "1002"), ("1002", "1001"), ("1003", "1004"), ("1004", "1003")]
+
+
+def make_reports(n: int) -> list[bytes]:
+    return [json.dumps(signed_report(*PAIRS[i % 4], seq=i)).encode() for i in range(n)]
+
+
+def bench_taps(n: int, clients: int, seconds: float, workdir: Path) -> dict:
+    users = workdir / "users.jsonl"
+    users_jsonl(users)
+    bodies = make_reports(n)
+    out = workdir / "taps-out"
+    proc = subprocess.Popen([sys.executable, "-m", "nfc_gateway", "--log-level", "ERROR", "serve", "--port", "0",
+                             "--output", str(out), "--users", str(users),
+                             "--device-rate", "1000000000", "--device-burst", "1000000000"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    if not first:
+        raise RuntimeError(f"gateway did not start: {proc.stderr.read()[-500:]}")
+    port = int(json.loads(first)["url"].rsplit(":", 1)[1])
+    next_index = iter(range(n))
+    lock = threading.Lock()
+    accepted = [0]
+    other = {}
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        while time.monotonic() < deadline:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                break
+            t = time.perf_counter()
+            conn.request("POST", "/v1/taps", body=bodies[i], headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - t)
+            with lock:
+                if response.status == 201:
+                    accepted[0] += 1
+                else:
+                    other[response.status] = other.get(response.status, 0) + 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    proc.terminate()
+    proc.wait(10)
+    stored = sum(1 for _ in open(out / "taps.jsonl", "rb"))
+    latencies.sort()
+    pct = lambda q: round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)  # noqa: E731
+    return {"accepted": accepted[0], "other_statuses": other, "stored": stored, "seconds": round(elapsed, 3),
+            "reports_per_s": round(accepted[0] / elapsed, 1), "clients": clients,
+            "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99)}
+
+
+def write_firehose(path: Path, n: int) -> int:
+    text = "Fireworks over the river tonight! " * 6
+    with open(path, "wb") as handle:
+        for i in range(n):
+            tweet = {
+                "created_at": "Wed Oct 10 20:19:24 +0000 2018", "id_str": str(1050118621198921728 + i),
+                "text": text[:140], "lang": "en", "truncated": False,
+                "user": {"id_str": str(10_000 + i % 5000), "screen_name": f"user{i % 5000}", "followers_count": i % 977},
+                "coordinates": {"type": "Point", "coordinates": [139.7671 + (i % 100) * 1e-4, 35.6812]},
+                "place": None, "entities": {"hashtags": [{"text": "hanabi", "indices": [0, 7]}], "urls": []},
+                "timestamp_ms": str(1539202764000 + i),
+            }
+            handle.write(json.dumps(tweet).encode() + b"\n")
+    return path.stat().st_size
+
+
+def bench_firehose(path: Path, size: int, n: int, sink, label: str) -> dict:
+    from nfc_gateway.firehose import FirehoseReplay
+    started = time.monotonic()
+    replay = FirehoseReplay(str(path), sink, rate=0).start()
+    replay.done.wait()
+    elapsed = time.monotonic() - started
+    sink.close()
+    if replay.error:
+        raise RuntimeError(replay.error)
+    return {"sink": label, "records": replay.written, "seconds": round(elapsed, 3),
+            "records_per_s": round(replay.written / elapsed, 1), "mb_per_s": round(size / elapsed / 1e6, 1)}
+
+
+def kafka_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 9092), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reports", type=int, default=20000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--firehose-records", type=int, default=200000)
+    parser.add_argument("--no-kafka", action="store_true")
+    args = parser.parse_args(argv)
+
+    from nfc_gateway.sinks import FileTweetSink, FirehoseState
+    summary = {"cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        work = Path(tmp)
+        taps = bench_taps(args.reports, args.clients, args.seconds, work)
+        summary["taps"] = taps
+        print(f"taps: {taps['accepted']} accepted in {taps['seconds']} s = {taps['reports_per_s']} reports/s "
+              f"({taps['clients']} clients, p50 {taps['latency_ms_p50']} ms, p99 {taps['latency_ms_p99']} ms, "
+              f"stored {taps['stored']})", flush=True)
+
+        source = work / "firehose.jsonl"
+        size = write_firehose(source, args.firehose_records)
+        out = work / "fh-out"
+        out.mkdir()
+        files = bench_firehose(source, size, args.firehose_records, FileTweetSink(out, FirehoseState(out)), "file")
+        summary["firehose_file"] = files
+        print(f"firehose -> tweets.jsonl: {files['records_per_s']} records/s ({files['mb_per_s']} MB/s)", flush=True)
+
+        if not args.no_kafka and kafka_up():
+            from nfc_gateway.kafka_sink import KafkaTweetSink
+            topic = f"nfcgw-bench-{uuid.uuid4().hex[:8]}"
+            sink = KafkaTweetSink(str(work / "kafka-out"), "127.0.0.1:9092", topic, "bench")
+            kafka = bench_firehose(source, size, args.firehose_records, sink, f"kafka:{topic}")
+            summary["firehose_kafka"] = kafka
+            print(f"firehose -> Kafka topic {topic}: {kafka['records_per_s']} records/s ({kafka['mb_per_s']} MB/s)", flush=True)
+        else:
+            print("firehose -> Kafka: skipped (no broker at 127.0.0.1:9092)", flush=True)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -389,7 +389,8 @@ class World:
         """A start time for something lasting ``duration`` that fits the window; at
         typical local hours when the window has them (a night-only window gets a
         late-night one)."""
-        lo, hi = self.t0 + 10 * MINUTE, self.t1 - duration - 10 * MINUTE
+        margin = min(10 * MINUTE, 0.1 * (self.t1 - self.t0))
+        lo, hi = self.t0 + margin, self.t1 - duration - margin
         if hi <= lo:
             return self.t0
         start = rng.uniform(lo, hi)
@@ -416,7 +417,7 @@ class World:
         for i in range(n):
             kind = KINDS[i] if i < len(KINDS) else KINDS[_weighted_index(rng, kind_cum)]
             (dur_lo, dur_hi), radius, share, lo, hi, typical = KIND_PARAMS[kind]
-            duration = min(rng.uniform(dur_lo, dur_hi) * HOUR, max(30 * MINUTE, window - 20 * MINUTE))
+            duration = min(rng.uniform(dur_lo, dur_hi) * HOUR, max(0.8 * window, window - 20 * MINUTE))
             start = self._window_start(rng, duration, typical)
             venues = self.venues[KIND_VENUE_TYPE[kind]]
             venue = venues[rng.randrange(len(venues))]
@@ -464,10 +465,12 @@ class World:
                         and self._is_free(friend, arrive - 5 * MINUTE, leave + 5 * MINUTE, venue_at)):
                     group.append(friend)
             members = []
+            # A group stands together: friends within metres of the leader's spot.
+            spot = geo.scatter(rng, h.venue.lat, h.venue.lng, h.radius_m * 0.25)
             for p in group:
                 a = arrive + (0.0 if p is leader else rng.uniform(-3 * MINUTE, 3 * MINUTE))
                 l = leave + (0.0 if p is leader else rng.uniform(-3 * MINUTE, 3 * MINUTE))
-                lat, lng = geo.scatter(rng, h.venue.lat, h.venue.lng, h.radius_m * 0.25)
+                lat, lng = spot if p is leader else geo.scatter(rng, spot[0], spot[1], 4.0)
                 p.commitments.append((a, l, lat, lng, VENUE, h.radius_m * 0.1))
                 h.attendees.append((p, a, l, lat, lng, core))
                 members.append((p, a, l, lat, lng))
@@ -635,7 +638,7 @@ class World:
             p.lngs.append(lng)
             p.kinds.append(kind)
             p.wanders.append(wander)
-            edge_m = edge_cache.get((lat, lng))
+            edge_m = edge_cache.get((lat, lng)) if e >= self.t0 and s <= self.t1 else 0.0
             if edge_m is None:
                 edge_m = edge_cache[(lat, lng)] = geo.boundary_distance_m(lat, lng)
             p.edge_m.append(edge_m)
@@ -658,10 +661,11 @@ class World:
         return lat, lng, -1
 
     def ping_lines(self) -> list:
-        """Every ping as (millis, user index, line), in time order."""
+        """Every ping line, in time order (ties by user)."""
         rng = self.rng("pings")
-        out = []
-        append = out.append
+        out, keys = [], []
+        append, append_key = out.append, keys.append
+        stride = len(self.people)
         t0, t1 = self.t0, self.t1
         m_lat, m_lng = geo.M_PER_DEG_LAT, geo.M_PER_DEG_LNG
         uniform, rand = rng.uniform, rng.random
@@ -672,7 +676,7 @@ class World:
             starts, ends, kinds, wanders, edge = p.starts, p.ends, p.kinds, p.wanders, p.edge_m
             n = len(starts)
             i = 0
-            t = t0 + uniform(0.0, 900.0)
+            t = t0 + uniform(0.0, min(900.0, t1 - t0))
             while t < t1:
                 while i < n and ends[i] < t:
                     i += 1
@@ -710,12 +714,13 @@ class World:
                 prefix = prefixes.get(minute)
                 if prefix is None:
                     prefix = prefixes[minute] = clock.rfc3339_ms(minute * 60000)[:-7]
-                append((millis, p.idx,
-                        f'{head}{prefix}{sec:02d}.{ms:03d}Z","lat":{plat:.6f},"lng":{plng:.6f},'
-                        f'"accuracy_m":{accuracy:.1f},"source":"{source}"}}'))
+                append(f'{head}{prefix}{sec:02d}.{ms:03d}Z","lat":{plat:.6f},"lng":{plng:.6f},'
+                       f'"accuracy_m":{accuracy:.1f},"source":"{source}"}}')
+                append_key(millis * stride + p.idx)
                 t += uniform(180.0, 360.0) if kind == VENUE else uniform(600.0, 1200.0)
-        out.sort()
-        return out
+        # Sorting int keys is several times faster than sorting (millis, idx, line) tuples.
+        order = sorted(range(len(out)), key=keys.__getitem__)
+        return [out[i] for i in order]
 
     # ---- stage 5: tweets --------------------------------------------------------------
 
@@ -768,7 +773,7 @@ class World:
         return text, tuple(tags)
 
     def build_tweets(self) -> tuple[list, list]:
-        """(firehose lines as (millis, order, line) in time order, deleted tweets)."""
+        """(firehose lines in time order, deleted tweets as (id, author, millis))."""
         rng = self.rng("tweets")
         faker_pool_size = 400
         self.sentences_ja = [self.fake.sentence() for _ in range(faker_pool_size)]
@@ -905,7 +910,7 @@ class World:
         lines.extend((ms, 1 << 64, twitter.render_delete(s.tweet_id, s.author.user_id, ms))
                      for s, ms in deleted if ms < t1 * 1000)
         lines.sort()
-        return lines, sorted((s.tweet_id, s.author.user_id, ms) for s, ms in deleted if ms < t1 * 1000)
+        return [line for _, _, line in lines], sorted((s.tweet_id, s.author.user_id, ms) for s, ms in deleted if ms < t1 * 1000)
 
     # ---- stage 6: taps ----------------------------------------------------------------
 
@@ -991,19 +996,18 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
     counts: dict[str, int] = {}
 
     def write(name: str, lines) -> None:
-        n = 0
+        lines = lines if isinstance(lines, list) else list(lines)
         with open(os.path.join(out_dir, name), "w", encoding="utf-8", newline="\n", buffering=1 << 20) as fh:
-            for line in lines:
-                fh.write(line)
+            for i in range(0, len(lines), 1 << 16):
+                fh.write("\n".join(lines[i:i + (1 << 16)]))
                 fh.write("\n")
-                n += 1
-        counts[name] = n
+        counts[name] = len(lines)
 
     write("users.jsonl", (_DUMPS({"user_id": p.user_id, "pubkey": p.pubkey, "alerts_opt_in": p.alerts_opt_in,
                                   "stats_opt_out": p.stats_opt_out, **({"age_band": p.age_band} if p.age_band else {})})
                           for p in world.people))
     pings = world.ping_lines()
-    write("pings.jsonl", (line for _, _, line in pings))
+    write("pings.jsonl", pings)
     del pings
     progress(f"pings: {counts['pings.jsonl']}")
 
@@ -1013,7 +1017,7 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
     progress(f"taps: {counts['taps.jsonl']}")
 
     tweets, deleted = world.build_tweets()
-    write("tweets.jsonl", (line for _, _, line in tweets))
+    write("tweets.jsonl", tweets)
     del tweets
     progress(f"tweets: {counts['tweets.jsonl']}")
 

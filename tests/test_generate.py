@@ -459,3 +459,46 @@ def test_cli_writes_the_same_world_as_the_library(world, tmp_path):
     result = _cli("--output", str(tmp_path / "w"), "--users", "40", "--hours", "3", "--seed", "42", "--quiet")
     assert result.returncode == 0, result.stderr
     assert _digest(str(tmp_path / "w")) == _digest(world[0])
+
+
+# ---- any small world keeps the invariants ---------------------------------------------------
+
+@settings(max_examples=8, deadline=None)
+@given(users=st.integers(min_value=2, max_value=12),
+       hours=st.sampled_from([0.1, 0.5, 1, 2.5]),
+       seed=st.integers(min_value=0, max_value=2**31),
+       start=st.sampled_from(["2026-11-20T00:00:00+09:00", "2026-07-04T12:30:00Z", "2027-01-01T08:00:00+09:00"]))
+def test_any_small_world_is_valid_and_consistent_with_its_truth(tmp_path_factory, users, hours, seed, start):
+    out = str(tmp_path_factory.mktemp("small"))
+    counts = write_world(out, users=users, hours=hours, seed=seed, start=start)
+    t0 = parse_rfc3339(start)
+    user_ids = {parse_line("users", line).user_id for line in _read(out, "users.jsonl")}
+    assert len(user_ids) == users == counts["users.jsonl"]
+    for line in _read(out, "pings.jsonl"):
+        ping = parse_line("pings", line)
+        assert ping.user_id in user_ids and t0 <= ping.ts < t0 + hours * 3600 and contains(ping.lat, ping.lng)
+    reports = [parse_line("taps", line) for line in _read(out, "taps.jsonl")]
+    by_nonce = collections.defaultdict(list)
+    for r in reports:
+        assert contains(r.lat, r.lng)
+        by_nonce[r.nonce].append(r)
+    assert all(len(pair) == 2 for pair in by_nonce.values())
+    follows = [Follow(**{**f, "established_at": parse_rfc3339(f["established_at"])})
+               for f in _jsonl(out, "truth/follows.jsonl")]
+    assert {(f.user_a, f.user_b) for f in follows} == {tuple(sorted((p[0].user_id, p[1].user_id)))
+                                                     for p in by_nonce.values()}
+    for f in follows:
+        assert f == follow_for_touch(*by_nonce[f.nonce])
+    if "schemas.tweets" in sys.modules or _has_tweet_parser():
+        for line in _read(out, "tweets.jsonl"):
+            parse_line("tweets", line)
+    for h in _jsonl(out, "truth/happenings.jsonl"):
+        assert t0 <= parse_rfc3339(h["start"]) < parse_rfc3339(h["end"]) <= t0 + hours * 3600
+
+
+def _has_tweet_parser() -> bool:
+    try:
+        import schemas.tweets  # noqa: F401
+        return True
+    except ImportError:
+        return False

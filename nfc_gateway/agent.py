@@ -41,6 +41,7 @@ log = logging.getLogger("nfc_gateway.agent")
 # keeps the link up without finishing is cut off so the phone can touch again.
 TOUCH_TIMEOUT_S = 5.0
 SNEP_ANSWER_TIMEOUT_S = 2.0
+NFCPY_MAX_SNEP_BYTES = 16 * 1024
 
 
 def quiet_nfcpy():
@@ -106,14 +107,19 @@ class _TargetSnepServer:
 
         class Server(nfc.snep.SnepServer):
             def __init__(self):
-                super().__init__(llc, protocol.SERVICE_NAME, max_acceptable_length=protocol.MAX_NDEF_BYTES)
+                # nfcpy's own limit only caps memory; ours is checked below, where
+                # an oversized message can be refused and counted by name.
+                super().__init__(llc, protocol.SERVICE_NAME, max_acceptable_length=NFCPY_MAX_SNEP_BYTES)
                 # nfcpy's server thread is not a daemon: a link that never closes
                 # cleanly would keep the process alive forever.
                 self.daemon = True
 
             def process_get_request(self, records):
                 try:
-                    size = sum(len(r.data or b"") + len(r.type or "") + 6 for r in records)
+                    try:
+                        size = len(b"".join(ndef.message_encoder(records)))
+                    except Exception:  # noqa: BLE001 - ndeflib raises several types on odd records
+                        raise HandshakeError("ndef_malformed", "received NDEF records cannot be re-encoded") from None
                     mime, payload = handshake.answer(records, size)
                 except HandshakeError as exc:
                     outcome.error = outcome.error or exc

@@ -26,6 +26,7 @@ KAFKA_TOPICS="${KAFKA_TOPICS:-taps tweets pings users alerts follows}"
 BEAM_VERSION="${BEAM_VERSION:-2.77.0}"
 BEAM_JAVA_VERSION="${BEAM_JAVA_VERSION:-2.73.0}"
 BEAM_XLANG_LIB="$INFRA_CACHE/beam-xlang-$BEAM_JAVA_VERSION/libs"
+EXPANSION_SERVICE_JAR="$INFRA_CACHE/beam-xlang-$BEAM_JAVA_VERSION/beam-kafka-expansion-service.jar"
 EXPANSION_PORT="${EXPANSION_PORT:-8097}"      # KafkaIO expansion service (gRPC)
 JAVA_WORKER_PORT="${JAVA_WORKER_PORT:-8099}"  # Java SDK harness worker pool (EXTERNAL env)
 FLINK_JOB_SERVER_JAR="$INFRA_CACHE/jars/beam-runners-flink-$FLINK_MAJOR_MINOR-job-server-$BEAM_VERSION.jar"

@@ -66,6 +66,23 @@ else
   say "Beam Java $BEAM_JAVA_VERSION xlang classpath: already at $BEAM_XLANG_LIB"
 fi
 
+# A launcher jar: only a manifest (Main-Class + relative Class-Path over libs/), so the
+# classpath above can be used like Beam's shaded expansion-service jar: `java -jar
+# $EXPANSION_SERVICE_JAR <port> ...` or apache_beam's JavaJarExpansionService(path).
+if [[ "$FORCE" == 1 || ! -f "$EXPANSION_SERVICE_JAR" || "$EXPANSION_SERVICE_JAR" -ot "$BEAM_XLANG_LIB" ]]; then
+  tmp="$(mktemp -d)"
+  echo "Main-Class: org.apache.beam.sdk.expansion.service.ExpansionService" >"$tmp/manifest.txt"
+  {
+    printf 'Class-Path:'
+    for j in "$BEAM_XLANG_LIB"/*.jar; do printf ' libs/%s' "$(basename "$j")"; done
+    echo
+  } | fold -w 70 | sed '2,$s/^/ /' >>"$tmp/manifest.txt"
+  rm -f "$EXPANSION_SERVICE_JAR"
+  (cd "$tmp" && jar --create --file "$EXPANSION_SERVICE_JAR" --manifest manifest.txt)
+  rm -rf "$tmp"
+  say "Beam KafkaIO expansion-service launcher jar: $EXPANSION_SERVICE_JAR"
+fi
+
 # ------------------------------------------------- Beam Flink job server ----
 # Tried, in order, for Beam's Python FlinkRunner (--flink_job_server_jar). Not served
 # by the Maven Central reachable from this machine (checked 2026-11-25 for

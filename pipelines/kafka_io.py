@@ -1,0 +1,168 @@
+"""Kafka sources and sinks for the pipeline (Beam cross-language KafkaIO).
+
+* :class:`ReadRawFromKafka` -> ``(source_name, raw_line)`` with the Kafka CreateTime
+  as the element timestamp (event time flows), reading every topic from the earliest
+  offset. Unbounded unless ``max_num_records`` / ``max_read_time`` is given.
+* :class:`WriteLinesToKafka` writes ``str`` lines (JSON) as UTF-8 message values.
+* :func:`resolve_expansion_service` / :func:`expansion_service_jar` find the Java
+  expansion service that ``infra/install.sh`` put under ``infra/.cache``.
+
+KafkaIO is Java: Python hands it to an *expansion service*, and the runner executes it
+in a *Java SDK worker*. With no Docker here, ``infra/xlang.sh start`` (part of
+``infra/up.sh``) runs both from Maven Central jars: the expansion service on
+127.0.0.1:8097, whose Java transforms get an EXTERNAL environment served by the Java
+worker pool on 127.0.0.1:8099.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import subprocess
+from typing import Mapping, Optional
+
+import apache_beam as beam
+from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
+
+from pipelines.kafka_tools import snapshot_topic  # re-exported for pipelines.run  # noqa: F401
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INFRA_DIR = os.path.join(REPO_ROOT, "infra")
+INFRA_CACHE = os.environ.get("INFRA_CACHE", os.path.join(INFRA_DIR, ".cache"))
+DEFAULT_EXPANSION_ADDRESS = os.environ.get("BEAM_KAFKA_EXPANSION_SERVICE", "127.0.0.1:8097")
+JAVA_WORKER_ADDRESS = os.environ.get("BEAM_JAVA_WORKER_POOL", "127.0.0.1:8099")
+_BYTES = "org.apache.kafka.common.serialization.ByteArraySerializer"
+
+
+def _port_open(address: str, timeout: float = 0.5) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def expansion_service_jar(cache_dir: str = INFRA_CACHE) -> Optional[str]:
+    """The launcher jar of the locally installed KafkaIO expansion service, or None.
+
+    It is a manifest-only jar (Main-Class + Class-Path over the Maven Central jars next
+    to it), usable as ``java -jar JAR <port>`` or with Beam's ``JavaJarExpansionService``.
+    """
+    found = sorted(glob.glob(os.path.join(cache_dir, "beam-xlang-*", "beam-kafka-expansion-service.jar")))
+    return found[-1] if found else None
+
+
+def resolve_expansion_service(expansion_service=None, start_if_missing: bool = True):
+    """What to pass as ``expansion_service=`` to Beam's Kafka transforms.
+
+    * ``"host:port"`` -> used as is (a running expansion service);
+    * a path to a ``.jar`` -> Beam starts it for the pipeline (Java transforms get an
+      EXTERNAL environment at ``BEAM_JAVA_WORKER_POOL``, default 127.0.0.1:8099);
+    * ``None`` -> ``$BEAM_KAFKA_EXPANSION_SERVICE`` or 127.0.0.1:8097; if nothing answers
+      there and ``start_if_missing``, runs ``infra/xlang.sh start`` (idempotent; stop it
+      with ``infra/xlang.sh stop`` or ``infra/down.sh``).
+    """
+    if expansion_service is not None and not isinstance(expansion_service, str):
+        return expansion_service  # already an ExpansionService object
+    if expansion_service and expansion_service.endswith(".jar"):
+        from apache_beam.transforms.external import JavaJarExpansionService
+        return JavaJarExpansionService(
+            expansion_service,
+            extra_args=["{{PORT}}", "--defaultEnvironmentType=EXTERNAL",
+                        f"--defaultEnvironmentConfig={JAVA_WORKER_ADDRESS}"])
+    address = expansion_service or DEFAULT_EXPANSION_ADDRESS
+    if _port_open(address):
+        return address
+    if expansion_service is None and start_if_missing and os.path.exists(os.path.join(INFRA_DIR, "xlang.sh")):
+        subprocess.run(["bash", os.path.join(INFRA_DIR, "xlang.sh"), "start"], check=True)
+        if _port_open(address):
+            return address
+    raise RuntimeError(
+        f"no Beam expansion service at {address}: run `bash infra/install.sh && bash infra/xlang.sh start` "
+        "(or infra/up.sh), or pass --kafka_expansion_service HOST:PORT|JAR")
+
+
+def _consumer_config(bootstrap_servers: str, group_id: Optional[str], extra: Optional[Mapping[str, str]]):
+    config = {"bootstrap.servers": bootstrap_servers, "auto.offset.reset": "earliest"}
+    if group_id:
+        config["group.id"] = group_id
+    config.update(extra or {})
+    return config
+
+
+class ReadRawFromKafka(beam.PTransform):
+    """Read topics as ``(source_name, raw_line)``; element timestamp = Kafka CreateTime.
+
+    ``topics`` maps a source name (``taps``, ``tweets``, ``pings`` …) to its topic. One
+    Java read covers all topics (with metadata, to know each record's topic); values are
+    decoded as UTF-8 (undecodable bytes become U+FFFD, so the parser dead-letters them
+    with the damage visible).
+
+    Event time: Kafka's CreateTime policy. The watermark of a partition follows the
+    largest CreateTime read from it; a partition with no backlog lets the watermark move
+    to the current time, so historical replays should be fully produced before reading
+    (or use one partition per topic as ``infra/up.sh`` does).
+    """
+
+    def __init__(self, topics: Mapping[str, str], bootstrap_servers: str = "127.0.0.1:9092",
+                 expansion_service=None, *, group_id: Optional[str] = None,
+                 max_num_records: Optional[int] = None, max_read_time: Optional[int] = None,
+                 consumer_config: Optional[Mapping[str, str]] = None, commit_offsets: bool = False):
+        super().__init__()
+        if not topics:
+            raise ValueError("ReadRawFromKafka needs at least one topic")
+        self._by_topic = {topic: name for name, topic in topics.items()}
+        if len(self._by_topic) != len(topics):
+            raise ValueError(f"two sources read the same topic: {dict(topics)}")
+        self._bootstrap = bootstrap_servers
+        self._expansion_service = expansion_service
+        self._group_id = group_id or ("beam-pipeline" if commit_offsets else None)
+        self._max_num_records = max_num_records
+        self._max_read_time = max_read_time
+        self._extra = consumer_config
+        self._commit = commit_offsets
+
+    def expand(self, pbegin):
+        by_topic = self._by_topic
+        records = pbegin | "KafkaRead" >> ReadFromKafka(
+            consumer_config=_consumer_config(self._bootstrap, self._group_id, self._extra),
+            topics=sorted(by_topic),
+            timestamp_policy=ReadFromKafka.create_time_policy,
+            with_metadata=True,
+            max_num_records=self._max_num_records,
+            max_read_time=self._max_read_time,
+            commit_offset_in_finalize=self._commit,
+            expansion_service=resolve_expansion_service(self._expansion_service))
+
+        def to_source_line(row):
+            value = row.value
+            if isinstance(value, (bytes, bytearray)):
+                value = bytes(value).decode("utf-8", errors="replace")
+            elif value is None:
+                value = ""
+            return by_topic.get(row.topic, row.topic), value
+
+        return records | "ToSourceLine" >> beam.Map(to_source_line).with_output_types(tuple[str, str])
+
+
+class WriteLinesToKafka(beam.PTransform):
+    """Write ``str`` lines (e.g. JSON records) to ``topic`` as UTF-8 values (empty key)."""
+
+    def __init__(self, topic: str, bootstrap_servers: str = "127.0.0.1:9092", expansion_service=None,
+                 *, producer_config: Optional[Mapping[str, str]] = None):
+        super().__init__()
+        self._topic = topic
+        self._bootstrap = bootstrap_servers
+        self._expansion_service = expansion_service
+        self._extra = producer_config
+
+    def expand(self, lines):
+        config = {"bootstrap.servers": self._bootstrap, "acks": "all"}
+        config.update(self._extra or {})
+        return (lines
+                | "ToKV" >> beam.Map(lambda line: (b"", line.encode("utf-8"))).with_output_types(tuple[bytes, bytes])
+                | "KafkaWrite" >> WriteToKafka(
+                    producer_config=config, topic=self._topic,
+                    key_serializer=_BYTES, value_serializer=_BYTES,
+                    expansion_service=resolve_expansion_service(self._expansion_service)))

@@ -1,0 +1,276 @@
+"""Which tweets are about a local happening: the rule set, bursts, and collapsing copies.
+
+Pure logic, no Beam; ``transforms.alerts`` runs it keyed and in event-time order.
+
+A tweet can start a happening only if it is *precise* (``lat``/``lng`` present
+and not ``coarse``) and *original* (not a retweet; not a near-duplicate of an
+earlier tweet). It then becomes a happening in one of two ways:
+
+1. **Rule set** (:data:`DEFAULT_RULES`, or a JSON file given by
+   ``AlertParams.rules_path``: a list of ``{"name", "kind", "keywords",
+   "hashtags"}`` objects). Text and hashtags are NFKC-normalised and
+   case-folded. A hashtag rule matches a hashtag exactly; a keyword matches as
+   a substring when it contains any non-ASCII character (Japanese has no word
+   spaces) and on word boundaries otherwise (so ``sale`` does not match
+   ``wholesale``). The first matching rule in list order wins, and its
+   ``kind`` (concert, sale, festival, incident) picks the radius.
+2. **Local burst** (kind ``burst``): for a tweet T and one of its hashtags h,
+   at least ``burst_min_authors`` distinct authors (T's own included) posted
+   precise original tweets carrying h within ``burst_window_s`` before T
+   (inclusive) from T's H3 cell or a neighbouring cell at ``burst_h3_res``.
+   The rule looks back only, so it can be decided at T's event time.
+
+**Happening key** (the unit "one alert per user per happening" counts):
+``<class>|<H3 cell of the tweet at happening_h3_res>|<start of the
+happening_bucket_s event-time bucket>``, where class is the rule's name or
+``#<hashtag>`` for a burst. Tweets of one festival in one coarse cell within
+one bucket share the key; a happening straddling a cell or bucket border can
+count as two.
+
+**Near-duplicates**: two tweets are copies when their text is equal after
+:func:`normalise_text` (NFKC, case-fold, ``RT @user:`` prefix, URLs and
+@mentions removed, punctuation and spacing collapsed). Within
+``near_dup_window_s`` of the earliest one (by ``(ts, tweet_id)``), later copies
+collapse into it and never alert; retweets always collapse into their original.
+A deleted tweet still counts as burst evidence and still is the original its
+copies collapse into (a deletion withdraws the tweet's own alerts, nothing else).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+import h3
+
+from schemas.records import Tweet
+
+KINDS = ("concert", "sale", "festival", "incident", "burst")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    kind: str
+    keywords: tuple[str, ...] = ()
+    hashtags: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS or self.kind == "burst":
+            raise ValueError(f"rule {self.name!r}: kind {self.kind!r} must be one of concert, sale, festival, incident")
+        if not self.name or "|" in self.name:
+            raise ValueError(f"rule name {self.name!r} must be non-empty and contain no '|'")
+        if not self.keywords and not self.hashtags:
+            raise ValueError(f"rule {self.name!r}: give at least one keyword or hashtag")
+
+
+# The built-in rule set: Japanese and English, the vocabulary Tokyo tweets use.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("incident", "incident",
+         keywords=("火事", "火災", "事故", "地震", "避難", "通行止め", "fire alarm", "accident", "evacuation",
+                   "road closed", "earthquake"),
+         hashtags=("火事", "事故", "地震", "accident", "evacuation")),
+    Rule("fireworks", "festival", keywords=("花火", "fireworks"), hashtags=("花火", "花火大会", "hanabi", "fireworks")),
+    Rule("festival", "festival",
+         keywords=("祭り", "まつり", "縁日", "festival", "matsuri", "street fair"),
+         hashtags=("祭り", "まつり", "festival", "matsuri")),
+    Rule("concert", "concert",
+         keywords=("ライブ", "コンサート", "路上ライブ", "フェス", "live music", "concert", "gig", "busking"),
+         hashtags=("ライブ", "コンサート", "路上ライブ", "concert", "livemusic", "gig")),
+    Rule("sale", "sale",
+         keywords=("セール", "タイムセール", "半額", "値引き", "sale", "discount", "half price", "popup", "pop-up"),
+         hashtags=("セール", "タイムセール", "半額", "sale", "popup", "flashsale")),
+)
+
+
+def fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+class RuleSet:
+    """Compiled rules: :meth:`match` gives the first rule a tweet satisfies."""
+
+    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES):
+        self.rules = tuple(rules)
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique, got {names}")
+        self._compiled = []
+        for rule in self.rules:
+            ascii_words = [fold(k) for k in rule.keywords if fold(k).isascii()]
+            pattern = (re.compile(r"(?<!\w)(?:" + "|".join(re.escape(k) for k in ascii_words) + r")(?!\w)")
+                       if ascii_words else None)
+            substrings = tuple(fold(k) for k in rule.keywords if not fold(k).isascii())
+            self._compiled.append((rule, pattern, substrings, frozenset(fold(h) for h in rule.hashtags)))
+
+    def match(self, text: str, hashtags: Iterable[str]) -> Optional[Rule]:
+        folded = fold(text)
+        tags = {fold(h) for h in hashtags}
+        for rule, pattern, substrings, rule_tags in self._compiled:
+            if tags & rule_tags or any(s in folded for s in substrings) or (pattern and pattern.search(folded)):
+                return rule
+        return None
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "RuleSet":
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+        if not isinstance(raw, list):
+            raise ValueError(f"{path}: expected a JSON list of rules")
+        return cls([Rule(name=r["name"], kind=r["kind"], keywords=tuple(r.get("keywords", ())),
+                         hashtags=tuple(r.get("hashtags", ()))) for r in raw])
+
+
+_RT_PREFIX = re.compile(r"^rt @\w+:\s*")
+_URL = re.compile(r"https?://\S+")
+_MENTION = re.compile(r"@\w+")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalise_text(text: str) -> str:
+    """The text two copies share: folded, without RT prefix, URLs, mentions, punctuation."""
+    folded = fold(text).strip()
+    folded = _RT_PREFIX.sub("", folded)
+    folded = _URL.sub(" ", folded)
+    folded = _MENTION.sub(" ", folded)
+    return " ".join(_NON_WORD.sub(" ", folded).split())
+
+
+def text_fingerprint(text: str) -> Optional[str]:
+    """Key of the near-duplicate class; None when nothing is left to compare."""
+    norm = normalise_text(text)
+    if not norm:
+        return None
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()[:24]
+
+
+def is_precise(tweet: Tweet) -> bool:
+    return tweet.lat is not None and tweet.lng is not None and not tweet.coarse
+
+
+class Happening(NamedTuple):
+    """A tweet that alerts: where, when, what kind, and the key alerts dedupe on."""
+    tweet_id: str
+    author_id: str
+    ts: float
+    lat: float
+    lng: float
+    kind: str          # concert | sale | festival | incident | burst
+    label: str         # rule name, or '#<hashtag>' for a burst
+    key: str           # label|cell|bucket start (see module docstring)
+    radius_m: float    # the nearby radius for this kind
+
+
+def happening_key(label: str, lat: float, lng: float, ts: float, h3_res: int, bucket_s: int) -> str:
+    bucket = int(ts // bucket_s) * bucket_s
+    return f"{label}|{h3.latlng_to_cell(lat, lng, h3_res)}|{bucket}"
+
+
+# ---- near-duplicate collapsing: one processor per fingerprint --------------------------
+
+class CollapseCopies:
+    """Ordered processor keyed by text fingerprint: passes originals, drops copies.
+
+    State: (ts, tweet_id) of the current original. A tweet more than ``window_s``
+    after it becomes the new original of its fingerprint.
+    """
+    name = "collapse"
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+
+    @staticmethod
+    def sort_key(tweet: Tweet):
+        return (tweet.ts, 0, tweet.tweet_id)
+
+    def initial_state(self):
+        return None
+
+    def process(self, state, tweet: Tweet):
+        """-> (new state, outputs): [tweet] for an original, [] for a copy."""
+        if state is not None and tweet.ts - state[0] <= self.window_s and tweet.tweet_id != state[1]:
+            return state, []
+        if state is not None and tweet.tweet_id == state[1]:
+            return state, []  # the same tweet delivered twice (v1.1 and v2 of one status)
+        return (tweet.ts, tweet.tweet_id), [tweet]
+
+    def expire(self, state, now: float):
+        return None if state is None or now - state[0] > self.window_s else state
+
+    def gc_time(self, state):
+        return state[0] + self.window_s + 1e-3
+
+
+# ---- burst detection: one processor per (hashtag, cell at burst res) ------------------
+
+class BurstEvidence(NamedTuple):
+    """A precise original tweet carrying ``hashtag``, sent to its cell and each neighbour."""
+    ts: float
+    author_id: str
+    tweet_id: str
+
+
+class BurstCandidate(NamedTuple):
+    """A tweet asking whether its ``hashtag`` is bursting around its own cell."""
+    ts: float
+    tweet: Tweet
+    hashtag: str
+
+
+def burst_key(hashtag: str, cell: str) -> str:
+    return f"{hashtag}|{cell}"
+
+
+def burst_messages(tweet: Tweet, res: int, as_candidate: bool):
+    """(key, message) pairs for one precise original tweet: evidence, then candidacy."""
+    own = h3.latlng_to_cell(tweet.lat, tweet.lng, res)
+    cells = h3.grid_disk(own, 1)
+    for tag in dict.fromkeys(fold(h) for h in tweet.hashtags):  # each tag once, in order
+        if not tag or "|" in tag:
+            continue
+        for cell in cells:
+            yield burst_key(tag, cell), BurstEvidence(tweet.ts, tweet.author_id, tweet.tweet_id)
+        if as_candidate:
+            yield burst_key(tag, own), BurstCandidate(tweet.ts, tweet, tag)
+
+
+class DetectBursts:
+    """Ordered processor: a candidate bursts when enough distinct authors used its tag nearby.
+
+    State: deque of evidence (ts, author, tweet id) within ``window_s`` of now;
+    evidence sorts before candidates at the same instant so a tweet counts itself.
+    """
+    name = "burst"
+
+    def __init__(self, min_authors: int, window_s: float):
+        self.min_authors, self.window_s = min_authors, window_s
+
+    @staticmethod
+    def sort_key(msg):
+        if isinstance(msg, BurstEvidence):
+            return (msg.ts, 0, msg.tweet_id)
+        return (msg.ts, 1, msg.tweet.tweet_id)
+
+    def initial_state(self):
+        return deque()
+
+    def process(self, state, msg):
+        while state and state[0][0] < msg.ts - self.window_s:
+            state.popleft()
+        if isinstance(msg, BurstEvidence):
+            state.append((msg.ts, msg.author_id, msg.tweet_id))
+            return state, []
+        authors = {author for _ts, author, _tid in state}
+        return state, ([msg] if len(authors) >= self.min_authors else [])
+
+    def expire(self, state, now: float):
+        while state and state[0][0] < now - self.window_s:
+            state.popleft()
+        return state if state else None
+
+    def gc_time(self, state):
+        return state[-1][0] + self.window_s + 1e-3

@@ -204,6 +204,13 @@ class TapAgent:
         import nfc
 
         quiet_nfcpy()
+        self._stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            import signal
+            # nfcpy swallows KeyboardInterrupt and answers False, like a device error;
+            # a flag checked by terminate() ends the link cleanly instead
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self._stop.set())
         self.flush_outbox()
         started = time.monotonic()
         deadline = started + self.cfg.timeout_s if self.cfg.timeout_s else None
@@ -215,22 +222,25 @@ class TapAgent:
         emit("listening", device=self.cfg.device, role=self.cfg.role or "auto", user_id=self.cfg.user_id)
         touches = 0
         try:
-            while deadline is None or time.monotonic() < deadline:
-                outcome = self._one_link(clf, deadline)
+            while (deadline is None or time.monotonic() < deadline) and not self._stop.is_set():
+                outcome, status = self._one_link(clf, deadline)
+                if status is False and not outcome.link_up and not self._stop.is_set():
+                    # nfcpy answers False only for a device error (unplugged, claimed by
+                    # another driver); looping would spin on a dead reader
+                    emit("device_error", device=self.cfg.device, error="the NFC device stopped responding")
+                    return 1
                 if not outcome.link_up:
                     continue
                 touches += 1
                 self._finish_touch(outcome)
                 if self.cfg.touches and touches >= self.cfg.touches:
                     break
-        except KeyboardInterrupt:
-            pass
         finally:
             clf.close()
         emit("stopped", touches=touches, counters=self.counters)
         return 0
 
-    def _one_link(self, clf, deadline) -> TouchOutcome:
+    def _one_link(self, clf, deadline) -> tuple[TouchOutcome, object]:
         outcome = TouchOutcome()
         role = self.cfg.role
         common = dict(user_id=self.cfg.user_id, private_key=self.cfg.private_key, peer_key=self._peer_key,
@@ -257,7 +267,7 @@ class TapAgent:
 
         def terminate():
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if self._stop.is_set() or (deadline is not None and now >= deadline):
                 return True
             if outcome.link_up:
                 if outcome.finished.is_set():
@@ -275,8 +285,8 @@ class TapAgent:
         }
         if role:
             llcp_options["role"] = role
-        clf.connect(llcp=llcp_options, terminate=terminate)
-        return outcome
+        status = clf.connect(llcp=llcp_options, terminate=terminate)
+        return outcome, status
 
     def _finish_touch(self, outcome: TouchOutcome):
         touch = outcome.touch

@@ -167,6 +167,7 @@ class TapIntake:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "tapfollow-gateway/1"
     protocol_version = "HTTP/1.1"
+    timeout = 15  # seconds a client may stall mid-request before its socket is closed
     gateway: "Gateway"
 
     def log_message(self, fmt, *args):  # the access log would drown the decisions we log

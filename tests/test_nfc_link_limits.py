@@ -105,3 +105,17 @@ def test_a_peer_signing_with_the_wrong_key_is_refused_on_both_phones(gateway_and
     assert (initiator_events[0]["event"], initiator_events[0]["reason"]) == ("touch_failed", "peer_refused")
     assert "0xFF" in initiator_events[0]["detail"]
     assert taps_stored(gateway) == 0
+
+
+def test_a_listening_agent_stops_promptly_and_cleanly_on_sigterm(gateway_and_keys):
+    import signal
+    import time
+
+    tmp_path, gateway = gateway_and_keys
+    target = start_agent(tmp_path, gateway, TARGET, "target", free_udp_port(), 35.68, 139.76)
+    time.sleep(0.5)                                       # inside nfcpy's listen window
+    started = time.monotonic()
+    target.send_signal(signal.SIGTERM)
+    events = finish(target)                              # exit status 0 is asserted there
+    assert time.monotonic() - started < 5                # no thread left holding the process
+    assert [e["event"] for e in events] == ["stopped"] and events[0]["touches"] == 0

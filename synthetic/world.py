@@ -209,7 +209,7 @@ def travel_s(a: tuple, b: tuple) -> float:
 
 
 def _weighted_index(rng: random.Random, cumulative: list) -> int:
-    return bisect.bisect_right(cumulative, rng.random() * cumulative[-1])
+    return min(bisect.bisect_right(cumulative, rng.random() * cumulative[-1]), len(cumulative) - 1)
 
 
 def _cumulative(weights) -> list:
@@ -221,7 +221,7 @@ def _cumulative(weights) -> list:
 
 
 class World:
-    """Builds the world in stages; ``write`` renders it to files."""
+    """The world's state, built stage by stage (``build``); ``write_world`` renders it."""
 
     def __init__(self, users: int, hours: float, seed: int, start: float,
                  progress: Optional[Callable[[str], None]] = None):

@@ -18,7 +18,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from schemas.records import DeadLetter, TapReport, User
+from schemas.records import Follow, TapReport, User
 from schemas.touch import follow_for_touch
 from tests.test_pairing import A, B, C, D, PUBKEYS, SKEW, T0, crowd, report, touch
 from transforms.follows import FollowParams, ResolveMutualFollows, dead_letter
@@ -129,6 +129,20 @@ def test_streaming_partner_after_expiry_does_not_match():
     p.run().wait_until_finish()
 
 
+def test_streaming_end_of_input_still_delivers_every_outcome():
+    """The watermark jumps to the end at once: the unmatched report is still dead-lettered, on time."""
+    x, y = touch(A, B, T0, 1)
+    lonely, _ = touch(A, C, T0 + 5, 2)
+    stream = (TestStream().advance_watermark_to(T0 - 60)
+              .add_elements([TimestampedValue(r, r.ts) for r in (x, lonely, y)])
+              .advance_watermark_to_infinity())
+    p, out = streaming_pipeline(stream)
+    assert_that(out["follows"], equal_to([follow_for_touch(x, y)]), label="Follows")
+    assert_that(out["dead_letters"] | beam.Map(lambda d: (json.loads(d.raw)["tap_id"], d.error.split(":")[0])),
+                equal_to([(lonely.tap_id, "unmatched")]), label="DeadLetters")
+    p.run().wait_until_finish()
+
+
 def test_streaming_late_partner_before_expiry_still_matches():
     x, y = touch(A, B, T0, 1)
     stream = (TestStream().advance_watermark_to(T0 - 60)
@@ -222,3 +236,54 @@ def test_params_say_what_to_change(kwargs, message):
 def test_params_fields_are_simple_types():
     for name, value in FollowParams().__dict__.items():
         assert type(value) in (float, int, str, bool), name
+
+
+# ---- the generator's world: follows/ must equal truth/ ------------------------------------
+
+@pytest.fixture(scope="module")
+def generated_world(tmp_path_factory):
+    from schemas.parse import parse_line
+    from schemas.timefmt import parse_rfc3339
+    from synthetic.world import write_world
+    out = str(tmp_path_factory.mktemp("world"))
+    write_world(out, users=400, hours=12, seed=11)
+    with open(f"{out}/users.jsonl", encoding="utf-8") as fh:
+        users = [parse_line("users", line) for line in fh]
+    with open(f"{out}/taps.jsonl", encoding="utf-8") as fh:
+        taps = [parse_line("taps", line) for line in fh]
+    with open(f"{out}/truth/follows.jsonl", encoding="utf-8") as fh:
+        truth = [json.loads(line) for line in fh]
+    truth = [Follow(**{**f, "established_at": parse_rfc3339(f["established_at"])}) for f in truth]
+    assert len(truth) > 20 and len(taps) > 2 * len(truth)   # a world worth testing: repeats included
+    return {u.user_id: u.pubkey for u in users}, taps, truth
+
+
+def test_generated_world_in_batch_equals_truth(generated_world):
+    pubkeys, taps, truth = generated_world
+    p, out = batch_pipeline(taps, pubkeys)
+    assert_that(out["follows"], equal_to(truth), label="Follows")
+    assert_that(out["dead_letters"], equal_to([]), label="DeadLetters")
+    p.run().wait_until_finish()
+
+
+def test_generated_world_in_streaming_shuffled_equals_truth(generated_world):
+    pubkeys, taps, truth = generated_world
+    rng = random.Random(5)
+    # delivery order: event time plus up to the allowed skew of jitter, so reports overtake each other;
+    # the watermark trails the newest delivered report by the skew, so some partners arrive late
+    order = sorted(taps, key=lambda r: r.ts + rng.uniform(0, SKEW))
+    stream, watermark = TestStream(), min(r.ts for r in taps) - 60
+    stream = stream.advance_watermark_to(watermark)
+    for i in range(0, len(order), 25):
+        chunk = order[i:i + 25]
+        stream = stream.add_elements([TimestampedValue(r, r.ts) for r in chunk])
+        watermark = max(watermark, max(r.ts for r in chunk) - SKEW)
+        stream = stream.advance_watermark_to(watermark)
+    stream = stream.advance_watermark_to_infinity()
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    p = TestPipeline(runner="BundleBasedDirectRunner", options=options)
+    out = resolve_in_beam(p, p | "Taps" >> stream, pubkeys)
+    assert_that(out["follows"], equal_to(truth), label="Follows")
+    assert_that(out["dead_letters"], equal_to([]), label="DeadLetters")
+    p.run().wait_until_finish()

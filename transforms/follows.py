@@ -17,51 +17,59 @@ Here instead:
 1. ``CheckTapReports`` (stateless, users as an ``AsDict`` side input): unknown
    users, self-taps and reports whose ``ts`` is off the touch time signed into
    the nonce by more than ``max_clock_skew_s`` are dead-lettered without any
-   crypto. A surviving report is keyed by its nonce and re-stamped to the
-   touch's *pairing time* ``nonce_time + max_clock_skew_s``: no honest report of
-   that touch carries a later ``ts``, and moving a timestamp forward never
-   makes an element late.
+   crypto. A surviving report is keyed by its nonce and re-stamped to its
+   touch's *deadline* ``nonce_time + pending_expiry_s``. Moving a timestamp
+   forward never makes an element late, and every report that can ever be
+   accepted for a nonce -- the genuine pair, a replay "a day later", a third
+   phone -- gets the same deadline, because its ``ts`` must lie within the
+   skew of the nonce's time whatever ``ts`` it claims.
 2. ``GroupReportsByNonce``: a ``GroupByKey`` in 1-second fixed windows over the
-   pairing time. Both reports of a touch (and any replay of its nonce, whatever
-   ``ts`` it claims, since that ``ts`` must lie within the skew of the nonce's
-   time) land in the same key and window. The on-time pane fires as soon as the
-   watermark passes the pairing time: the pairing itself costs one shuffle, no
-   state access per report.
-3. ``JudgeTouches`` (stateful, keyed by nonce, one call per *pane*, i.e. per
-   touch, not per report): verifies each distinct signature once (a genuine
-   pair shares its two signatures, so one Ed25519 check per report instead of
-   two), confirms the pair, and keeps a small ``NonceMemory`` so that later
-   panes (late data) are judged against what was already decided: a nonce
-   confirms at most one follow, a partner arriving after the pending expiry
-   does not match. An event-time timer at ``nonce_time + pending_expiry_s`` is
-   set only for touches still missing a partner; it dead-letters the waiting
-   reports as unmatched and clears them.
-4. ``KeepFirstFollowPerPair`` (stateful, keyed by user pair, global window):
-   an already-followed pair tapping again is a repeat touch, counted, never a
-   second edge. Candidates wait for the watermark to pass their own timestamp
-   so that the earliest touch wins regardless of arrival order. Its state is
-   the follow graph itself: one entry per followed pair, kept for good.
+   deadline, triggered early by the second report of a touch (so a genuine
+   pair is decided as soon as both phones have reported), finally when the
+   watermark passes the deadline, and once per late report. The pairing
+   itself costs one shuffle and no state access per report.
+3. ``JudgeTouches`` (stateful, keyed by nonce, one call per *pane* -- in the
+   common case one per touch, not per report): verifies each distinct
+   signature once (a genuine pair shares its two signatures, so one Ed25519
+   check per report instead of two), confirms the pair, and keeps a small
+   ``NonceMemory`` so that later panes are judged against what was decided: a
+   nonce confirms at most one follow, duplicates are recognised by ``tap_id``.
+   The final (on-time) pane is the pending expiry: reports still waiting are
+   dead-lettered as unmatched and dropped from the memory, so a partner
+   arriving later cannot match. No timers: every output leaves in a pane the
+   ``GroupByKey`` emitted, so it is never behind the watermark (user timers'
+   outputs would be, on runners without timer watermark holds such as the
+   Python DirectRunner).
+4. ``KeepFirstFollowPerPair`` (keyed by user pair, global window): an
+   already-followed pair tapping again is a repeat touch, counted, never a
+   second edge. On a bounded input a ``GroupByKey`` sees all of a pair's
+   touches and keeps the earliest; on an unbounded one a stateful DoFn holds
+   the follow graph itself (one entry per followed pair, kept for good), and
+   the first touch confirmed is the edge.
 
 Event time, lateness and bounded memory
 ---------------------------------------
-Every report accepted in step 1 has ``|ts - nonce_time| <= max_clock_skew_s``,
-so every report that could ever be accepted for a nonce -- the genuine ones, a
-replay "a day later", a third phone -- carries event time within the skew of
-that nonce's time and lands in the same window. The nonce's memory therefore
-only needs to last, in event time, until no report for it can still arrive:
-the windows' allowed lateness is ``pending_expiry_s + replay_memory_s`` past the
-pairing time, after which the runner garbage-collects the per-(nonce, window)
-state. A report that arrives later than that is behind the watermark by more
-than the allowed lateness and is dropped by the ``GroupByKey`` (Beam's
-late-data rule; Flink counts it in ``droppedDueToLateness``): it can never
-create a follow, but it is not dead-lettered -- raise ``replay_memory_s`` to
-account for later replays. In batch nothing is late and every report ends as a
-follow, a repeat touch or a dead letter.
+A nonce's memory only has to last, in event time, until no report for it can
+arrive any more; since every acceptable report of the nonce carries event time
+within the skew of the nonce's time, that is a fixed event-time horizon, not
+"forever". The deadline windows' allowed lateness is ``replay_memory_s``: up to
+that long after the deadline a late report is still judged against the memory
+(a replay is dead-lettered as replayed, a late partner as late), and then the
+runner garbage-collects the per-(nonce, window) state. A report arriving even
+later is behind the watermark by more than the allowed lateness and is dropped
+by the ``GroupByKey`` (Beam's late-data rule; Flink counts it in
+``droppedDueToLateness``): it can never create a follow, but it is not
+dead-lettered -- raise ``replay_memory_s`` to account for later replays. In
+batch nothing is late and every report ends as a follow, a repeat touch or a
+dead letter.
 
-Follows carry as element timestamp the event time at which they became
-certain (the pairing time's window end), not the touch time
-(``established_at``); in streaming a follow is emitted once the watermark
-passes ``nonce_time + max_clock_skew_s`` (rounded up to the second).
+Follows and the judge's dead letters carry as element timestamp the deadline
+window's end (``nonce_time + pending_expiry_s``, rounded up to the second), the
+event time at which a touch is closed; the touch time itself is
+``established_at``. A touch confirmed by a late pane (a partner that arrived
+behind the watermark but before the deadline) after a later touch of the same
+pair was confirmed makes that later touch the edge in streaming, where batch
+would pick the earlier one; with data on time the two agree exactly.
 """
 from __future__ import annotations
 
@@ -74,7 +82,8 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.utils.windowed_value import PaneInfoTiming
 from apache_beam.utils.timestamp import Duration
 
 from schemas.proofs import nonce_time
@@ -87,9 +96,9 @@ beam.coders.registry.register_coder(CheckedTap, beam.coders.RowCoder)
 NAMESPACE = "tapfollow"
 SOURCE = "taps"
 DEAD = "dead_letters"
-# Width of the pairing windows. Each nonce is its own key, so this only rounds
-# the moment a touch is decided up to the next whole second.
-PAIRING_GRANULE_S = 1.0
+# Width of the deadline windows. Each nonce is its own key, so this only rounds
+# a touch's deadline up to the next whole second.
+DEADLINE_GRANULE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -114,10 +123,6 @@ class FollowParams:
         if self.replay_memory_s < 0:
             raise ValueError(f"follows_replay_memory_s={self.replay_memory_s}: must be >= 0 "
                              "(0 forgets a nonce as soon as its touch expires)")
-
-    @property
-    def allowed_lateness_s(self) -> float:
-        return self.pending_expiry_s + self.replay_memory_s
 
 
 def dead_letter(rejection: Rejection) -> DeadLetter:
@@ -145,10 +150,11 @@ def _reject(counters: _Counters, rejections):
 
 
 class _CheckTapReportsFn(beam.DoFn):
-    """Key-free checks; survivors keyed by nonce and stamped at the touch's pairing time."""
+    """Key-free checks; survivors keyed by nonce and stamped at the touch's deadline."""
 
     def __init__(self, params: FollowParams):
         self._skew = params.max_clock_skew_s
+        self._expiry = params.pending_expiry_s
 
     def setup(self):
         self._counters = _Counters()
@@ -160,14 +166,14 @@ class _CheckTapReportsFn(beam.DoFn):
         if isinstance(checked, Rejection):
             yield from _reject(self._counters, [checked])
             return
-        pairing_time = nonce_time(report.nonce) + self._skew
-        yield window.TimestampedValue((report.nonce, checked), pairing_time)
+        # Forward in time only (the check above bounds ts <= nonce time + skew <= deadline).
+        deadline = nonce_time(report.nonce) + self._expiry
+        yield window.TimestampedValue((report.nonce, checked), deadline)
 
 
 class _JudgeTouchesFn(beam.DoFn):
-    """One call per (nonce, pane): confirm, replay-reject, or hold the reports until their expiry."""
+    """One call per (nonce, pane): confirm, reject, or keep waiting until the final pane."""
     MEMORY = ReadModifyWriteStateSpec("nonce_memory", PickleCoder())
-    EXPIRY = TimerSpec("pending_expiry", beam.TimeDomain.WATERMARK)
 
     def __init__(self, params: FollowParams):
         self._skew = params.max_clock_skew_s
@@ -177,54 +183,78 @@ class _JudgeTouchesFn(beam.DoFn):
         self._counters = _Counters()
         self._key_cache = {}
 
-    def process(self, element, memory=beam.DoFn.StateParam(MEMORY), expiry=beam.DoFn.TimerParam(EXPIRY)):
+    def process(self, element, pane=beam.DoFn.PaneInfoParam, memory=beam.DoFn.StateParam(MEMORY)):
         _nonce, taps = element
         verdict = pairing.judge_touch(memory.read() or EMPTY_MEMORY, taps, max_clock_skew_s=self._skew,
                                       pending_expiry_s=self._expiry,
                                       verifier=pairing.Verifier(self._key_cache))
+        rejections = verdict.rejections
+        if pane.timing != PaneInfoTiming.EARLY:
+            # The watermark has passed the deadline: whatever still waits is unmatched, and is
+            # dropped from the memory (which keeps only the ids seen and the outcome).
+            verdict = pairing.expire_touch(verdict.memory, max_clock_skew_s=self._skew,
+                                           pending_expiry_s=self._expiry)._replace(follows=verdict.follows)
+            rejections = rejections + verdict.rejections
         memory.write(verdict.memory)
-        if verdict.expire_at is not None:
-            expiry.set(verdict.expire_at)
         for follow in verdict.follows:
             self._counters.inc("touches_confirmed")
             # a JSON pair is an unambiguous, deterministically encoded string key
             yield json.dumps([follow.user_a, follow.user_b]), follow
-        yield from _reject(self._counters, verdict.rejections)
-
-    @on_timer(EXPIRY)
-    def on_expiry(self, memory=beam.DoFn.StateParam(MEMORY)):
-        verdict = pairing.expire_touch(memory.read() or EMPTY_MEMORY, max_clock_skew_s=self._skew,
-                                       pending_expiry_s=self._expiry)
-        memory.write(verdict.memory)   # ids and outcome only: the waiting reports are gone
-        yield from _reject(self._counters, verdict.rejections)
+        yield from _reject(self._counters, rejections)
 
 
-class _KeepFirstFollowPerPairFn(beam.DoFn):
-    """One edge per user pair, ever: the earliest confirmed touch; later ones are repeat touches."""
-    EDGE = ReadModifyWriteStateSpec("edge", PickleCoder())
-    CANDIDATES = BagStateSpec("candidates", PickleCoder())
-    DECIDE = TimerSpec("decide", beam.TimeDomain.WATERMARK)
+class _KeepFirstFollowOfGroupFn(beam.DoFn):
+    """Bounded input: every touch of a pair is in one group, so the earliest is known exactly."""
 
     def setup(self):
         self._counters = _Counters()
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                candidates=beam.DoFn.StateParam(CANDIDATES), decide=beam.DoFn.TimerParam(DECIDE)):
-        _pair, follow = element
-        candidates.add(follow)
-        # Decide once the watermark says every touch confirmed up to now has arrived.
-        decide.set(timestamp)
+    def process(self, element):
+        _pair, candidates = element
+        _, emitted, repeats = pairing.keep_first_follow(None, candidates)
+        self._counters.inc("follows_emitted")
+        if repeats:
+            self._counters.inc("touches_repeat", len(repeats))
+        yield emitted
 
-    @on_timer(DECIDE)
-    def on_decide(self, edge=beam.DoFn.StateParam(EDGE), candidates=beam.DoFn.StateParam(CANDIDATES)):
-        current, emitted, repeats = pairing.keep_first_follow(edge.read(), candidates.read())
-        candidates.clear()
+
+class _KeepFirstFollowPerPairFn(beam.DoFn):
+    """Unbounded input: the follow graph as state; the first touch confirmed for a pair is its edge.
+
+    Touches are confirmed in event-time order (each when the watermark passes
+    its pairing time), so "first confirmed" is "earliest" except for a touch
+    confirmed late (its partner arrived behind the watermark) after a later
+    touch of the same pair: that one then counts as the repeat.
+    """
+    EDGE = ReadModifyWriteStateSpec("edge", PickleCoder())
+
+    def setup(self):
+        self._counters = _Counters()
+
+    def process(self, element, edge=beam.DoFn.StateParam(EDGE)):
+        _pair, follow = element
+        current, emitted, repeats = pairing.keep_first_follow(edge.read(), [follow])
         if emitted is not None:
             edge.write(current)
             self._counters.inc("follows_emitted")
             yield emitted
         if repeats:
             self._counters.inc("touches_repeat", len(repeats))
+
+
+class KeepFirstFollowPerPair(beam.PTransform):
+    """('["user_a","user_b"]', Follow) -> Follow: one edge per user pair, ever; repeats are counted."""
+
+    def expand(self, confirmed):
+        confirmed = confirmed | "IntoFollowGraph" >> beam.WindowInto(window.GlobalWindows())
+        if confirmed.is_bounded:
+            # A global-window GroupByKey fires once, with all of a pair's touches: exact and stateless.
+            return (confirmed
+                    | "GroupTouchesByPair" >> beam.GroupByKey()
+                    | "KeepEarliestTouch" >> beam.ParDo(_KeepFirstFollowOfGroupFn()).with_output_types(Follow))
+        return (confirmed
+                | "KeepFirstConfirmedTouch" >> beam.ParDo(_KeepFirstFollowPerPairFn())
+                .with_input_types(Tuple[str, Follow]).with_output_types(Follow))
 
 
 class ResolveMutualFollows(beam.PTransform):
@@ -241,23 +271,22 @@ class ResolveMutualFollows(beam.PTransform):
         checked = (inputs["taps"]
                    | "CheckTapReports" >> beam.ParDo(_CheckTapReportsFn(p), pubkeys)
                    .with_output_types(Tuple[str, CheckedTap]).with_outputs(DEAD, main="ok"))
-        # checked.ok : (nonce, CheckedTap) at the touch's pairing time
+        # checked.ok : (nonce, CheckedTap) at the touch's deadline
         judged = (checked.ok
-                  | "WindowByPairingTime" >> beam.WindowInto(
-                      window.FixedWindows(PAIRING_GRANULE_S),
-                      trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                  | "WindowByDeadline" >> beam.WindowInto(
+                      window.FixedWindows(DEADLINE_GRANULE_S),
+                      # the second report of a touch fires its pane at once; the watermark passing
+                      # the deadline fires the final pane; each late report fires a late pane
+                      trigger=trigger.AfterWatermark(early=trigger.AfterCount(2), late=trigger.AfterCount(1)),
                       accumulation_mode=trigger.AccumulationMode.DISCARDING,
-                      allowed_lateness=Duration(seconds=p.allowed_lateness_s))
+                      allowed_lateness=Duration(seconds=p.replay_memory_s))
                   | "GroupReportsByNonce" >> beam.GroupByKey()
                   # (nonce, [CheckedTap]) : one element per touch and pane
                   | "JudgeTouches" >> beam.ParDo(_JudgeTouchesFn(p))
                   .with_input_types(Tuple[str, Iterable[CheckedTap]]).with_output_types(Tuple[str, Follow])
                   .with_outputs(DEAD, main="confirmed"))
         # judged.confirmed : ('["user_a","user_b"]', Follow)
-        follows = (judged.confirmed
-                   | "IntoFollowGraph" >> beam.WindowInto(window.GlobalWindows())
-                   | "KeepFirstFollowPerPair" >> beam.ParDo(_KeepFirstFollowPerPairFn())
-                   .with_input_types(Tuple[str, Follow]).with_output_types(Follow))
+        follows = judged.confirmed | "KeepFirstFollowPerPair" >> KeepFirstFollowPerPair()
         dead_letters = (
             (checked[DEAD],
              judged[DEAD] | "JudgedDeadLettersToGlobal" >> beam.WindowInto(window.GlobalWindows()))

@@ -1,7 +1,7 @@
 """Throughput of the NFC gateway on loopback: accepted tap reports/s and firehose records/s.
 
     python benchmarks/bench_gateway.py [--reports 20000] [--clients 16] [--seconds 20]
-                                       [--firehose-records 200000] [--no-kafka]
+                                       [--firehose-records 200000] [--kafka-records 20000] [--no-kafka]
 
 * Taps: the gateway runs as its own process (``python -m nfc_gateway serve``,
   file sink, signatures verified against a users.jsonl); this process drives it
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--firehose-records", type=int, default=200000)
+    parser.add_argument("--kafka-records", type=int, default=20000, help="firehose records for the Kafka run")
     parser.add_argument("--no-kafka", action="store_true")
     args = parser.parse_args(argv)
 
@@ -167,8 +168,10 @@ def main(argv=None) -> int:
         if not args.no_kafka and kafka_up():
             from nfc_gateway.kafka_sink import KafkaTweetSink
             topic = f"nfcgw-bench-{uuid.uuid4().hex[:8]}"
+            kafka_source = work / "firehose-kafka.jsonl"
+            kafka_size = write_firehose(kafka_source, args.kafka_records)
             sink = KafkaTweetSink(str(work / "kafka-out"), "127.0.0.1:9092", topic, "bench")
-            kafka = bench_firehose(source, size, args.firehose_records, sink, f"kafka:{topic}")
+            kafka = bench_firehose(kafka_source, kafka_size, args.kafka_records, sink, f"kafka:{topic}")
             summary["firehose_kafka"] = kafka
             print(f"firehose -> Kafka topic {topic}: {kafka['records_per_s']} records/s ({kafka['mb_per_s']} MB/s)", flush=True)
         else:

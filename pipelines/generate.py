@@ -1,7 +1,7 @@
 """Write a synthetic world: the pipeline's input files plus the truth to score it against.
 
     python -m pipelines.generate --output DIR [--users N] [--hours H] [--seed S]
-                                 [--start 2026-11-20T00:00:00+09:00] [--quiet]
+                                 [--start 2026-11-20T00:00:00+09:00] [--adversarial] [--quiet]
 
 Same arguments, byte-identical files. See ``synthetic.world`` for what is
 written and the formats of ``DIR/truth/``. Exit status 0 on success, 2 with a
@@ -32,6 +32,8 @@ def parse_args(argv):
     parser.add_argument("--hours", type=float, default=DEFAULT_HOURS, help=f"hours of activity (default {DEFAULT_HOURS:g})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     parser.add_argument("--start", default=DEFAULT_START, help=f"RFC 3339 start of the window (default {DEFAULT_START})")
+    parser.add_argument("--adversarial", action="store_true",
+                        help="add forged/replayed/one-sided taps and unparseable lines, labelled in truth/")
     parser.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     return parser.parse_args(argv)
 
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
         check_params(args.users, hours, args.seed, args.start)  # before the slow imports below
         from synthetic.world import write_world
         counts = write_world(args.output, users=args.users, hours=hours, seed=args.seed,
-                             start=args.start, progress=progress)
+                             start=args.start, progress=progress, adversarial=args.adversarial)
     except ValueError as exc:
         print(f"python -m pipelines.generate: error: {exc}", file=sys.stderr)
         return 2

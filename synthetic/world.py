@@ -24,6 +24,14 @@ the pipeline against it:
 ``truth/manifest.json``
     ``seed``, ``params`` and ``counts`` (lines per file).
 
+With ``adversarial=True`` (CLI ``--adversarial``) the same clean world gets
+hostile additions (``synthetic.adversary``): attack tap reports, labelled one
+per line in ``truth/tap_attacks.jsonl`` (``tap_id``, ``kind``, ``user_id``,
+``nonce``; a ``duplicate``'s tap_id occurs twice in taps.jsonl), and
+unparseable lines, labelled in ``truth/invalid_lines.jsonl`` (``file``,
+1-based ``line``, ``kind``). Every other line and every other truth file is
+byte-identical to the clean world's: no attack changes the true follows.
+
 How the world works: each user has a home and (most) a workplace in one of the
 23 wards, a daily routine (home -> work/errands -> home) and a phone whose
 clock is a few seconds off. Venues near Tokyo's hotspots host scheduled
@@ -59,7 +67,7 @@ from schemas import proofs
 from schemas.records import TapReport, to_json_dict
 from schemas.service_area import contains
 from schemas.touch import follow_for_touch
-from synthetic import clock, geo, twitter
+from synthetic import adversary, clock, geo, twitter
 from synthetic.params import DEFAULT_HOURS, DEFAULT_SEED, DEFAULT_START, DEFAULT_USERS, check_params
 
 
@@ -979,11 +987,13 @@ def true_follows(reports: list) -> list:
 
 def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT_HOURS,
                 seed: int = DEFAULT_SEED, start: str | float = DEFAULT_START,
-                progress: Optional[Callable[[str], None]] = None) -> dict:
+                progress: Optional[Callable[[str], None]] = None, adversarial: bool = False) -> dict:
     """Generate a world into ``out_dir``; returns line counts per file (paths relative to out_dir).
 
-    Raises ValueError for bad parameters and OSError when out_dir cannot be written,
-    before any generation work.
+    ``adversarial`` adds hostile tap reports and unparseable lines on top of the
+    clean world (``synthetic.adversary``), labelled in ``truth/tap_attacks.jsonl``
+    and ``truth/invalid_lines.jsonl``. Raises ValueError for bad parameters and
+    OSError when out_dir cannot be written, before any generation work.
     """
     start_s = check_params(users, hours, seed, start)
     os.makedirs(os.path.join(out_dir, "truth"), exist_ok=True)
@@ -1003,21 +1013,37 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
                 fh.write("\n")
         counts[name] = len(lines)
 
-    write("users.jsonl", (_DUMPS({"user_id": p.user_id, "pubkey": p.pubkey, "alerts_opt_in": p.alerts_opt_in,
+    # The hostile additions draw from their own stream, after the clean world is built.
+    hostile = world.rng("adversary") if adversarial else None
+    invalid_labels: list = []
+
+    def write_input(source: str, lines: list) -> None:
+        if hostile is not None:
+            lines, labels = adversary.malformed_lines(
+                hostile, source, lines, max(len(adversary.MALFORMED[source]), len(lines) // 2000))
+            invalid_labels.extend({"file": f"{source}.jsonl", **label} for label in labels)
+        write(f"{source}.jsonl", lines)
+
+    write_input("users", [_DUMPS({"user_id": p.user_id, "pubkey": p.pubkey, "alerts_opt_in": p.alerts_opt_in,
                                   "stats_opt_out": p.stats_opt_out, **({"age_band": p.age_band} if p.age_band else {})})
-                          for p in world.people))
+                          for p in world.people])
     pings = world.ping_lines()
-    write("pings.jsonl", pings)
+    write_input("pings", pings)
     del pings
     progress(f"pings: {counts['pings.jsonl']}")
 
     reports = world.tap_reports()
-    reports.sort(key=lambda r: (r.ts, r.tap_id))
-    write("taps.jsonl", (_tap_line(r) for r in reports))
+    attacks, attack_labels = [], []
+    if hostile is not None:
+        attacks, attack_labels = adversary.tap_attacks(
+            hostile, world.people, [p.user_id for p in world.public], reports, world.t0, world.t1,
+            rounds=max(1, len(reports) // 100))
+    taps = sorted(reports + attacks, key=lambda r: (r.ts, r.tap_id))
+    write_input("taps", [_tap_line(r) for r in taps])
     progress(f"taps: {counts['taps.jsonl']}")
 
     tweets, deleted = world.build_tweets()
-    write("tweets.jsonl", tweets)
+    write_input("tweets", tweets)
     del tweets
     progress(f"tweets: {counts['tweets.jsonl']}")
 
@@ -1035,10 +1061,19 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
         sorted(h.attendees, key=lambda a: (a[1], a[0].user_id))))
     write("truth/deleted.jsonl", (_DUMPS({"tweet_id": str(tid), "author_id": uid, "deleted_at": clock.rfc3339_ms(ms)})
                                   for tid, uid, ms in deleted))
+    hostile_truth = ("truth/tap_attacks.jsonl", "truth/invalid_lines.jsonl")
+    if adversarial:
+        write(hostile_truth[0], (_DUMPS(label) for label in attack_labels))
+        write(hostile_truth[1], (_DUMPS(label) for label in invalid_labels))
+    else:
+        for name in hostile_truth:  # never leave an earlier run's labels beside a clean world
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
     manifest = {
         "generator": "synthetic.world",
         "seed": seed,
-        "params": {"users": users, "hours": hours, "seed": seed, "start": clock.rfc3339(start_s)},
+        "params": {"users": users, "hours": hours, "seed": seed, "start": clock.rfc3339(start_s),
+                   **({"adversarial": True} if adversarial else {})},
         "counts": dict(sorted(counts.items())),
     }
     with open(os.path.join(out_dir, "truth", "manifest.json"), "w", encoding="utf-8", newline="\n") as fh:

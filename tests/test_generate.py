@@ -22,12 +22,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from schemas import proofs
+from schemas.errors import InvalidRecord
 from schemas.parse import parse_line
 from schemas.records import Follow, TapReport, to_json_dict
 from schemas.service_area import contains
 from schemas.timefmt import format_rfc3339, parse_rfc3339, parse_twitter_v1
 from schemas.touch import follow_for_touch
-from synthetic import clock, geo, twitter
+from synthetic import adversary, clock, geo, twitter
 from synthetic.world import INPUT_FILES, TRUTH_FILES, write_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -502,3 +503,85 @@ def _has_tweet_parser() -> bool:
         return True
     except ImportError:
         return False
+
+
+# ---- the adversarial world ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hostile_world(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("hostile"))
+    write_world(out, **TINY, adversarial=True)
+    return out
+
+
+def test_an_adversarial_world_is_the_clean_world_plus_labelled_additions(world, hostile_world):
+    clean = world[0]
+    for name in ("truth/follows.jsonl", "truth/happenings.jsonl", "truth/attendance.jsonl", "truth/deleted.jsonl"):
+        assert _read(hostile_world, name) == _read(clean, name), name
+    invalid = _jsonl(hostile_world, "truth/invalid_lines.jsonl")
+    attacks = _jsonl(hostile_world, "truth/tap_attacks.jsonl")
+    for source in ("users", "pings", "taps", "tweets"):
+        lines = _read(hostile_world, f"{source}.jsonl")
+        bad_numbers = {i["line"] for i in invalid if i["file"] == f"{source}.jsonl"}
+        kept = [line for n, line in enumerate(lines, 1) if n not in bad_numbers]
+        clean_lines = _read(clean, f"{source}.jsonl")
+        if source == "taps":
+            duplicates = sum(a["kind"] == "duplicate" for a in attacks)
+            assert len(kept) == len(clean_lines) + len(attacks)
+            assert set(clean_lines) <= set(kept)
+            assert len(kept) - len(set(kept)) == duplicates
+        else:
+            assert kept == clean_lines, source
+        for n in bad_numbers:
+            with pytest.raises(InvalidRecord):
+                parse_line(source, lines[n - 1])
+    assert {i["kind"] for i in invalid} >= {"truncated_json", "lat_out_of_range", "limit_notice", "bad_nonce"}
+
+
+def test_no_tap_attack_could_confirm_a_follow(hostile_world):
+    out = hostile_world
+    invalid = collections.defaultdict(set)
+    for i in _jsonl(out, "truth/invalid_lines.jsonl"):
+        invalid[i["file"]].add(i["line"])
+    users = [parse_line("users", line) for n, line in enumerate(_read(out, "users.jsonl"), 1)
+             if n not in invalid["users.jsonl"]]
+    pubkeys = {u.user_id: u.pubkey for u in users}
+    reports = [parse_line("taps", line) for n, line in enumerate(_read(out, "taps.jsonl"), 1)
+               if n not in invalid["taps.jsonl"]]
+    attacks = _jsonl(out, "truth/tap_attacks.jsonl")
+    assert {a["kind"] for a in attacks} == set(adversary.TAP_ATTACKS)
+    attack_ids = collections.Counter(a["tap_id"] for a in attacks)
+    genuine_by_nonce = collections.defaultdict(list)
+    added_ids = {a["tap_id"] for a in attacks if a["kind"] != "duplicate"}  # a duplicate's first copy is genuine
+    for tap_id, r in {r.tap_id: r for r in reports}.items():
+        if tap_id not in added_ids:
+            genuine_by_nonce[r.nonce].append(r)
+    confirmed = {nonce for nonce, pair in genuine_by_nonce.items() if len(pair) == 2}
+    follows_by_nonce = {f["nonce"]: f for f in _jsonl(out, "truth/follows.jsonl")}
+    by_id = collections.defaultdict(list)
+    for r in reports:
+        by_id[r.tap_id].append(r)
+
+    def valid(r):
+        return (r.user_id != r.peer_user_id and r.user_id in pubkeys and r.peer_user_id in pubkeys
+                and abs(r.ts - proofs.nonce_time(r.nonce)) <= 10.0
+                and proofs.verify_claim(pubkeys[r.user_id], r.proof, r.user_id, r.peer_user_id, r.nonce)
+                and proofs.verify_claim(pubkeys[r.peer_user_id], r.peer_proof, r.user_id, r.peer_user_id, r.nonce))
+
+    for a in attacks:
+        r = by_id[a["tap_id"]][-1]
+        kind = a["kind"]
+        if kind == "duplicate":
+            # The same report twice: one copy is genuine, the other must be ignored.
+            assert len(by_id[a["tap_id"]]) == 2 and r.nonce in confirmed
+        elif kind == "replay":
+            # Valid on its own, but its touch was already confirmed by the genuine pair.
+            assert valid(r) and r.nonce in confirmed and len(by_id[a["tap_id"]]) == 1
+        elif kind == "one_sided":
+            assert valid(r) and r.nonce not in genuine_by_nonce
+            assert sum(x.nonce == r.nonce for x in reports) == 1
+        else:
+            assert not valid(r), kind
+    # Every pair the truth follows still has its two genuine reports, untouched by the attacks.
+    for nonce, f in follows_by_nonce.items():
+        assert nonce in confirmed and to_json_dict(follow_for_touch(*genuine_by_nonce[nonce])) == f

@@ -1,0 +1,162 @@
+"""Hostile and broken input for an opt-in ``adversarial`` world.
+
+A clean world exercises the happy path; this module adds what a real edge
+sees, so the pipeline's rejection paths run on generated data with a truth to
+score them against:
+
+* tap reports that must never create a follow, one kind at a time
+  (``TAP_ATTACKS``): forged signatures, a report whose peer was altered, a
+  replayed or duplicated report, an old claim replayed hours later, a touch
+  only one phone reported, a peer who is no user, a phone tapping itself;
+* lines that cannot be parsed at all (``MALFORMED``), a few per input file.
+
+Everything here is added on top of the clean world (its own random stream),
+so an adversarial world holds the clean world's lines plus these, and its
+``truth/follows.jsonl`` is the clean world's: no attack adds or removes a
+follow. Labels go to ``truth/tap_attacks.jsonl`` and ``truth/invalid_lines.jsonl``.
+"""
+from __future__ import annotations
+
+import base64
+import random
+import uuid
+
+from schemas import proofs
+from schemas.records import TapReport
+
+# kind -> what makes the report unusable (for the truth file's readers).
+TAP_ATTACKS = {
+    "forged_peer_proof": "the peer's signature is random bytes: the peer never signed",
+    "forged_pair": "an attacker fabricates both reports; the victim's signatures are random bytes",
+    "altered_peer": "a genuine report re-sent with another peer_user_id: its signatures no longer verify",
+    "replay": "a genuine report re-sent with a new tap_id within the clock skew: its nonce is already used",
+    "duplicate": "a genuine report delivered twice (same tap_id)",
+    "stale_replay": "a genuine report re-sent hours later with a current ts: off its nonce's time",
+    "one_sided": "a real touch only one phone reported: no partner ever arrives",
+    "unknown_peer": "the peer is not a platform user",
+    "self_tap": "a phone reports touching itself",
+}
+
+MALFORMED = {
+    "users": [
+        ("truncated_json", '{"user_id":"1234","pubkey":"AAAA'),
+        ("missing_field", '{"user_id":"1234567","alerts_opt_in":true,"stats_opt_out":false}'),
+        ("bad_user_id", '{"user_id":"@taro","pubkey":"AAAA","alerts_opt_in":true,"stats_opt_out":false}'),
+    ],
+    "pings": [
+        ("truncated_json", '{"user_id":"1234567","ts":"2026-11-20T'),
+        ("lat_out_of_range", '{"user_id":"1234567","ts":"2026-11-20T01:00:00Z","lat":135.7,"lng":139.7}'),
+        ("no_utc_offset", '{"user_id":"1234567","ts":"2026-11-20T01:00:00","lat":35.7,"lng":139.7}'),
+        ("unknown_source", '{"user_id":"1234567","ts":"2026-11-20T01:00:00Z","lat":35.7,"lng":139.7,"source":"ble"}'),
+        ("not_an_object", '[35.7, 139.7]'),
+    ],
+    "taps": [
+        ("bad_nonce", '{"tap_id":"x","user_id":"1","peer_user_id":"2","nonce":"xyz","ts":"2026-11-20T01:00:00Z",'
+                      '"lat":35.7,"lng":139.7,"proof":"a","peer_proof":"b"}'),
+        ("missing_field", '{"tap_id":"x","user_id":"1","peer_user_id":"2"}'),
+    ],
+    "tweets": [
+        ("limit_notice", '{"limit":{"track":42,"timestamp_ms":"1795000000000"}}'),
+        ("float_id", '{"created_at":"Fri Nov 20 01:00:00 +0000 2026","id":2.1234e18,"text":"x","user":{"id_str":"1"}}'),
+        ("truncated_json", '{"data":{"id":"2123","author_id":"1","created_at":"2026-11-20T01:00'),
+        ("bad_created_at", '{"created_at":"2026-11-20 01:00","id_str":"2123","text":"x","user":{"id_str":"1"}}'),
+    ],
+}
+
+
+def _random_signature(rng: random.Random) -> str:
+    return base64.b64encode(rng.randbytes(64)).decode("ascii")
+
+
+def _tap_id(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def tap_attacks(rng: random.Random, people: list, public_ids: list, genuine: list, t0: float, t1: float,
+                rounds: int) -> tuple[list, list]:
+    """(attack reports, labels {tap_id, kind, user_id, nonce}) for ``rounds`` of every kind.
+
+    ``people`` are the users (with ``key``, ``user_id``, ``friends``), ``genuine``
+    the clean world's reports, ``public_ids`` ids of accounts that are not users.
+    """
+    by_nonce: dict[str, list] = {}
+    for r in genuine:
+        by_nonce.setdefault(r.nonce, []).append(r)
+    nonces = sorted(by_nonce)
+    reports, labels = [], []
+
+    def add(kind: str, report: TapReport) -> None:
+        reports.append(report)
+        labels.append({"tap_id": report.tap_id, "kind": kind, "user_id": report.user_id, "nonce": report.nonce})
+
+    def fresh_nonce(when: float) -> str:
+        return proofs.make_nonce(when, rng.randbytes(10))
+
+    def somewhere() -> tuple:
+        r = genuine[rng.randrange(len(genuine))] if genuine else None
+        return (r.lat, r.lng) if r else (35.6812, 139.7671)
+
+    for _ in range(rounds):
+        when = rng.uniform(t0 + 60.0, max(t0 + 61.0, t1 - 60.0))
+        m, v = rng.sample(people, 2)
+        lat, lng = somewhere()
+
+        nonce = fresh_nonce(when)
+        add("forged_peer_proof", TapReport(_tap_id(rng), m.user_id, v.user_id, nonce, round(when, 3), lat, lng,
+                                           proofs.sign_claim(m.key, m.user_id, v.user_id, nonce), _random_signature(rng)))
+
+        nonce = fresh_nonce(when + 7.0)
+        forged = _random_signature(rng)
+        own = proofs.sign_claim(m.key, m.user_id, v.user_id, nonce)
+        add("forged_pair", TapReport(_tap_id(rng), m.user_id, v.user_id, nonce, round(when + 7.0, 3), lat, lng, own, forged))
+        add("forged_pair", TapReport(_tap_id(rng), v.user_id, m.user_id, nonce, round(when + 8.0, 3), lat, lng, forged, own))
+
+        if nonces:
+            original = by_nonce[nonces[rng.randrange(len(nonces))]][rng.randrange(2)]
+            others = [p for p in people if p.user_id not in (original.user_id, original.peer_user_id)]
+            if others:
+                third = others[rng.randrange(len(others))]
+                add("altered_peer", original._replace(tap_id=_tap_id(rng), peer_user_id=third.user_id))
+            original = by_nonce[nonces[rng.randrange(len(nonces))]][rng.randrange(2)]
+            add("replay", original._replace(tap_id=_tap_id(rng), ts=round(original.ts + rng.uniform(0.5, 3.0), 3)))
+            original = by_nonce[nonces[rng.randrange(len(nonces))]][rng.randrange(2)]
+            add("duplicate", original)
+            original = by_nonce[nonces[rng.randrange(len(nonces))]][rng.randrange(2)]
+            later = min(t1 - 1.0, original.ts + rng.uniform(2 * 3600.0, 6 * 3600.0))
+            if later - proofs.nonce_time(original.nonce) > 60.0:
+                add("stale_replay", original._replace(tap_id=_tap_id(rng), ts=round(later, 3)))
+
+        a = people[rng.randrange(len(people))]
+        b = people[sorted(a.friends)[rng.randrange(len(a.friends))]] if a.friends else m if m is not a else v
+        nonce = fresh_nonce(when + 20.0)
+        add("one_sided", TapReport(_tap_id(rng), a.user_id, b.user_id, nonce, round(when + 20.0, 3), lat, lng,
+                                   proofs.sign_claim(a.key, a.user_id, b.user_id, nonce),
+                                   proofs.sign_claim(b.key, a.user_id, b.user_id, nonce)))
+
+        stranger = public_ids[rng.randrange(len(public_ids))]
+        nonce = fresh_nonce(when + 30.0)
+        add("unknown_peer", TapReport(_tap_id(rng), m.user_id, stranger, nonce, round(when + 30.0, 3), lat, lng,
+                                      proofs.sign_claim(m.key, m.user_id, stranger, nonce), _random_signature(rng)))
+
+        nonce = fresh_nonce(when + 40.0)
+        own = proofs.sign_claim(m.key, m.user_id, m.user_id, nonce)
+        add("self_tap", TapReport(_tap_id(rng), m.user_id, m.user_id, nonce, round(when + 40.0, 3), lat, lng, own, own))
+    return reports, labels
+
+
+def malformed_lines(rng: random.Random, source: str, lines: list, count: int) -> tuple[list, list]:
+    """``lines`` with ``count`` unparseable lines inserted; returns (lines, labels {line, kind}).
+
+    ``line`` in a label is the 1-based line number in the written file.
+    """
+    samples = MALFORMED[source]
+    positions = sorted(rng.randrange(len(lines) + 1) for _ in range(count))
+    out, labels, taken = [], [], 0
+    for i, pos in enumerate(positions):
+        out.extend(lines[taken:pos])
+        taken = pos
+        kind, text = samples[i % len(samples)]
+        out.append(text)
+        labels.append({"line": len(out), "kind": kind})
+    out.extend(lines[taken:])
+    return out, labels

@@ -57,6 +57,7 @@ import json
 import math
 import os
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -428,12 +429,18 @@ class World:
             duration = min(rng.uniform(dur_lo, dur_hi) * HOUR, max(0.8 * window, window - 20 * MINUTE))
             start = self._window_start(rng, duration, typical)
             venues = self.venues[KIND_VENUE_TYPE[kind]]
-            venue = venues[rng.randrange(len(venues))]
+            # One happening at a time per venue (with an hour to clear up); a small
+            # world whose venues are all taken shares one rather than dropping it.
+            for _ in range(20):
+                venue = venues[rng.randrange(len(venues))]
+                if all(other.venue is not venue or start >= other.end + HOUR or start + duration + HOUR <= other.start
+                       for other in self.happenings):
+                    break
             word = KIND_WORDS_JA[kind][0]
             tag = f"{venue.tag}{word}"
-            if tag in used_tags:
-                local = start + JST_OFFSET_S
-                tag = f"{tag}{int(local // 86400) % 10000:04d}{int(local % 86400 // 3600):02d}"
+            if tag in used_tags:  # the venue's next one: people add the date, as in #渋谷ライブ1120
+                local = time.gmtime(start + JST_OFFSET_S)
+                tag = f"{tag}{local.tm_mon:02d}{local.tm_mday:02d}"
             while tag in used_tags:
                 tag = f"{tag}{rng.randrange(10)}"
             used_tags.add(tag)

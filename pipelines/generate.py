@@ -1,7 +1,7 @@
 """Write a synthetic world: the pipeline's input files plus the truth to score it against.
 
     python -m pipelines.generate --output DIR [--users N] [--hours H] [--seed S]
-                                 [--start 2026-11-20T00:00:00+09:00] [--adversarial] [--quiet]
+                                 [--start 2026-11-20T00:00:00+09:00] [--adversarial] [--gzip] [--quiet]
 
 Same arguments, byte-identical files. See ``synthetic.world`` for what is
 written and the formats of ``DIR/truth/``. Exit status 0 on success, 2 with a
@@ -34,6 +34,7 @@ def parse_args(argv):
     parser.add_argument("--start", default=DEFAULT_START, help=f"RFC 3339 start of the window (default {DEFAULT_START})")
     parser.add_argument("--adversarial", action="store_true",
                         help="add forged/replayed/one-sided taps and unparseable lines, labelled in truth/")
+    parser.add_argument("--gzip", action="store_true", help="write the input files as NAME.jsonl.gz")
     parser.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     return parser.parse_args(argv)
 
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
         check_params(args.users, hours, args.seed, args.start)  # before the slow imports below
         from synthetic.world import write_world
         counts = write_world(args.output, users=args.users, hours=hours, seed=args.seed,
-                             start=args.start, progress=progress, adversarial=args.adversarial)
+                             start=args.start, progress=progress, adversarial=args.adversarial,
+                             compress=args.gzip)
     except ValueError as exc:
         print(f"python -m pipelines.generate: error: {exc}", file=sys.stderr)
         return 2

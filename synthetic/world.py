@@ -53,6 +53,7 @@ same arguments give byte-identical files.
 from __future__ import annotations
 
 import bisect
+import gzip
 import json
 import math
 import os
@@ -994,13 +995,16 @@ def true_follows(reports: list) -> list:
 
 def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT_HOURS,
                 seed: int = DEFAULT_SEED, start: str | float = DEFAULT_START,
-                progress: Optional[Callable[[str], None]] = None, adversarial: bool = False) -> dict:
+                progress: Optional[Callable[[str], None]] = None, adversarial: bool = False,
+                compress: bool = False) -> dict:
     """Generate a world into ``out_dir``; returns line counts per file (paths relative to out_dir).
 
     ``adversarial`` adds hostile tap reports and unparseable lines on top of the
     clean world (``synthetic.adversary``), labelled in ``truth/tap_attacks.jsonl``
     and ``truth/invalid_lines.jsonl``. Raises ValueError for bad parameters and
     OSError when out_dir cannot be written, before any generation work.
+    ``compress`` writes the four input files as ``NAME.jsonl.gz`` (deterministic
+    gzip: no name or time in the header); truth files stay plain.
     """
     start_s = check_params(users, hours, seed, start)
     os.makedirs(os.path.join(out_dir, "truth"), exist_ok=True)
@@ -1014,10 +1018,15 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
 
     def write(name: str, lines) -> None:
         lines = lines if isinstance(lines, list) else list(lines)
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8", newline="\n", buffering=1 << 20) as fh:
+        path = os.path.join(out_dir, name)
+        with open(path, "wb", buffering=1 << 20) as raw:
+            # mtime=0 and no file name in the header keep gzip output byte-identical run to run.
+            sink = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) \
+                if name.endswith(".gz") else raw
             for i in range(0, len(lines), 1 << 16):
-                fh.write("\n".join(lines[i:i + (1 << 16)]))
-                fh.write("\n")
+                sink.write(("\n".join(lines[i:i + (1 << 16)]) + "\n").encode("utf-8"))
+            if sink is not raw:
+                sink.close()
         counts[name] = len(lines)
 
     # The hostile additions draw from their own stream, after the clean world is built.
@@ -1029,15 +1038,21 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
             lines, labels = adversary.malformed_lines(
                 hostile, source, lines, max(len(adversary.MALFORMED[source]), len(lines) // 2000))
             invalid_labels.extend({"file": f"{source}.jsonl", **label} for label in labels)
-        write(f"{source}.jsonl", lines)
+        name = f"{source}.jsonl"
+        # A reader takes NAME.jsonl and NAME.jsonl.gz alike: never leave the other variant behind.
+        stale = os.path.join(out_dir, name if compress else name + ".gz")
+        if os.path.exists(stale):
+            os.remove(stale)
+        write(name + ".gz" if compress else name, lines)
 
     write_input("users", [_DUMPS({"user_id": p.user_id, "pubkey": p.pubkey, "alerts_opt_in": p.alerts_opt_in,
                                   "stats_opt_out": p.stats_opt_out, **({"age_band": p.age_band} if p.age_band else {})})
                           for p in world.people])
     pings = world.ping_lines()
+    progress(f"pings: {len(pings)}")
     write_input("pings", pings)
     del pings
-    progress(f"pings: {counts['pings.jsonl']}")
+    progress("pings: written")
 
     reports = world.tap_reports()
     attacks, attack_labels = [], []
@@ -1047,12 +1062,13 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
             rounds=max(1, len(reports) // 100))
     taps = sorted(reports + attacks, key=lambda r: (r.ts, r.tap_id))
     write_input("taps", [_tap_line(r) for r in taps])
-    progress(f"taps: {counts['taps.jsonl']}")
+    progress(f"taps: {len(taps)}")
 
     tweets, deleted = world.build_tweets()
+    progress(f"tweets: {len(tweets)}")
     write_input("tweets", tweets)
     del tweets
-    progress(f"tweets: {counts['tweets.jsonl']}")
+    progress("tweets: written")
 
     write("truth/follows.jsonl", (_DUMPS(to_json_dict(f)) for f in true_follows(reports)))
     write("truth/happenings.jsonl", (_DUMPS({
@@ -1080,7 +1096,7 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
         "generator": "synthetic.world",
         "seed": seed,
         "params": {"users": users, "hours": hours, "seed": seed, "start": clock.rfc3339(start_s),
-                   **({"adversarial": True} if adversarial else {})},
+                   **({"adversarial": True} if adversarial else {}), **({"compress": True} if compress else {})},
         "counts": dict(sorted(counts.items())),
     }
     with open(os.path.join(out_dir, "truth", "manifest.json"), "w", encoding="utf-8", newline="\n") as fh:

@@ -585,3 +585,20 @@ def test_no_tap_attack_could_confirm_a_follow(hostile_world):
     # Every pair the truth follows still has its two genuine reports, untouched by the attacks.
     for nonce, f in follows_by_nonce.items():
         assert nonce in confirmed and to_json_dict(follow_for_touch(*genuine_by_nonce[nonce])) == f
+
+
+def test_a_compressed_world_holds_the_same_lines_deterministically(world, tmp_path):
+    import gzip
+    out = str(tmp_path / "gz")
+    counts = write_world(out, **TINY, compress=True)
+    for name in INPUT_FILES:
+        with gzip.open(os.path.join(out, name + ".gz"), "rt", encoding="utf-8") as fh:
+            assert fh.read().splitlines() == _read(world[0], name), name
+        assert counts[name + ".gz"] == len(_read(world[0], name))
+        assert not os.path.exists(os.path.join(out, name))
+    first = {name: open(os.path.join(out, name + ".gz"), "rb").read() for name in INPUT_FILES}
+    write_world(out, **TINY, compress=True)
+    assert {name: open(os.path.join(out, name + ".gz"), "rb").read() for name in INPUT_FILES} == first
+    # Rewriting uncompressed into the same directory leaves no stale .gz twin for a reader to double-count.
+    write_world(out, **TINY)
+    assert not any(f.endswith(".gz") for f in os.listdir(out))

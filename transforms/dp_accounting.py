@@ -1,0 +1,253 @@
+"""Privacy accounting for the marketing statistics: one (epsilon, delta) per user-day.
+
+Pure functions, no Beam. ``plan_budget`` turns the user-day budget and the
+contribution bounds into the noise of every hourly release; ``ledger_rows``
+writes down what each release costs; ``worst_case_user_day`` re-derives, from the
+bounds and noise alone, what one user can lose in a day, so a test can check the
+plan against first principles rather than against its own arithmetic.
+
+Why Gaussian noise with Gaussian-DP (GDP) accounting. A user-day touches up to
+``max_hours_per_day`` hourly releases of every metric; basic composition of
+Laplace releases would divide epsilon by all of them. Gaussian mechanisms
+compose exactly in GDP (Dong, Roth & Su 2019): releases with L2 sensitivity
+``Δ_i`` and noise ``σ_i`` together are ``μ``-GDP with ``μ² = Σ (Δ_i/σ_i)²``, and
+``μ``-GDP is (ε, δ)-DP for exactly ``δ(ε) = Φ(-ε/μ + μ/2) − e^ε Φ(-ε/μ − μ/2)``
+(the analytic Gaussian bound of Balle & Wang 2018, which PipelineDP and
+Google's library use for one release). So the configured (ε, δ) is converted
+once to the largest ``μ_day`` that meets it, and ``μ_day²`` is split across
+metrics (the ``share_*`` parameters) and hours. There is no slack lost to a
+zCDP conversion, and with one metric the noise equals PipelineDP's for one
+Gaussian aggregation with the same bounds.
+
+Ledger semantics. Each hourly release of metric ``m`` is ``μ_{m,h}``-GDP with
+``μ_{m,h}² = share_m · μ_day² / H`` (H = max hours per day); a user can appear
+in at most H of a day's 24 windows, so a user-day loses at most
+``Σ_m H · μ_{m,h}² = μ_day²`` — the configured budget. The ledger charges every
+released window the same part of that, ``share_m / 24`` of the day's (ε, δ), so
+that the rows of a day add up to at most the budget (all 24 windows released:
+exactly the budget); ``gdp_mu`` on the row is the release's own guarantee.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Dict, Iterable, List, Mapping, NamedTuple
+
+from schemas.timefmt import format_rfc3339
+
+HOUR_S = 3600
+HOURS_PER_DAY = 24
+# The privacy unit is the user-day of Japan Standard Time (UTC+9, no DST): the
+# users are in Tokyo, so a "day" is their day, and JST midnight is 15:00 UTC, on
+# an hour boundary, so every hourly window lies in exactly one JST day.
+DAY_UTC_OFFSET_S = 9 * HOUR_S
+MECHANISM = "gaussian"
+# Tolerance for float round-off when comparing spends to the budget.
+_SLACK = 1e-9
+
+
+class BudgetError(ValueError):
+    """A configuration that would overspend or cannot be met; the text says what to change."""
+
+
+def day_of(ts: float) -> str:
+    """The JST calendar day (``YYYY-MM-DD``) an event time belongs to."""
+    moment = _dt.datetime.fromtimestamp(math.floor(ts) + DAY_UTC_OFFSET_S, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d")
+
+
+def day_end(ts: float) -> float:
+    """The end (exclusive) of the JST day holding ``ts``, as epoch seconds."""
+    local = math.floor(ts) + DAY_UTC_OFFSET_S
+    return float(local - local % (HOURS_PER_DAY * HOUR_S) + HOURS_PER_DAY * HOUR_S - DAY_UTC_OFFSET_S)
+
+
+def hour_start(ts: float) -> float:
+    """The start of the UTC-aligned hourly window holding ``ts``."""
+    return float(math.floor(ts / HOUR_S) * HOUR_S)
+
+
+# ---------------------------------------------------------------- Gaussian DP
+
+def _phi(x: float) -> float:
+    """Standard normal CDF, accurate in the far tails (erfc, not 1 - erf)."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def gdp_delta(mu: float, epsilon: float) -> float:
+    """The smallest δ for which a μ-GDP mechanism is (ε, δ)-DP."""
+    if mu <= 0:
+        return 0.0
+    return _phi(-epsilon / mu + mu / 2.0) - math.exp(epsilon) * _phi(-epsilon / mu - mu / 2.0)
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The smallest ε for which a μ-GDP mechanism is (ε, δ)-DP (bisection; δ(ε) decreases)."""
+    if mu <= 0:
+        return 0.0
+    low, high = 0.0, 1.0
+    while gdp_delta(mu, high) > delta:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if gdp_delta(mu, mid) > delta:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def gdp_mu(epsilon: float, delta: float) -> float:
+    """The largest μ such that μ-GDP implies (ε, δ)-DP (bisection; δ(μ) increases)."""
+    if not (epsilon > 0 and 0 < delta < 1):
+        raise BudgetError(f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
+    low, high = 0.0, 1.0
+    while gdp_delta(high, epsilon) < delta:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if gdp_delta(mid, epsilon) <= delta:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+# ---------------------------------------------------------------- the plan
+
+class MetricBounds(NamedTuple):
+    """What one user can add to one metric's release in one hour."""
+    metric: str                  # the metric family, e.g. "footfall_by_age"
+    share: float                 # this metric's part of the user-day budget (of μ²)
+    cells_per_hour: int          # partitions (cells, bands or flow pairs) a user touches per hour
+    per_cell: int                # the most a user adds to one partition
+    note: str                    # how the bound is enforced, for the ledger
+
+    @property
+    def l2_sensitivity(self) -> float:
+        return math.sqrt(self.cells_per_hour) * self.per_cell
+
+
+class MetricPlan(NamedTuple):
+    bounds: MetricBounds
+    release_mu: float            # the GDP μ of one hourly release
+    noise_stddev: float          # σ = Δ₂ / μ
+
+
+class BudgetPlan(NamedTuple):
+    epsilon_per_user_day: float
+    delta_per_user_day: float
+    max_hours_per_day: int
+    day_mu: float
+    metrics: Dict[str, MetricPlan]
+
+
+def plan_budget(epsilon: float, delta: float, max_hours_per_day: int,
+                bounds: Iterable[MetricBounds]) -> BudgetPlan:
+    """The noise of every hourly release; refuses any split that would overspend."""
+    bounds = list(bounds)
+    if not bounds:
+        raise BudgetError("no metric is enabled: give at least one --dp_share_* a value > 0")
+    if not 1 <= max_hours_per_day <= HOURS_PER_DAY:
+        raise BudgetError(
+            f"max_hours_per_day={max_hours_per_day}: a day has {HOURS_PER_DAY} hourly windows; "
+            f"choose 1..{HOURS_PER_DAY}")
+    names = [b.metric for b in bounds]
+    if len(set(names)) != len(names):
+        raise BudgetError(f"metric listed twice in {names}")
+    for b in bounds:
+        if not (b.share > 0 and math.isfinite(b.share)):
+            raise BudgetError(f"share of {b.metric} is {b.share}; give it a value in (0, 1] or disable it")
+        if b.cells_per_hour < 1 or b.per_cell < 1:
+            raise BudgetError(f"bounds of {b.metric} must be >= 1, got {b.cells_per_hour} cells x {b.per_cell}")
+    total = sum(b.share for b in bounds)
+    if total > 1.0 + _SLACK:
+        parts = " + ".join(f"{b.metric} {b.share:g}" for b in bounds)
+        raise BudgetError(
+            f"the metric shares add up to {total:g} > 1 ({parts}): that would spend more than "
+            f"the user-day budget; lower the --dp_share_* values so they sum to at most 1")
+    day_mu = gdp_mu(epsilon, delta)
+    metrics = {}
+    for b in bounds:
+        mu = day_mu * math.sqrt(b.share / max_hours_per_day)
+        metrics[b.metric] = MetricPlan(b, mu, b.l2_sensitivity / mu)
+    plan = BudgetPlan(epsilon, delta, max_hours_per_day, day_mu, metrics)
+    spent_eps, spent_delta = worst_case_user_day(plan)
+    if spent_delta > delta * (1 + 1e-6) or spent_eps > epsilon * (1 + 1e-6):
+        raise BudgetError(f"plan would spend ({spent_eps}, {spent_delta}) > ({epsilon}, {delta})")
+    return plan
+
+
+def worst_case_user_day(plan: BudgetPlan) -> tuple[float, float]:
+    """(ε at the budget's δ, δ at the budget's ε) of the most a user can lose in a day.
+
+    Derived only from the bounds and the noise: a user appears in at most
+    ``max_hours_per_day`` windows, and in each adds at most Δ₂ to each metric's
+    release of noise σ, so the day is μ-GDP with μ² = H · Σ (Δ₂/σ)².
+    """
+    mu2 = sum(plan.max_hours_per_day * (m.bounds.l2_sensitivity / m.noise_stddev) ** 2
+              for m in plan.metrics.values())
+    mu = math.sqrt(mu2)
+    return (gdp_epsilon(mu, plan.delta_per_user_day), gdp_delta(mu, plan.epsilon_per_user_day))
+
+
+# ---------------------------------------------------------------- the ledger
+
+def ledger_row(plan: BudgetPlan, metric: str, window_start: float, partitions: int) -> dict:
+    """The ledger entry of one hourly release of one metric (JSON-serialisable)."""
+    m = plan.metrics[metric]
+    charge = m.bounds.share / HOURS_PER_DAY
+    return {
+        "date": day_of(window_start),
+        "metric": metric,
+        "window_start": format_rfc3339(window_start),
+        "window_end": format_rfc3339(window_start + HOUR_S),
+        "epsilon": plan.epsilon_per_user_day * charge,
+        "delta": plan.delta_per_user_day * charge,
+        "mechanism": MECHANISM,
+        "noise_scale": m.noise_stddev,
+        "l2_sensitivity": m.bounds.l2_sensitivity,
+        "gdp_mu": m.release_mu,
+        "bounds": {
+            "max_partitions_per_user_hour": m.bounds.cells_per_hour,
+            "max_per_partition": m.bounds.per_cell,
+            "max_hours_per_day": plan.max_hours_per_day,
+            "enforced_by": m.bounds.note,
+        },
+        "partitions_released": partitions,
+        "privacy_unit": "user-day (JST)",
+    }
+
+
+class DaySpend(NamedTuple):
+    date: str
+    epsilon: float
+    delta: float
+    releases: int
+
+
+def spend_per_day(rows: Iterable[Mapping]) -> Dict[str, DaySpend]:
+    """Sum ledger rows per JST day; duplicate (metric, window) rows are an error (double spend)."""
+    seen = set()
+    totals: Dict[str, List[float]] = {}
+    for row in rows:
+        key = (row["metric"], row["window_start"])
+        if key in seen:
+            raise BudgetError(f"{row['metric']} for window {row['window_start']} was released twice")
+        seen.add(key)
+        acc = totals.setdefault(row["date"], [0.0, 0.0, 0])
+        acc[0] += row["epsilon"]
+        acc[1] += row["delta"]
+        acc[2] += 1
+    return {d: DaySpend(d, e, dl, int(n)) for d, (e, dl, n) in totals.items()}
+
+
+def check_ledger(rows: Iterable[Mapping], epsilon: float, delta: float) -> Dict[str, DaySpend]:
+    """Raise ``BudgetError`` if any day of the ledger spends more than (ε, δ)."""
+    spends = spend_per_day(rows)
+    for spend in spends.values():
+        if spend.epsilon > epsilon * (1 + _SLACK) or spend.delta > delta * (1 + _SLACK):
+            raise BudgetError(
+                f"{spend.date}: ledger spends epsilon {spend.epsilon:g}, delta {spend.delta:g} "
+                f"over a budget of ({epsilon:g}, {delta:g})")
+    return spends

@@ -1,0 +1,204 @@
+"""Contribution bounding for the marketing statistics: what one user may add, and which.
+
+Pure functions, no Beam. Every input record that places a user somewhere
+becomes a ``Contribution`` (user, time, H3 cell, kind); one user's
+contributions to one hourly window become one ``UserHour`` that already obeys
+the bounds and no longer carries the user id; ``keep_first_hours`` then keeps
+at most ``max_hours_per_day`` of a user's hours per JST day.
+
+Which contributions are kept depends only on that user's own data, never on
+anyone else's (that is what lets the bounds define the sensitivity): the
+*first in time* — the first ``max_cells_per_hour`` distinct cells of the hour,
+the first ``max_per_cell`` tweets or touches in each kept cell, the first
+``max_hours_per_day`` hours of the day. Ties in time break on the cell id, so
+the choice is deterministic and the same in batch and streaming.
+
+Metrics and their bounds, per hourly window (L2 sensitivity of one hour's
+release of the metric, for one user):
+
+==================  =====================================================  ====================
+metric family       partitions (one row each)                              L2 sensitivity
+==================  =====================================================  ====================
+footfall            every public cell: distinct users present              sqrt(C)
+footfall_by_age     every public cell x age band: distinct users present   sqrt(C)
+tweets              every public cell: precisely located tweets posted     T_tweets * sqrt(C)
+nfc_touches         every public cell: NFC touch reports                   T_touch * sqrt(C)
+flows               every ordered pair of coarse public cells: users       1
+                    whose first and last position of the hour are there
+==================  =====================================================  ====================
+
+(C = max_cells_per_hour; a user is one age band, so the age histogram has the
+footfall's sensitivity.) Presence (footfall) counts pings, NFC touches and
+precisely located tweets alike: each says "this user was here then".
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+import h3
+
+from transforms.dp_accounting import day_of, hour_start
+
+PING, TWEET, TOUCH = "ping", "tweet", "touch"
+UNKNOWN_BAND = "unknown"
+
+FOOTFALL = "footfall"
+FOOTFALL_BY_AGE = "footfall_by_age"
+TWEETS = "tweets"
+NFC_TOUCHES = "nfc_touches"
+FLOWS = "flows"
+METRIC_FAMILIES = (FOOTFALL, FOOTFALL_BY_AGE, TWEETS, NFC_TOUCHES, FLOWS)
+
+
+class Contribution(NamedTuple):
+    """One piece of evidence that a (consenting, known) user was in a public cell."""
+    user_id: str
+    ts: float
+    cell: str                    # H3 cell at the release resolution, always a public cell
+    kind: str                    # ping | tweet | touch
+    age_band: str                # a public band label, or "unknown"
+
+
+class UserHour(NamedTuple):
+    """One user's bounded contributions to one hourly window, without the user id."""
+    window_start: float
+    age_band: str
+    presence_cells: Tuple[str, ...]           # <= C cells, first in time
+    tweet_counts: Tuple[Tuple[str, int], ...]  # <= C cells, <= T_tweets each
+    touch_counts: Tuple[Tuple[str, int], ...]  # <= C cells, <= T_touch each
+    flow: Optional[Tuple[str, str]]           # (coarse cell first seen, coarse cell last seen)
+
+
+class HourBounds(NamedTuple):
+    max_cells_per_hour: int
+    max_tweets_per_cell_hour: int
+    max_touches_per_cell_hour: int
+    flow_res: Optional[int]                   # None: flows not computed
+
+
+class Dropped(NamedTuple):
+    """How many contributions bounding left out, by metric (for the counters)."""
+    presence: int
+    tweets: int
+    touches: int
+
+
+def age_band_of(raw: Optional[str], bands: Sequence[str]) -> str:
+    """The public band label for a user's ``age_band`` (anything unlisted is "unknown")."""
+    return raw if raw in bands else UNKNOWN_BAND
+
+
+def _first_cells(ordered: Sequence[Contribution], limit: int) -> List[str]:
+    cells: List[str] = []
+    for c in ordered:
+        if c.cell not in cells:
+            if len(cells) == limit:
+                break
+            cells.append(c.cell)
+    return cells
+
+
+def _capped_counts(ordered: Sequence[Contribution], max_cells: int, per_cell: int):
+    keep = _first_cells(ordered, max_cells)
+    counts = {cell: 0 for cell in keep}
+    for c in ordered:
+        if c.cell in counts and counts[c.cell] < per_cell:
+            counts[c.cell] += 1
+    kept = tuple((cell, counts[cell]) for cell in keep)
+    return kept, len(ordered) - sum(counts.values())
+
+
+def bound_user_hour(contributions: Iterable[Contribution], bounds: HourBounds) -> Tuple[UserHour, Dropped]:
+    """One user's contributions to one hour -> the bounded ``UserHour`` and what was dropped.
+
+    All contributions must be of one user and one hourly window.
+    """
+    ordered = sorted(contributions, key=lambda c: (c.ts, c.cell, c.kind))
+    if not ordered:
+        raise ValueError("bound_user_hour needs at least one contribution")
+    first = ordered[0]
+    presence = _first_cells(ordered, bounds.max_cells_per_hour)
+    tweets = [c for c in ordered if c.kind == TWEET]
+    touches = [c for c in ordered if c.kind == TOUCH]
+    tweet_counts, tweets_dropped = _capped_counts(
+        tweets, bounds.max_cells_per_hour, bounds.max_tweets_per_cell_hour)
+    touch_counts, touches_dropped = _capped_counts(
+        touches, bounds.max_cells_per_hour, bounds.max_touches_per_cell_hour)
+    flow = None
+    if bounds.flow_res is not None:
+        flow = (h3.cell_to_parent(first.cell, bounds.flow_res),
+                h3.cell_to_parent(ordered[-1].cell, bounds.flow_res))
+    presence_dropped = sum(1 for c in ordered if c.cell not in presence)
+    user_hour = UserHour(
+        window_start=hour_start(first.ts),
+        age_band=first.age_band,
+        presence_cells=tuple(presence),
+        tweet_counts=tweet_counts,
+        touch_counts=touch_counts,
+        flow=flow,
+    )
+    return user_hour, Dropped(presence_dropped, tweets_dropped, touches_dropped)
+
+
+def keep_first_hours(hours: Iterable[float], max_hours_per_day: int,
+                     used: Optional[Dict[str, int]] = None) -> Tuple[List[float], List[float]]:
+    """Split window starts into (kept, dropped): the first ``max_hours_per_day`` of each JST day.
+
+    ``used`` maps day -> hours already kept (streaming state); it is updated in place.
+    """
+    used = {} if used is None else used
+    kept, dropped = [], []
+    for start in sorted(set(hours)):
+        day = day_of(start)
+        if used.get(day, 0) < max_hours_per_day:
+            used[day] = used.get(day, 0) + 1
+            kept.append(start)
+        else:
+            dropped.append(start)
+    return kept, dropped
+
+
+def age_metric(band: str) -> str:
+    return f"footfall_age_{band}"
+
+
+def flow_metric(destination: str) -> str:
+    return f"flow_to_{destination}"
+
+
+def increments(user_hour: UserHour, families: Iterable[str]) -> Iterable[Tuple[Tuple[str, str], int]]:
+    """What one bounded user-hour adds to each (metric, cell) of the enabled families."""
+    families = set(families)
+    if FOOTFALL in families:
+        for cell in user_hour.presence_cells:
+            yield (FOOTFALL, cell), 1
+    if FOOTFALL_BY_AGE in families:
+        for cell in user_hour.presence_cells:
+            yield (age_metric(user_hour.age_band), cell), 1
+    if TWEETS in families:
+        for cell, count in user_hour.tweet_counts:
+            yield (TWEETS, cell), count
+    if NFC_TOUCHES in families:
+        for cell, count in user_hour.touch_counts:
+            yield (NFC_TOUCHES, cell), count
+    if FLOWS in families and user_hour.flow is not None:
+        origin, destination = user_hour.flow
+        yield (flow_metric(destination), origin), 1
+
+
+def coarse_cells(public: Sequence[str], flow_res: int) -> Tuple[str, ...]:
+    """The public coarse cells: parents of the public cells (public, so releasable)."""
+    return tuple(sorted({h3.cell_to_parent(c, flow_res) for c in public}))
+
+
+def public_partitions(family: str, public: Sequence[str], bands: Sequence[str],
+                      flow_res: Optional[int]) -> List[Tuple[str, str]]:
+    """Every (metric, cell) row one hourly release of ``family`` publishes, data or not."""
+    if family == FOOTFALL or family == TWEETS or family == NFC_TOUCHES:
+        return [(family, cell) for cell in public]
+    if family == FOOTFALL_BY_AGE:
+        return [(age_metric(b), cell) for b in (*bands, UNKNOWN_BAND) for cell in public]
+    if family == FLOWS:
+        coarse = coarse_cells(public, flow_res)
+        return [(flow_metric(dst), src) for src in coarse for dst in coarse]
+    raise ValueError(f"unknown metric family {family!r}; expected one of {METRIC_FAMILIES}")

@@ -1,0 +1,434 @@
+"""ReleaseDpStatistics: hourly H3-cell statistics with user-day differential privacy.
+
+``{'pings', 'tweets', 'taps', 'users'} | ReleaseDpStatistics(DpParams())`` returns
+``{'statistics': PCollection[Statistic], 'ledger': PCollection[dict]}``. The
+chain, the same in batch and streaming:
+
+1. ``ToContributions``: every ping, NFC touch report and precisely located
+   tweet becomes a ``Contribution`` (user, time, public H3 cell, kind). Users
+   with ``stats_opt_out`` are removed here, before anything else; users not in
+   the registry, positions outside the public service area and tweets without a
+   precise location are dropped and counted.
+2. ``BoundUserHours``: hourly event-time windows (UTC); one user's hour becomes
+   one ``UserHour`` within the bounds (``transforms.dp_bounding``); with
+   ``max_hours_per_day < 24`` only the first hours of each user's JST day are
+   kept (a stateful step that releases an hour when the watermark passes it).
+3. ``SumPerCell`` + ``ReleaseHour``: one histogram per hour; every public
+   partition of every enabled metric is released, data or not, with Gaussian
+   noise from Google's DP library; the hour's ledger rows go out beside them.
+
+Time. Windows are UTC hours; the privacy unit is the JST day of a user (see
+``dp_accounting``). An hour is released once, when the watermark passes its end
+(default trigger for the release, allowed lateness 0). Data arriving after that
+is *not* added to a second release — a second release of the same hour would
+spend that hour's budget twice — it is dropped and counted
+(``dp_late_dropped``). To be able to count it at all, the first grouping keeps a
+window open for ``late_count_horizon_s`` after its end and fires late panes
+that are only counted, never released; data later still is dropped by the
+runner uncounted.
+
+Which hours are released. Every public cell is released for every hour that
+has at least one contribution from anyone in the service area; an hour with no
+data at all is not released (streaming has no other clock). This reveals only
+that somebody was in the 23 wards that hour.
+
+Post-processing. Noisy values below ``suppress_below`` (default 0: negative
+counts) are published as 0.0; rows are never omitted, so the release set is
+the same whatever the data. ``noise_scale`` and ``ci95_halfwidth`` describe the
+noise before that clamp. Row ``epsilon``/``delta`` are the ledger charge of
+the release the row belongs to (see ``dp_accounting``).
+
+Tests make noise reproducible by passing ``noise=NoNoiseForTests(for_tests_only=True)``
+(an object, never a flag; see ``transforms.dp_noise``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming
+
+import h3
+
+from schemas import service_area
+from schemas.records import Ping, Statistic, TapReport, Tweet
+from transforms import dp_accounting as acct
+from transforms import dp_bounding as bnd
+from transforms.dp_noise import SecureGaussianNoise, ci95_halfwidth
+
+_NS = "tapfollow"
+
+
+@dataclasses.dataclass(frozen=True)
+class DpParams:
+    """Configuration of the marketing statistics (each field is a ``--dp_<field>`` flag)."""
+    epsilon_per_user_day: float = 1.0
+    delta_per_user_day: float = 1e-6
+    h3_res: int = 8
+    max_cells_per_hour: int = 1          # per metric, per user-hour
+    max_hours_per_day: int = 24          # per user, per JST day
+    max_tweets_per_cell_hour: int = 2
+    max_touches_per_cell_hour: int = 2
+    share_footfall: float = 0.4          # parts of the user-day budget (μ²); must sum to <= 1
+    share_footfall_by_age: float = 0.2
+    share_tweets: float = 0.2
+    share_nfc_touches: float = 0.2
+    flows: bool = False                  # hourly flows between coarse cells
+    share_flows: float = 0.2
+    flow_res: int = 6
+    age_bands: str = "0-19,20-29,30-39,40-49,50-59,60-69,70+"
+    suppress_below: float = 0.0          # noisy values below this are published as 0.0
+    late_count_horizon_s: int = 6 * 3600  # how long late data is still seen (to count it)
+
+    def __post_init__(self):
+        if not (isinstance(self.epsilon_per_user_day, (int, float)) and math.isfinite(self.epsilon_per_user_day)
+                and self.epsilon_per_user_day > 0):
+            raise ValueError(f"epsilon_per_user_day={self.epsilon_per_user_day}: must be a number > 0 "
+                             f"(e.g. 1.0)")
+        if self.epsilon_per_user_day > 10:
+            raise ValueError(f"epsilon_per_user_day={self.epsilon_per_user_day} protects nobody; "
+                             f"choose at most 10 (1.0 is the default)")
+        if not 0 < self.delta_per_user_day <= 1e-5:
+            raise ValueError(f"delta_per_user_day={self.delta_per_user_day}: must be in (0, 1e-5] "
+                             f"(Gaussian noise needs delta > 0; 1e-6 is the default)")
+        if not 5 <= self.h3_res <= 10:
+            raise ValueError(f"h3_res={self.h3_res}: choose 5..10 (8 is ~0.7 km², the default)")
+        for name in ("max_cells_per_hour", "max_tweets_per_cell_hour", "max_touches_per_cell_hour"):
+            value = getattr(self, name)
+            if not 1 <= value <= 100:
+                raise ValueError(f"{name}={value}: choose 1..100")
+        if self.flows and not 0 <= self.flow_res < self.h3_res:
+            raise ValueError(f"flow_res={self.flow_res} must be coarser than h3_res={self.h3_res}")
+        if not self.bands():
+            raise ValueError("age_bands is empty: give comma-separated labels like '20-29,30-39'")
+        if len(set(self.bands())) != len(self.bands()):
+            raise ValueError(f"age_bands={self.age_bands!r} lists a band twice")
+        if self.late_count_horizon_s < 0:
+            raise ValueError(f"late_count_horizon_s={self.late_count_horizon_s}: must be >= 0")
+        for name in ("share_footfall", "share_footfall_by_age", "share_tweets", "share_nfc_touches",
+                     "share_flows"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be in [0, 1]")
+        if self.flows and self.share_flows <= 0:
+            raise ValueError("flows=True needs share_flows > 0 (and the shares summing to <= 1)")
+        try:
+            self.plan()
+        except acct.BudgetError as exc:
+            raise ValueError(str(exc)) from None
+
+    def bands(self) -> Tuple[str, ...]:
+        return tuple(b.strip() for b in self.age_bands.split(",") if b.strip())
+
+    def hour_bounds(self) -> bnd.HourBounds:
+        return bnd.HourBounds(self.max_cells_per_hour, self.max_tweets_per_cell_hour,
+                              self.max_touches_per_cell_hour, self.flow_res if self.flows else None)
+
+    def metric_bounds(self) -> List[acct.MetricBounds]:
+        c = self.max_cells_per_hour
+        first = "first in time, per user"
+        candidates = [
+            (bnd.FOOTFALL, self.share_footfall, c, 1, f"{c} cells per user-hour, {first}"),
+            (bnd.FOOTFALL_BY_AGE, self.share_footfall_by_age, c, 1,
+             f"{c} cells per user-hour, one age band per user, {first}"),
+            (bnd.TWEETS, self.share_tweets, c, self.max_tweets_per_cell_hour,
+             f"{c} cells x {self.max_tweets_per_cell_hour} tweets per user-hour, {first}"),
+            (bnd.NFC_TOUCHES, self.share_nfc_touches, c, self.max_touches_per_cell_hour,
+             f"{c} cells x {self.max_touches_per_cell_hour} touches per user-hour, {first}"),
+            (bnd.FLOWS, self.share_flows if self.flows else 0.0, 1, 1,
+             "one (first, last) coarse-cell pair per user-hour"),
+        ]
+        return [acct.MetricBounds(*row) for row in candidates if row[1] > 0]
+
+    def plan(self) -> acct.BudgetPlan:
+        return acct.plan_budget(self.epsilon_per_user_day, self.delta_per_user_day,
+                                self.max_hours_per_day, self.metric_bounds())
+
+
+# ---------------------------------------------------------------- pure release
+
+def release_window(params: DpParams, plan: acct.BudgetPlan, histogram: Dict[Tuple[str, str], int],
+                   window_start: float, noise) -> Tuple[List[Statistic], List[dict]]:
+    """All rows and ledger entries of one hour: every public partition, noised."""
+    public = service_area.public_cells(params.h3_res)
+    statistics, ledger = [], []
+    for family, metric_plan in plan.metrics.items():
+        partitions = bnd.public_partitions(family, public, params.bands(), params.flow_res)
+        add_noise = noise.sampler(metric_plan.noise_stddev)
+        row = acct.ledger_row(plan, family, window_start, len(partitions))
+        res = params.flow_res if family == bnd.FLOWS else params.h3_res
+        for metric, cell in partitions:
+            value = add_noise(histogram.get((metric, cell), 0))
+            statistics.append(Statistic(
+                window_start=window_start,
+                window_end=window_start + acct.HOUR_S,
+                h3_cell=cell,
+                h3_res=res,
+                metric=metric,
+                value=value if value >= params.suppress_below else 0.0,
+                mechanism=noise.mechanism,
+                noise_scale=metric_plan.noise_stddev,
+                ci95_halfwidth=ci95_halfwidth(metric_plan.noise_stddev),
+                epsilon=row["epsilon"],
+                delta=row["delta"],
+            ))
+        row["mechanism"] = noise.mechanism
+        ledger.append(row)
+    return statistics, ledger
+
+
+# ---------------------------------------------------------------- Beam steps
+
+def _window_max(window_start: float) -> Timestamp:
+    """The window's last millisecond: a timer there fires as the window closes.
+
+    Milliseconds, not Beam's last microsecond: portable runners (Flink, the
+    FnApiRunner) keep timers at millisecond precision.
+    """
+    end_ms = int(round((window_start + acct.HOUR_S) * 1000))
+    return Timestamp(micros=(end_ms - 1) * 1000)
+
+
+class ToContributionsFn(beam.DoFn):
+    """A ping / touch / tweet -> a Contribution, or a counted drop (never an exception)."""
+
+    def __init__(self, kind: str, h3_res: int, bands: Tuple[str, ...]):
+        self._kind, self._res, self._bands = kind, h3_res, bands
+        self._opted_out = Metrics.counter(_NS, "dp_opted_out_dropped")
+        self._unknown = Metrics.counter(_NS, "dp_unknown_user_dropped")
+        self._outside = Metrics.counter(_NS, "dp_outside_area_dropped")
+        self._unlocated = Metrics.counter(_NS, "dp_unlocated_tweet_dropped")
+        self._used = Metrics.counter(_NS, f"dp_{kind}_contributions")
+
+    def setup(self):
+        self._public = frozenset(service_area.public_cells(self._res))
+
+    def process(self, record, users):
+        user_id = record.author_id if self._kind == bnd.TWEET else record.user_id
+        user = users.get(user_id)
+        if user is not None and user.stats_opt_out:
+            self._opted_out.inc()
+            return
+        if user is None:
+            self._unknown.inc()
+            return
+        if record.lat is None or record.lng is None or getattr(record, "coarse", False):
+            self._unlocated.inc()  # no position, or only a place's centre: not a presence
+            return
+        cell = h3.latlng_to_cell(record.lat, record.lng, self._res)
+        if cell not in self._public:
+            self._outside.inc()
+            return
+        self._used.inc()
+        yield bnd.Contribution(user_id, record.ts, cell, self._kind,
+                               bnd.age_band_of(user.age_band, self._bands))
+
+
+class ToContributions(beam.PTransform):
+    def __init__(self, params: DpParams):
+        super().__init__()
+        self._params = params
+
+    def expand(self, inputs):
+        users = pvalue.AsDict(inputs["users"] | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u)))
+        res, bands = self._params.h3_res, self._params.bands()
+        streams = [
+            inputs[name] | f"{label}Contributions" >> beam.ParDo(ToContributionsFn(kind, res, bands), users)
+            for name, label, kind in (("pings", "Ping", bnd.PING), ("taps", "Touch", bnd.TOUCH),
+                                      ("tweets", "Tweet", bnd.TWEET))
+        ]
+        # col : Contribution, event-time stamped, global window
+        return streams | "FlattenContributions" >> beam.Flatten()
+
+
+class BoundUserHourFn(beam.DoFn):
+    """(user, [Contribution] of one hour) -> ("JST day|user", UserHour); late panes only counted."""
+
+    def __init__(self, bounds: bnd.HourBounds):
+        self._bounds = bounds
+        self._late = Metrics.counter(_NS, "dp_late_dropped")
+        self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
+        self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
+        self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
+
+    def process(self, element, pane=beam.DoFn.PaneInfoParam):
+        user_id, contributions = element
+        contributions = list(contributions)
+        if pane.timing == PaneInfoTiming.LATE:
+            # The hour was already released: adding these would need a second release.
+            self._late.inc(len(contributions))
+            return
+        user_hour, dropped = bnd.bound_user_hour(contributions, self._bounds)
+        self._presence.inc(dropped.presence)
+        self._tweets.inc(dropped.tweets)
+        self._touches.inc(dropped.touches)
+        # a str key: its coder is deterministic, as a stateful step downstream needs
+        yield f"{acct.day_of(user_hour.window_start)}|{user_id}", user_hour
+
+
+class KeepFirstHoursOfDayFn(beam.DoFn):
+    """Per (user, JST day): keep the first ``max_hours`` hours, deciding each when it closes.
+
+    Hours are buffered and decided by an event-time timer at the end of the
+    earliest pending hour, so the choice is the same (first in time) whatever
+    order the runner delivers them in, batch or streaming.
+    """
+    PENDING = BagStateSpec("pending", PickleCoder())
+    USED = ReadModifyWriteStateSpec("used", PickleCoder())
+    DUE = ReadModifyWriteStateSpec("due", PickleCoder())
+    DECIDE = TimerSpec("decide", TimeDomain.WATERMARK)
+    FORGET = TimerSpec("forget", TimeDomain.WATERMARK)
+
+    def __init__(self, max_hours: int):
+        self._max_hours = max_hours
+        self._dropped = Metrics.counter(_NS, "dp_bounded_hours_dropped")
+
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING), due=beam.DoFn.StateParam(DUE),
+                decide=beam.DoFn.TimerParam(DECIDE), forget=beam.DoFn.TimerParam(FORGET)):
+        _, user_hour = element
+        pending.add(user_hour)
+        # An hour after the day's last window, every hour of the day has been decided
+        # (a timer at the same instant as the last decision could fire before it).
+        forget.set(_window_max(acct.day_end(user_hour.window_start)))
+        current = due.read()
+        if current is None or user_hour.window_start < current:
+            due.write(user_hour.window_start)
+            decide.set(_window_max(user_hour.window_start))
+
+    @on_timer(DECIDE)
+    def decide_hours(self, pending=beam.DoFn.StateParam(PENDING), used=beam.DoFn.StateParam(USED),
+                     due=beam.DoFn.StateParam(DUE), decide=beam.DoFn.TimerParam(DECIDE),
+                     fired=beam.DoFn.TimestampParam):
+        buffered = list(pending.read())
+        ready = [h for h in buffered if _window_max(h.window_start) <= fired]
+        later = [h for h in buffered if _window_max(h.window_start) > fired]
+        by_start = {h.window_start: h for h in ready}
+        # the key is (user, day): every hour here is of one day, whose count is the state
+        day = acct.day_of(min(by_start)) if by_start else None
+        counts = {day: used.read() or 0}
+        kept, dropped = bnd.keep_first_hours(by_start, self._max_hours, used=counts)
+        used.write(counts[day])
+        self._dropped.inc(len(dropped))
+        pending.clear()
+        for h in later:
+            pending.add(h)
+        if later:
+            nxt = min(h.window_start for h in later)
+            due.write(nxt)
+            decide.set(_window_max(nxt))
+        else:
+            due.clear()
+        for start in kept:
+            yield window.TimestampedValue(by_start[start], _window_max(start))
+
+    @on_timer(FORGET)
+    def forget_day(self, used=beam.DoFn.StateParam(USED)):
+        used.clear()  # no state outlives the user's day
+
+
+class BoundUserHours(beam.PTransform):
+    """Contributions -> bounded UserHours (no user id), each in its hourly window."""
+
+    def __init__(self, params: DpParams):
+        super().__init__()
+        self._params = params
+
+    def expand(self, contributions):
+        p = self._params
+        # Late firings exist only so late data can be counted; they are never released.
+        hourly = (contributions
+                  | "HourlyWindows" >> beam.WindowInto(
+                      window.FixedWindows(acct.HOUR_S),
+                      trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                      accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                      allowed_lateness=p.late_count_horizon_s)
+                  | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
+                  | "GroupUserHour" >> beam.GroupByKey()
+                  # col : ("JST day|user_id", UserHour)
+                  | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds())))
+        if p.max_hours_per_day < acct.HOURS_PER_DAY:
+            # col : UserHour, stamped at its window's last instant
+            return (hourly
+                    | "UserDays" >> beam.WindowInto(window.GlobalWindows())
+                    | "KeepFirstHoursOfDay" >> beam.ParDo(KeepFirstHoursOfDayFn(p.max_hours_per_day)))
+        return hourly | "DropUserId" >> beam.Map(lambda kv: kv[1])
+
+
+class SumHistogramFn(beam.CombineFn):
+    """UserHour increments -> {(metric, cell): count} for one hour."""
+
+    def __init__(self, families: Tuple[str, ...]):
+        self._families = families
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, user_hour):
+        for key, amount in bnd.increments(user_hour, self._families):
+            acc[key] = acc.get(key, 0) + amount
+        return acc
+
+    def merge_accumulators(self, accs):
+        accs = iter(accs)
+        out = next(accs)
+        for acc in accs:
+            for key, amount in acc.items():
+                out[key] = out.get(key, 0) + amount
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class ReleaseHourFn(beam.DoFn):
+    LEDGER = "ledger"
+
+    def __init__(self, params: DpParams, noise):
+        self._params, self._noise = params, noise
+        self._released = Metrics.counter(_NS, "dp_statistics_released")
+        self._windows = Metrics.counter(_NS, "dp_windows_released")
+
+    def setup(self):
+        self._plan = self._params.plan()
+
+    def process(self, histogram, win=beam.DoFn.WindowParam):
+        start = win.start.micros / 1_000_000
+        statistics, ledger = release_window(self._params, self._plan, histogram, start, self._noise)
+        self._released.inc(len(statistics))
+        self._windows.inc()
+        for row in ledger:
+            yield pvalue.TaggedOutput(self.LEDGER, row)
+        for stat in statistics:
+            yield stat
+
+
+class ReleaseDpStatistics(beam.PTransform):
+    """{'pings', 'tweets', 'taps', 'users'} -> {'statistics': [Statistic], 'ledger': [dict]}."""
+
+    def __init__(self, params: Optional[DpParams] = None, noise=None):
+        super().__init__()
+        self._params = params or DpParams()
+        # Not a DpParams field on purpose: only code (tests) can swap the noise.
+        self._noise = noise if noise is not None else SecureGaussianNoise()
+
+    def expand(self, inputs):
+        p = self._params
+        families = tuple(p.plan().metrics)
+        released = (inputs
+                    | "ToContributions" >> ToContributions(p)
+                    | "BoundUserHours" >> BoundUserHours(p)
+                    # One release per hour: default trigger, no lateness.
+                    | "ReleaseWindows" >> beam.WindowInto(window.FixedWindows(acct.HOUR_S))
+                    | "SumPerCell" >> beam.CombineGlobally(SumHistogramFn(families)).without_defaults()
+                    | "ReleaseHour" >> beam.ParDo(ReleaseHourFn(p, self._noise))
+                    .with_output_types(Statistic)
+                    .with_outputs(ReleaseHourFn.LEDGER, main="statistics"))
+        return {"statistics": released.statistics, "ledger": released[ReleaseHourFn.LEDGER]}

@@ -43,6 +43,15 @@ else
   say "Flink $FLINK_VERSION: already at $FLINK_HOME"
 fi
 
+# The wheels lack opt/flink-sql-gateway, which bin/sql-client.sh needs; the infra
+# tests use the SQL client to run a plain Flink job (checkpointing / failover probe).
+gw="$FLINK_HOME/opt/flink-sql-gateway-$FLINK_VERSION.jar"
+if [[ "$FORCE" == 1 || ! -f "$gw" ]]; then
+  say "Flink SQL gateway jar (for bin/sql-client.sh) -> $FLINK_HOME/opt"
+  $MVN org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+    -Dartifact="org.apache.flink:flink-sql-gateway:$FLINK_VERSION" -DoutputDirectory="$FLINK_HOME/opt"
+fi
+
 # ---------------------------------------------------------------- Kafka ----
 if [[ "$FORCE" == 1 || ! -f "$KAFKA_LIB/kafka_2.13-$KAFKA_VERSION.jar" ]]; then
   say "Kafka $KAFKA_VERSION: mvn dependency:copy-dependencies -> $KAFKA_LIB"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Start everything: Kafka (+ topics), Beam KafkaIO expansion service + Java worker pool,
+# Flink session cluster. Idempotent; prints the endpoints. Stop with infra/down.sh.
+#   INFRA_SKIP_FLINK=1 infra/up.sh   # Kafka + xlang only
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/env.sh"
+t0=$(date +%s)
+bash "$HERE/kafka.sh" start
+bash "$HERE/kafka.sh" topics
+bash "$HERE/xlang.sh" start
+[[ "${INFRA_SKIP_FLINK:-0}" == 1 ]] || bash "$HERE/flink.sh" start
+cat <<EOT
+up in $(( $(date +%s) - t0 ))s
+  kafka bootstrap     $KAFKA_BOOTSTRAP   topics: $KAFKA_TOPICS
+  expansion service   127.0.0.1:$EXPANSION_PORT   (Java worker pool 127.0.0.1:$JAVA_WORKER_PORT)
+  flink web UI / REST http://127.0.0.1:$FLINK_REST_PORT   flink_master=127.0.0.1:$FLINK_REST_PORT
+  job server jar      $( [[ -f "$FLINK_JOB_SERVER_JAR" ]] && echo "$FLINK_JOB_SERVER_JAR" || echo "not installed (not on Maven Central here)")
+EOT

@@ -171,9 +171,8 @@ class _CheckTapReportsFn(beam.DoFn):
         yield window.TimestampedValue((report.nonce, checked), deadline)
 
 
-class _JudgeTouchesFn(beam.DoFn):
-    """One call per (nonce, pane): confirm, reject, or keep waiting until the final pane."""
-    MEMORY = ReadModifyWriteStateSpec("nonce_memory", PickleCoder())
+class _JudgeFn(beam.DoFn):
+    """Shared by both judges: run the pure rules on one pane and emit follows and dead letters."""
 
     def __init__(self, params: FollowParams):
         self._skew = params.max_clock_skew_s
@@ -183,24 +182,77 @@ class _JudgeTouchesFn(beam.DoFn):
         self._counters = _Counters()
         self._key_cache = {}
 
-    def process(self, element, pane=beam.DoFn.PaneInfoParam, memory=beam.DoFn.StateParam(MEMORY)):
-        _nonce, taps = element
-        verdict = pairing.judge_touch(memory.read() or EMPTY_MEMORY, taps, max_clock_skew_s=self._skew,
-                                      pending_expiry_s=self._expiry,
+    def _judge(self, memory, taps, final: bool):
+        verdict = pairing.judge_touch(memory, taps, max_clock_skew_s=self._skew, pending_expiry_s=self._expiry,
                                       verifier=pairing.Verifier(self._key_cache))
         rejections = verdict.rejections
-        if pane.timing != PaneInfoTiming.EARLY:
+        if final:
             # The watermark has passed the deadline: whatever still waits is unmatched, and is
             # dropped from the memory (which keeps only the ids seen and the outcome).
-            verdict = pairing.expire_touch(verdict.memory, max_clock_skew_s=self._skew,
-                                           pending_expiry_s=self._expiry)._replace(follows=verdict.follows)
-            rejections = rejections + verdict.rejections
-        memory.write(verdict.memory)
-        for follow in verdict.follows:
+            expired = pairing.expire_touch(verdict.memory, max_clock_skew_s=self._skew,
+                                           pending_expiry_s=self._expiry)
+            verdict = expired._replace(follows=verdict.follows)
+            rejections = rejections + expired.rejections
+        return verdict.memory, verdict.follows, rejections
+
+    def _emit(self, follows, rejections):
+        for follow in follows:
             self._counters.inc("touches_confirmed")
             # a JSON pair is an unambiguous, deterministically encoded string key
             yield json.dumps([follow.user_a, follow.user_b]), follow
         yield from _reject(self._counters, rejections)
+
+
+class _JudgeWholeTouchFn(_JudgeFn):
+    """Bounded input: the one pane of a (nonce, window) holds every report of the touch; no state."""
+
+    def process(self, element):
+        _nonce, taps = element
+        _, follows, rejections = self._judge(EMPTY_MEMORY, taps, final=True)
+        yield from self._emit(follows, rejections)
+
+
+class _JudgeTouchPanesFn(_JudgeFn):
+    """Unbounded input: one call per (nonce, pane), with the nonce's memory between panes."""
+    MEMORY = ReadModifyWriteStateSpec("nonce_memory", PickleCoder())
+
+    def process(self, element, pane=beam.DoFn.PaneInfoParam, memory=beam.DoFn.StateParam(MEMORY)):
+        _nonce, taps = element
+        current, follows, rejections = self._judge(memory.read() or EMPTY_MEMORY, taps,
+                                                   final=pane.timing != PaneInfoTiming.EARLY)
+        memory.write(current)
+        yield from self._emit(follows, rejections)
+
+
+class PairReportsByNonce(beam.PTransform):
+    """(nonce, CheckedTap) at the deadline -> confirmed ('["a","b"]', Follow), and dead letters."""
+
+    def __init__(self, params: FollowParams):
+        super().__init__()
+        self._params = params
+
+    def expand(self, checked):
+        if checked.is_bounded:
+            # Nothing is late in a bounded input: one global-window group per nonce holds every report
+            # of the touch (the runner's fastest GroupByKey), judged once, with no state.
+            windowing = beam.WindowInto(window.GlobalWindows())
+            judge = _JudgeWholeTouchFn(self._params)
+        else:
+            windowing = beam.WindowInto(
+                window.FixedWindows(DEADLINE_GRANULE_S),
+                # the second report of a touch fires its pane at once; the watermark passing the
+                # deadline fires the final pane; each late report fires a late pane
+                trigger=trigger.AfterWatermark(early=trigger.AfterCount(2), late=trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                allowed_lateness=Duration(seconds=self._params.replay_memory_s))
+            judge = _JudgeTouchPanesFn(self._params)
+        return (checked
+                | "WindowByDeadline" >> windowing
+                | "GroupReportsByNonce" >> beam.GroupByKey()
+                # (nonce, [CheckedTap]) : one element per touch and pane
+                | "JudgeTouches" >> beam.ParDo(judge)
+                .with_input_types(Tuple[str, Iterable[CheckedTap]]).with_output_types(Tuple[str, Follow])
+                .with_outputs(DEAD, main="confirmed"))
 
 
 class _KeepFirstFollowOfGroupFn(beam.DoFn):
@@ -272,19 +324,7 @@ class ResolveMutualFollows(beam.PTransform):
                    | "CheckTapReports" >> beam.ParDo(_CheckTapReportsFn(p), pubkeys)
                    .with_output_types(Tuple[str, CheckedTap]).with_outputs(DEAD, main="ok"))
         # checked.ok : (nonce, CheckedTap) at the touch's deadline
-        judged = (checked.ok
-                  | "WindowByDeadline" >> beam.WindowInto(
-                      window.FixedWindows(DEADLINE_GRANULE_S),
-                      # the second report of a touch fires its pane at once; the watermark passing
-                      # the deadline fires the final pane; each late report fires a late pane
-                      trigger=trigger.AfterWatermark(early=trigger.AfterCount(2), late=trigger.AfterCount(1)),
-                      accumulation_mode=trigger.AccumulationMode.DISCARDING,
-                      allowed_lateness=Duration(seconds=p.replay_memory_s))
-                  | "GroupReportsByNonce" >> beam.GroupByKey()
-                  # (nonce, [CheckedTap]) : one element per touch and pane
-                  | "JudgeTouches" >> beam.ParDo(_JudgeTouchesFn(p))
-                  .with_input_types(Tuple[str, Iterable[CheckedTap]]).with_output_types(Tuple[str, Follow])
-                  .with_outputs(DEAD, main="confirmed"))
+        judged = checked.ok | "PairReportsByNonce" >> PairReportsByNonce(p)
         # judged.confirmed : ('["user_a","user_b"]', Follow)
         follows = judged.confirmed | "KeepFirstFollowPerPair" >> KeepFirstFollowPerPair()
         dead_letters = (

@@ -85,17 +85,29 @@ def snowflake_millis(tweet_id: int) -> int:
     return (tweet_id >> 22) + TWITTER_EPOCH_MS
 
 
+# A hashtag ends at whitespace, punctuation or another '#'.
+TAG_END = frozenset(" \t\n　#、。!！?？,.:;)")
+
+
 def _hashtag_entities(text: str, tags, v2: bool) -> list:
-    out = []
-    pos = 0
-    for tag in tags:
-        start = text.find("#" + tag, pos)
-        if start < 0:
-            continue  # cut off by truncation
-        end = start + 1 + len(tag)
-        out.append({"start": start, "end": end, "tag": tag} if v2 else {"text": tag, "indices": [start, end]})
-        pos = end
-    return out
+    """Entities for every written occurrence of ``tags`` in ``text``, in text order.
+
+    An occurrence counts only as a whole hashtag (``#祭り`` is not inside
+    ``#祭りだ``); a tag cut off by truncation simply has no entity.
+    """
+    spans = []
+    for tag in set(tags):
+        needle = "#" + tag
+        start = text.find(needle)
+        while start >= 0:
+            end = start + len(needle)
+            if end == len(text) or text[end] in TAG_END:
+                spans.append((start, end, tag))
+            start = text.find(needle, end)
+    spans.sort()
+    if v2:
+        return [{"start": start, "end": end, "tag": tag} for start, end, tag in spans]
+    return [{"text": tag, "indices": [start, end]} for start, end, tag in spans]
 
 
 def _tco(tweet_id: int) -> str:

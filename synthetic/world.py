@@ -782,7 +782,7 @@ class World:
             if pos < 0:
                 break
             end = pos + 1
-            while end < len(text) and text[end] not in " 　#、。!！":
+            while end < len(text) and text[end] not in twitter.TAG_END:
                 end += 1
             tags.append(text[pos + 1:end])
             pos = end

@@ -602,3 +602,55 @@ def test_a_compressed_world_holds_the_same_lines_deterministically(world, tmp_pa
     # Rewriting uncompressed into the same directory leaves no stale .gz twin for a reader to double-count.
     write_world(out, **TINY)
     assert not any(f.endswith(".gz") for f in os.listdir(out))
+
+
+# ---- one tweet, two wire formats, one parsed record ----------------------------------------
+
+_WORDS = st.sampled_from(["ライブ", "最高", "tokyo", "今日は", "sale", "渋谷で", "楽しい", "fun", "。", "！"])
+
+
+@st.composite
+def _tweet_specs(draw):
+    tags = draw(st.lists(st.sampled_from(["渋谷ライブ", "Concert", "セール", "祭り", "tokyo"]), max_size=3, unique=True))
+    words = draw(st.lists(_WORDS, min_size=1, max_size=80))
+    for tag in tags:  # hashtags anywhere, possibly past the 140-character cut
+        words.insert(draw(st.integers(0, len(words))), f"#{tag}")
+    text = " ".join(words)
+    millis = draw(st.integers(1_700_000_000_000, 1_900_000_000_000))
+    author = twitter.Author(str(draw(st.integers(10**7, 2**62))), "taro", "山田 太郎", 1, 2)
+    located = draw(st.sampled_from(["exact", "place", "none"]))
+    place = twitter.Place("0123456789abcdef", "渋谷区", "Shibuya-ku, Tokyo", "city",
+                          geo.bbox_inside(35.664, 139.698, 2000.0)) if located != "none" else None
+    coords = (round(draw(st.floats(35.6, 35.7)), 6), round(draw(st.floats(139.6, 139.8)), 6)) \
+        if located == "exact" else None
+    minter = twitter.SnowflakeMinter()
+    spec = twitter.TweetSpec(minter.mint(millis), millis, author, text, "ja", tuple(tags), coords, place, None,
+                             "v1", draw(st.integers(0, 2)))
+    if draw(st.booleans()):
+        rter = twitter.Author(str(draw(st.integers(10**7, 2**62))), "hana", "花子", 1, 2)
+        spec = twitter.TweetSpec(minter.mint(millis + 1000), millis + 1000, rter, f"RT @taro: {text}", "ja",
+                                 tuple(tags), None, None, spec, "v1", 0)
+    return spec
+
+
+@settings(max_examples=150, deadline=None)
+@given(_tweet_specs())
+def test_v1_and_v2_renderings_of_a_tweet_parse_to_the_same_record(spec):
+    schemas_tweets = pytest.importorskip("schemas.tweets")
+    v1 = parse_line("tweets", twitter.render(spec))
+    v2 = parse_line("tweets", twitter.render(spec._replace(api="v2")))
+    assert v1 == v2
+    original = spec.retweet_of or spec
+    assert v1.tweet_id == str(spec.tweet_id) and v1.author_id == spec.author.user_id
+    assert v1.ts == spec.millis // 1000
+    assert v1.text == original.text
+    in_text_order = sorted(original.hashtags, key=lambda t: original.text.index("#" + t))
+    assert v1.hashtags == [schemas_tweets.normalize_hashtag(t) for t in in_text_order]
+    assert v1.retweet_of == (str(spec.retweet_of.tweet_id) if spec.retweet_of else None)
+    if spec.coords is not None:
+        assert (v1.lat, v1.lng, v1.coarse) == (spec.coords[0], spec.coords[1], False)
+    elif spec.place is not None:
+        west, south, east, north = spec.place.bbox
+        assert v1.coarse and v1.lat == pytest.approx((south + north) / 2) and v1.lng == pytest.approx((west + east) / 2)
+    else:
+        assert v1.lat is None and v1.lng is None

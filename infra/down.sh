@@ -7,6 +7,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/env.sh"
 source "$HERE/lib.sh"
 bash "$HERE/flink.sh" stop
+bash "$HERE/prism.sh" stop
 bash "$HERE/xlang.sh" stop
 bash "$HERE/kafka.sh" stop
 left=0

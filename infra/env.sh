@@ -29,6 +29,9 @@ BEAM_XLANG_LIB="$INFRA_CACHE/beam-xlang-$BEAM_JAVA_VERSION/libs"
 EXPANSION_SERVICE_JAR="$INFRA_CACHE/beam-xlang-$BEAM_JAVA_VERSION/beam-kafka-expansion-service.jar"
 EXPANSION_PORT="${EXPANSION_PORT:-8097}"      # KafkaIO expansion service (gRPC)
 JAVA_WORKER_PORT="${JAVA_WORKER_PORT:-8099}"  # Java SDK harness worker pool (EXTERNAL env)
+PRISM_BIN="$INFRA_CACHE/bin/prism"   # Beam Prism runner built from the Go module proxy
+PRISM_JOB_PORT="${PRISM_JOB_PORT:-8073}"
+PRISM_WEB_PORT="${PRISM_WEB_PORT:-8074}"
 FLINK_JOB_SERVER_JAR="$INFRA_CACHE/jars/beam-runners-flink-$FLINK_MAJOR_MINOR-job-server-$BEAM_VERSION.jar"
 
 JAVA="${JAVA:-java}"

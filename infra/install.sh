@@ -110,6 +110,21 @@ else
   fi
 fi
 
+# --------------------------------------------------------------- Prism ----
+# Beam's portable local runner (Go). apache_beam would download a release binary from
+# GitHub (unreachable here); we build the same command from the Go module proxy.
+# Used by tests/integration for unbounded Kafka->Kafka streaming smoke runs.
+if [[ "${INFRA_SKIP_PRISM:-0}" == 1 ]]; then
+  say "Prism: skipped (INFRA_SKIP_PRISM=1)"
+elif [[ -x "$PRISM_BIN" && "$FORCE" != 1 ]]; then
+  say "Prism: already at $PRISM_BIN"
+elif command -v go >/dev/null 2>&1; then
+  say "Prism v$BEAM_VERSION: go install github.com/apache/beam/sdks/v2/go/cmd/prism (first build takes a few minutes)"
+  GOBIN="$(dirname "$PRISM_BIN")" GOFLAGS=-mod=mod go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$BEAM_VERSION"
+else
+  say "Prism: 'go' not found, skipped"
+fi
+
 say "done in $(( $(date +%s) - t0 ))s"
 say "FLINK_HOME=$FLINK_HOME"
 say "Kafka classpath=$KAFKA_LIB ($(ls "$KAFKA_LIB" | wc -l) jars)"

@@ -9,11 +9,13 @@ t0=$(date +%s)
 bash "$HERE/kafka.sh" start
 bash "$HERE/kafka.sh" topics
 bash "$HERE/xlang.sh" start
+[[ -x "$PRISM_BIN" ]] && bash "$HERE/prism.sh" start
 [[ "${INFRA_SKIP_FLINK:-0}" == 1 ]] || bash "$HERE/flink.sh" start
 cat <<EOT
 up in $(( $(date +%s) - t0 ))s
   kafka bootstrap     $KAFKA_BOOTSTRAP   topics: $KAFKA_TOPICS
   expansion service   127.0.0.1:$EXPANSION_PORT   (Java worker pool 127.0.0.1:$JAVA_WORKER_PORT)
+  prism job endpoint  $( [[ -x "$PRISM_BIN" ]] && echo "127.0.0.1:$PRISM_JOB_PORT (web UI http://127.0.0.1:$PRISM_WEB_PORT)" || echo "not installed")
   flink web UI / REST http://127.0.0.1:$FLINK_REST_PORT   flink_master=127.0.0.1:$FLINK_REST_PORT
   job server jar      $( [[ -f "$FLINK_JOB_SERVER_JAR" ]] && echo "$FLINK_JOB_SERVER_JAR" || echo "not installed (not on Maven Central here)")
 EOT

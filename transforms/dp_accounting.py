@@ -42,6 +42,8 @@ HOURS_PER_DAY = 24
 # an hour boundary, so every hourly window lies in exactly one JST day.
 DAY_UTC_OFFSET_S = 9 * HOUR_S
 MECHANISM = "gaussian"
+# A smaller share would drown the metric in noise (and underflow the arithmetic).
+MIN_SHARE = 1e-3
 # Tolerance for float round-off when comparing spends to the budget.
 _SLACK = 1e-9
 
@@ -156,8 +158,9 @@ def plan_budget(epsilon: float, delta: float, max_hours_per_day: int,
     if len(set(names)) != len(names):
         raise BudgetError(f"metric listed twice in {names}")
     for b in bounds:
-        if not (b.share > 0 and math.isfinite(b.share)):
-            raise BudgetError(f"share of {b.metric} is {b.share}; give it a value in (0, 1] or disable it")
+        if not (MIN_SHARE <= b.share and math.isfinite(b.share)):
+            raise BudgetError(f"share of {b.metric} is {b.share}: give it a value in [{MIN_SHARE}, 1], "
+                              f"or 0 to disable it")
         if b.cells_per_hour < 1 or b.per_cell < 1:
             raise BudgetError(f"bounds of {b.metric} must be >= 1, got {b.cells_per_hour} cells x {b.per_cell}")
     total = sum(b.share for b in bounds)

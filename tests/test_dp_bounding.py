@@ -1,0 +1,119 @@
+"""Contribution bounding: exactly the excess is dropped, chosen first in time."""
+import h3
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from schemas.service_area import public_cells
+from schemas.timefmt import parse_rfc3339
+from transforms import dp_bounding as bnd
+
+CELLS = public_cells(8)
+A, B, C, D = CELLS[10], CELLS[20], CELLS[30], CELLS[40]
+T = parse_rfc3339("2026-11-25T03:00:00Z")
+
+
+def contribution(ts_offset, cell, kind=bnd.PING, user="u1", band="20-29"):
+    return bnd.Contribution(user, T + ts_offset, cell, kind, band)
+
+
+def test_keeps_the_first_cells_of_the_hour_and_drops_exactly_the_rest():
+    bounds = bnd.HourBounds(max_cells_per_hour=2, max_tweets_per_cell_hour=2,
+                            max_touches_per_cell_hour=1, flow_res=None)
+    data = [
+        contribution(50, C),                  # third distinct cell: over the limit
+        contribution(10, A),
+        contribution(20, B, bnd.TWEET),
+        contribution(30, A, bnd.TWEET),
+        contribution(31, A, bnd.TWEET),
+        contribution(32, A, bnd.TWEET),       # third tweet in A: over T=2
+        contribution(40, D, bnd.TWEET),       # third tweet cell: over C=2
+        contribution(45, B, bnd.TOUCH),
+        contribution(46, B, bnd.TOUCH),       # second touch in B: over T=1
+    ]
+    user_hour, dropped = bnd.bound_user_hour(data, bounds)
+    assert user_hour == bnd.UserHour(
+        window_start=T, age_band="20-29",
+        presence_cells=(A, B),
+        tweet_counts=((B, 1), (A, 2)),
+        touch_counts=((B, 1),),
+        flow=None,
+    )
+    # presence: C (one ping) and D (one tweet) are outside the two kept cells
+    assert dropped == bnd.Dropped(presence=2, tweets=2, touches=1)
+
+
+def test_ties_in_time_break_on_the_cell_so_the_choice_is_deterministic():
+    bounds = bnd.HourBounds(1, 1, 1, None)
+    forward, _ = bnd.bound_user_hour([contribution(5, B), contribution(5, A)], bounds)
+    backward, _ = bnd.bound_user_hour([contribution(5, A), contribution(5, B)], bounds)
+    assert forward.presence_cells == backward.presence_cells == (min(A, B),)
+
+
+def test_flow_is_first_and_last_coarse_cell_of_the_hour():
+    far = CELLS[-1]
+    user_hour, _ = bnd.bound_user_hour(
+        [contribution(900, far), contribution(10, A), contribution(500, B)], bnd.HourBounds(1, 1, 1, 6))
+    assert user_hour.flow == (h3.cell_to_parent(A, 6), h3.cell_to_parent(far, 6))
+
+
+def test_keeps_the_first_hours_of_each_jst_day():
+    day1 = parse_rfc3339("2026-11-25T15:00:00Z")  # JST midnight of 11-26
+    hours = [day1 - 3600, day1 + 7200, day1, day1 + 3600, day1 - 7200]
+    kept, dropped = bnd.keep_first_hours(hours, 2)
+    assert kept == [day1 - 7200, day1 - 3600, day1, day1 + 3600]
+    assert dropped == [day1 + 7200]
+    used = {"2026-11-26": 1}  # streaming: one hour of 11-26 already kept
+    kept, dropped = bnd.keep_first_hours([day1 + 3600, day1 + 7200], 2, used=used)
+    assert (kept, dropped, used) == ([day1 + 3600], [day1 + 7200], {"2026-11-26": 2})
+
+
+def test_increments_per_metric_family():
+    user_hour = bnd.UserHour(T, "30-39", (A, B), ((A, 2),), ((B, 1),), ("c1", "c2"))
+    got = sorted(bnd.increments(user_hour, bnd.METRIC_FAMILIES))
+    assert got == sorted([
+        (("footfall", A), 1), (("footfall", B), 1),
+        (("footfall_age_30-39", A), 1), (("footfall_age_30-39", B), 1),
+        (("tweets", A), 2), (("nfc_touches", B), 1), (("flow_to_c2", "c1"), 1),
+    ])
+    assert sorted(bnd.increments(user_hour, ["tweets"])) == [(("tweets", A), 2)]
+
+
+def test_age_bands_outside_the_public_list_are_unknown():
+    bands = ("20-29", "30-39")
+    assert bnd.age_band_of("20-29", bands) == "20-29"
+    assert bnd.age_band_of("25", bands) == bnd.UNKNOWN_BAND
+    assert bnd.age_band_of(None, bands) == bnd.UNKNOWN_BAND
+
+
+def test_public_partitions_enumerate_every_public_cell():
+    bands = ("20-29", "30-39")
+    assert len(bnd.public_partitions("footfall", CELLS, bands, None)) == 1030
+    assert len(bnd.public_partitions("footfall_by_age", CELLS, bands, None)) == 3 * 1030
+    coarse = bnd.coarse_cells(CELLS, 6)
+    assert len(coarse) == 31
+    assert len(bnd.public_partitions("flows", CELLS, bands, 6)) == 31 * 31
+    with pytest.raises(ValueError, match="unknown metric family"):
+        bnd.public_partitions("dwell", CELLS, bands, None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3599), st.sampled_from([A, B, C, D]),
+                          st.sampled_from([bnd.PING, bnd.TWEET, bnd.TOUCH])), min_size=1, max_size=30),
+       st.integers(1, 4), st.integers(1, 3))
+def test_bounds_always_hold_and_everything_is_kept_or_counted(raw, max_cells, per_cell):
+    data = [contribution(offset, cell, kind) for offset, cell, kind in raw]
+    user_hour, dropped = bnd.bound_user_hour(data, bnd.HourBounds(max_cells, per_cell, per_cell, None))
+    assert len(user_hour.presence_cells) <= max_cells
+    assert len(set(user_hour.presence_cells)) == len(user_hour.presence_cells)
+    for counts, kind, lost in ((user_hour.tweet_counts, bnd.TWEET, dropped.tweets),
+                               (user_hour.touch_counts, bnd.TOUCH, dropped.touches)):
+        assert len(counts) <= max_cells and all(1 <= n <= per_cell for _, n in counts)
+        assert sum(n for _, n in counts) + lost == sum(1 for c in data if c.kind == kind)
+    assert dropped.presence == sum(1 for c in data if c.cell not in user_hour.presence_cells)
+    # first in time: every kept cell was seen no later than any dropped one
+    first_seen = {}
+    for c in sorted(data, key=lambda c: (c.ts, c.cell)):
+        first_seen.setdefault(c.cell, (c.ts, c.cell))
+    kept = [first_seen[c] for c in user_hour.presence_cells]
+    lost = [first_seen[c] for c in first_seen if c not in user_hour.presence_cells]
+    assert not lost or max(kept) < min(lost)

@@ -11,7 +11,8 @@
   200   duplicate: this exact report was accepted before (safe retry)
   400   malformed JSON, or a contract field missing/wrong
   404   unknown path; 405 wrong method; 411 no Content-Length
-  409   conflict: another report with this tap_id was accepted before
+  409   conflict: another report with this tap_id, or another report by this
+        user of this touch (same nonce), was accepted before
   413   body larger than ``--max-body``
   415   Content-Type is not application/json
   422   verification failed (bad proof / peer_proof, self tap, unknown user)
@@ -24,7 +25,9 @@
 
 The order of checks is fixed so each answer is specific and cheap requests stay
 cheap: size and type, then JSON and shape, then duplicate (so a retry of an
-accepted report is never throttled), then the flood limit, then signatures.
+accepted report is never throttled), then signatures, then the flood limit
+(only verified reports count against a device, so forgeries naming a victim
+cannot use up its budget).
 """
 from __future__ import annotations
 
@@ -85,13 +88,19 @@ class TapIntake:
         self.counters = counters
         self._counters_lock = counters_lock
         self._seen: dict[str, object] = {}     # tap_id -> digest (stored) or _Pending
+        # One phone files one report per touch: (user_id, nonce) -> tap_id. The
+        # tap_id is not signed, so without this a phone could file the same signed
+        # touch many times under fresh ids.
+        self._touches: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         for line in sink.existing():
             try:
-                tap_id = json.loads(line)["tap_id"]
+                obj = json.loads(line)
+                tap_id, touch = obj["tap_id"], (obj["user_id"], obj["nonce"])
             except (ValueError, KeyError, TypeError):
                 continue  # not ours to judge; the pipeline dead-letters it
             self._seen[tap_id] = digest(line)
+            self._touches.setdefault(touch, tap_id)
         self.recovered = len(self._seen)
 
     def count(self, name: str, n: int = 1):
@@ -107,30 +116,39 @@ class TapIntake:
             known = self._lookup(report.tap_id)
             if known is not None:
                 return self._duplicate(report.tap_id, known, line_digest)
+            self._check_touch(report)
+            # Verified before counted: a forged flood naming a victim device must not
+            # use up the victim's budget (per-IP limits are no help behind carrier NAT).
+            verify_report(report, self.public_keys, self.require_known)
             allowed, wait = self.limiter.check(report.user_id)
             if not allowed:
                 self.count("rejected_device_flood")
                 log.warning("429 device %s flooding (retry in %.1f s)", report.user_id, wait)
                 return 429, {"error": "device_flood", "detail": f"device {report.user_id} exceeded its report rate",
                              "tap_id": report.tap_id}, {"Retry-After": retry_after_header(wait)}
-            verify_report(report, self.public_keys, self.require_known)
         except Rejection as rej:
             self.count(f"rejected_{rej.reason}")
             log.warning("%d %s: %s", rej.status, rej.reason, rej.detail)
             return rej.status, {"error": rej.reason, "detail": rej.detail}, {}
 
+        touch = (report.user_id, report.nonce)
         with self._lock:
             known = self._seen.get(report.tap_id)
-            if known is None:
+            other = self._touches.get(touch)
+            if known is None and other is None:
                 pending = _Pending(line_digest)
                 self._seen[report.tap_id] = pending
+                self._touches[touch] = report.tap_id
         if known is not None:
             return self._duplicate(report.tap_id, known, line_digest)
+        if other is not None:
+            return self._touch_conflict(report, other)
         try:
             self.sink.append(line)
         except Exception as exc:  # noqa: BLE001 - any sink failure means "not stored": say so
             with self._lock:
                 del self._seen[report.tap_id]
+                del self._touches[touch]
             pending.done.set()
             self.count("rejected_spool_unavailable")
             log.error("503 spool write failed for %s: %s", report.tap_id, exc)
@@ -145,6 +163,19 @@ class TapIntake:
     def _lookup(self, tap_id: str):
         with self._lock:
             return self._seen.get(tap_id)
+
+    def _check_touch(self, report):
+        with self._lock:
+            other = self._touches.get((report.user_id, report.nonce))
+        if other is not None and other != report.tap_id:
+            raise Rejection(409, "touch_already_reported",
+                            f"user {report.user_id} already reported touch {report.nonce} as {other}")
+
+    def _touch_conflict(self, report, other: str) -> tuple[int, dict, dict]:
+        self.count("rejected_touch_already_reported")
+        detail = f"user {report.user_id} already reported touch {report.nonce} as {other}"
+        log.warning("409 touch_already_reported: %s", detail)
+        return 409, {"error": "touch_already_reported", "detail": detail, "tap_id": report.tap_id}, {}
 
     def _duplicate(self, tap_id: str, known, line_digest: bytes) -> tuple[int, dict, dict]:
         if isinstance(known, _Pending):

@@ -144,3 +144,37 @@ def test_health_and_metrics_describe_the_service(gateway):
     status, metrics = get(gateway.port, "/metrics")
     assert metrics["counters"] == {"accepted": 1} and metrics["tap_ids_known"] == 1
     assert get(gateway.port, "/nope")[0] == 404
+
+
+def test_the_same_touch_under_a_fresh_tap_id_is_409(gateway):
+    report = signed_report("1001", "1002", seq=3)
+    assert post(gateway.port, report)[0] == 201
+    renamed = dict(report, tap_id="my-own-id")            # tap_id is not signed; the touch is
+    status, body, _ = post(gateway.port, renamed)
+    assert (status, body["error"]) == (409, "touch_already_reported")
+    assert report["tap_id"] in body["detail"]
+    assert post(gateway.port, signed_report("1002", "1001", seq=3))[0] == 201    # the peer's own report is fine
+    assert [r["tap_id"] for r in taps_file(gateway)] == [report["tap_id"], signed_report("1002", "1001", seq=3)["tap_id"]]
+
+
+def test_forged_reports_naming_a_device_do_not_use_up_its_budget(gateway):
+    for i in range(5):                                    # burst is 3
+        status, body, _ = post(gateway.port, signed_report("1001", "1002", seq=100 + i, forge_proof=True))
+        assert (status, body["error"]) == (422, "bad_proof")
+    assert post(gateway.port, signed_report("1001", "1002", seq=200))[0] == 201
+    assert counters(gateway) == {"rejected_bad_proof": 5, "accepted": 1}
+
+
+def test_touch_index_is_rebuilt_after_a_restart(tmp_path):
+    report = signed_report("1001", "1002", seq=9)
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS)).start()
+    try:
+        assert post(gw.port, report)[0] == 201
+    finally:
+        gw.stop()
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS)).start()
+    try:
+        assert post(gw.port, report)[0] == 200
+        assert post(gw.port, dict(report, tap_id="again"))[1]["error"] == "touch_already_reported"
+    finally:
+        gw.stop()

@@ -39,15 +39,17 @@ happenings; groups of friends attend them together, tweet about them in
 bursts, and touch phones; friends also meet elsewhere and touch; a few pairs
 touch twice. Other Twitter accounts (half as many as users, not in
 ``users.jsonl``, no phone data) chatter, retweet and tweet about happenings
-too, as the real firehose carries everyone's tweets. Pings sample each user's true path every 10-20 minutes (every 3-6
-minutes at a happening) with GPS, Wi-Fi or cell-tower error. Tweets are ordinary
+too, as the real firehose carries everyone's tweets. Pings sample each user's
+true path every 10-20 minutes (every 3-6 minutes at a happening) with GPS,
+Wi-Fi or cell-tower error. Tweets are ordinary
 chatter (some geotagged, some with only a place, most with no location, a few
 mentioning "ライブ"/"sale" without being at anything), event tweets, retweets
 and deletions, each rendered as API v1.1 or v2.
 
 Deterministic: every random draw comes from ``random.Random`` instances seeded
 from ``seed`` (one per stage, so changing one stage does not reshuffle the
-others), Faker instances are seeded per instance, and no clock is read, so the
+others), Faker instances are seeded per instance, and no clock is read
+(``time`` only converts given instants), so the
 same arguments give byte-identical files.
 """
 from __future__ import annotations
@@ -69,6 +71,7 @@ from schemas import proofs
 from schemas.records import TapReport, to_json_dict
 from schemas.service_area import contains
 from schemas.touch import follow_for_touch
+from schemas.tweets import normalize_hashtag
 from synthetic import adversary, clock, geo, twitter
 from synthetic.params import DEFAULT_HOURS, DEFAULT_SEED, DEFAULT_START, DEFAULT_USERS, check_params
 
@@ -438,7 +441,8 @@ class World:
                        for other in self.happenings):
                     break
             word = KIND_WORDS_JA[kind][0]
-            tag = f"{venue.tag}{word}"
+            # Written in its canonical form, so the truth's hashtag equals what the parser yields.
+            tag = normalize_hashtag(f"{venue.tag}{word}")
             if tag in used_tags:  # the venue's next one: people add the date, as in #渋谷ライブ1120
                 local = time.gmtime(start + JST_OFFSET_S)
                 tag = f"{tag}{local.tm_mon:02d}{local.tm_mday:02d}"

@@ -365,6 +365,10 @@ def test_every_happening_has_an_opening_burst_from_three_people_at_the_venue(wor
     deleted = {d["tweet_id"] for d in _jsonl(out, "truth/deleted.jsonl")}
     happenings = _jsonl(out, "truth/happenings.jsonl")
     assert {h["kind"] for h in happenings} == {"concert", "sale", "festival", "incident"}
+    assert len({h["hashtag"] for h in happenings}) == len(happenings)
+    if _has_tweet_parser():
+        from schemas.tweets import normalize_hashtag
+        assert all(normalize_hashtag(h["hashtag"]) == h["hashtag"] for h in happenings)
     attendance = collections.defaultdict(set)
     for a in _jsonl(out, "truth/attendance.jsonl"):
         attendance[a["happening_id"]].add(a["user_id"])

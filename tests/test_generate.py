@@ -28,6 +28,7 @@ from schemas.records import Follow, TapReport, to_json_dict
 from schemas.service_area import contains
 from schemas.timefmt import format_rfc3339, parse_rfc3339, parse_twitter_v1
 from schemas.touch import follow_for_touch
+from schemas.tweets import normalize_hashtag
 from synthetic import adversary, clock, geo, twitter
 from synthetic.world import INPUT_FILES, TRUTH_FILES, write_world
 
@@ -117,7 +118,6 @@ def test_every_line_parses(world, source):
 
 
 def test_every_tweet_line_parses(world):
-    pytest.importorskip("schemas.tweets")
     kinds = collections.Counter()
     for line in _read(world[0], "tweets.jsonl"):
         kinds[type(parse_line("tweets", line)).__name__] += 1
@@ -125,7 +125,6 @@ def test_every_tweet_line_parses(world):
 
 
 def test_parsed_tweets_keep_location_hashtags_and_retweet_links(world, tweets):
-    pytest.importorskip("schemas.tweets")
     parsed = [parse_line("tweets", line) for line in _read(world[0], "tweets.jsonl")]
     by_id = {t.tweet_id: t for t in parsed if type(t).__name__ == "Tweet"}
     happenings = _jsonl(world[0], "truth/happenings.jsonl")
@@ -366,9 +365,7 @@ def test_every_happening_has_an_opening_burst_from_three_people_at_the_venue(wor
     happenings = _jsonl(out, "truth/happenings.jsonl")
     assert {h["kind"] for h in happenings} == {"concert", "sale", "festival", "incident"}
     assert len({h["hashtag"] for h in happenings}) == len(happenings)
-    if _has_tweet_parser():
-        from schemas.tweets import normalize_hashtag
-        assert all(normalize_hashtag(h["hashtag"]) == h["hashtag"] for h in happenings)
+    assert all(normalize_hashtag(h["hashtag"]) == h["hashtag"] for h in happenings)
     attendance = collections.defaultdict(set)
     for a in _jsonl(out, "truth/attendance.jsonl"):
         attendance[a["happening_id"]].add(a["user_id"])
@@ -494,19 +491,11 @@ def test_any_small_world_is_valid_and_consistent_with_its_truth(tmp_path_factory
                                                      for p in by_nonce.values()}
     for f in follows:
         assert f == follow_for_touch(*by_nonce[f.nonce])
-    if "schemas.tweets" in sys.modules or _has_tweet_parser():
-        for line in _read(out, "tweets.jsonl"):
-            parse_line("tweets", line)
+    for line in _read(out, "tweets.jsonl"):
+        parse_line("tweets", line)
     for h in _jsonl(out, "truth/happenings.jsonl"):
         assert t0 <= parse_rfc3339(h["start"]) < parse_rfc3339(h["end"]) <= t0 + hours * 3600
 
-
-def _has_tweet_parser() -> bool:
-    try:
-        import schemas.tweets  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 # ---- the adversarial world ------------------------------------------------------------------
@@ -640,7 +629,6 @@ def _tweet_specs(draw):
 @settings(max_examples=150, deadline=None)
 @given(_tweet_specs())
 def test_v1_and_v2_renderings_of_a_tweet_parse_to_the_same_record(spec):
-    schemas_tweets = pytest.importorskip("schemas.tweets")
     v1 = parse_line("tweets", twitter.render(spec))
     v2 = parse_line("tweets", twitter.render(spec._replace(api="v2")))
     assert v1 == v2
@@ -649,7 +637,7 @@ def test_v1_and_v2_renderings_of_a_tweet_parse_to_the_same_record(spec):
     assert v1.ts == spec.millis // 1000
     assert v1.text == original.text
     in_text_order = sorted(original.hashtags, key=lambda t: original.text.index("#" + t))
-    assert v1.hashtags == [schemas_tweets.normalize_hashtag(t) for t in in_text_order]
+    assert v1.hashtags == [normalize_hashtag(t) for t in in_text_order]
     assert v1.retweet_of == (str(spec.retweet_of.tweet_id) if spec.retweet_of else None)
     if spec.coords is not None:
         assert (v1.lat, v1.lng, v1.coarse) == (spec.coords[0], spec.coords[1], False)

@@ -1,0 +1,105 @@
+"""Session fixture for the streaming infrastructure: ``infra/up.sh`` once per test session,
+``infra/down.sh`` at the end (which fails if any infra process is left running).
+
+Set ``INFRA_KEEP_UP=1`` to leave the services running after the session (local dev).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INFRA = os.path.join(REPO, "infra")
+CACHE = os.environ.get("INFRA_CACHE", os.path.join(INFRA, ".cache"))
+
+
+def _env_value(name: str) -> str:
+    out = subprocess.run(["bash", "-c", f'source "{INFRA}/env.sh"; printf %s "${name}"'],
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+@dataclass(frozen=True)
+class Infra:
+    bootstrap: str
+    expansion_service: str
+    flink_rest: str
+    flink_master: str
+    flink_home: str
+    flink_conf_dir: str
+    prism_endpoint: str | None
+    flink_job_server_jar: str | None
+    up_seconds: float
+
+    def rest(self, path: str, method: str = "GET"):
+        req = urllib.request.Request(self.flink_rest + path, method=method)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def flink(self, *args: str) -> str:
+        out = subprocess.run(["bash", os.path.join(INFRA, "flink.sh"), *args],
+                             capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    def portable_runner_args(self, streaming: bool = True) -> list[str]:
+        """Beam options for the local portable runner (Prism job service)."""
+        args = ["--runner=PortableRunner", f"--job_endpoint={self.prism_endpoint}",
+                "--environment_type=LOOPBACK"]
+        return args + (["--streaming"] if streaming else [])
+
+    def flink_runner_args(self, streaming: bool = True, checkpoint_ms: int | None = None) -> list[str]:
+        """Beam options for the Flink session cluster (needs the Beam job-server jar)."""
+        args = ["--runner=FlinkRunner", f"--flink_master={self.flink_master}",
+                f"--flink_job_server_jar={self.flink_job_server_jar}",
+                "--environment_type=LOOPBACK", "--parallelism=1"]
+        if checkpoint_ms:
+            args.append(f"--checkpointing_interval={checkpoint_ms}")
+        return args + (["--streaming"] if streaming else [])
+
+
+def _run(script: str, timeout: int = 600) -> str:
+    out = subprocess.run(["bash", os.path.join(INFRA, script)], capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"infra/{script} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def infra():
+    if subprocess.run(["bash", "-c", "command -v java && command -v mvn"], capture_output=True).returncode:
+        pytest.skip("java/mvn not available: the Flink/Kafka integration tests need them")
+    _run("install.sh", timeout=1800)
+    t0 = time.monotonic()
+    print(_run("up.sh"))
+    up_seconds = time.monotonic() - t0
+    prism_bin = _env_value("PRISM_BIN")
+    jar = _env_value("FLINK_JOB_SERVER_JAR")
+    rest_port = _env_value("FLINK_REST_PORT")
+    info = Infra(
+        bootstrap=_env_value("KAFKA_BOOTSTRAP"),
+        expansion_service=f"127.0.0.1:{_env_value('EXPANSION_PORT')}",
+        flink_rest=f"http://127.0.0.1:{rest_port}",
+        flink_master=f"127.0.0.1:{rest_port}",
+        flink_home=_env_value("FLINK_HOME"),
+        flink_conf_dir=os.path.join(CACHE, "conf", "flink"),
+        prism_endpoint=f"127.0.0.1:{_env_value('PRISM_JOB_PORT')}" if os.access(prism_bin, os.X_OK) else None,
+        flink_job_server_jar=jar if os.path.exists(jar) else None,
+        up_seconds=up_seconds,
+    )
+    try:
+        yield info
+    finally:
+        if os.environ.get("INFRA_KEEP_UP") != "1":
+            out = subprocess.run(["bash", os.path.join(INFRA, "down.sh")], capture_output=True, text=True, timeout=300)
+            print(out.stdout, out.stderr)
+            assert out.returncode == 0, f"infra/down.sh left processes:\n{out.stdout}\n{out.stderr}"
+            run_dir = os.path.join(CACHE, "run")
+            assert not [f for f in os.listdir(run_dir) if f.endswith(".pid")], os.listdir(run_dir)

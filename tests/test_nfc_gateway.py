@@ -5,6 +5,7 @@ import json
 import threading
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from nfc_gateway.service import Gateway, GatewayConfig
 from nfc_gateway.testing import PUBKEYS, get, post, raw_request, signed_report
@@ -178,3 +179,58 @@ def test_touch_index_is_rebuilt_after_a_restart(tmp_path):
         assert post(gw.port, dict(report, tap_id="again"))[1]["error"] == "touch_already_reported"
     finally:
         gw.stop()
+
+
+class MemoryTapSink:
+    def __init__(self):
+        self.lines = []
+
+    def existing(self):
+        return iter(self.lines)
+
+    def append(self, line):
+        self.lines.append(line)
+
+
+POOL = [signed_report(u, p, seq=s) for s in range(3) for u, p in (("1001", "1002"), ("1002", "1001"))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(POOL) - 1), st.sampled_from(["same", "moved", "renamed", "forged"])),
+                max_size=30))
+def test_intake_matches_its_model_for_any_sequence(submissions):
+    """201 once per new report, 200 for an identical retry, 409 for a changed one, 422 for
+    a forgery; the store never holds a tap_id or a (user, touch) twice."""
+    import threading
+    from collections import Counter
+    from nfc_gateway.ratelimit import TokenBuckets
+    from nfc_gateway.service import TapIntake
+
+    sink = MemoryTapSink()
+    intake = TapIntake(sink, PUBKEYS, False, TokenBuckets(1e9, 10**9), Counter(), threading.Lock())
+    stored: dict[str, dict] = {}
+    touches: dict[tuple, str] = {}
+    for index, variant in submissions:
+        report = dict(POOL[index])
+        if variant == "moved":
+            report["lat"] = 35.7
+        elif variant == "renamed":
+            report["tap_id"] = "renamed-" + report["tap_id"][-8:]
+        elif variant == "forged":
+            report["proof"] = POOL[(index + 2) % len(POOL)]["proof"]
+        status, _, _ = intake.submit("application/json", json.dumps(report).encode())
+        touch = (report["user_id"], report["nonce"])
+        if report["tap_id"] in stored:
+            expected = 200 if stored[report["tap_id"]] == report else 409
+        elif touch in touches:
+            expected = 409
+        elif variant == "forged":
+            expected = 422
+        else:
+            expected = 201
+            stored[report["tap_id"]] = report
+            touches[touch] = report["tap_id"]
+        assert status == expected, (variant, report["tap_id"])
+    lines = [json.loads(line) for line in sink.lines]
+    assert lines == list(stored.values())
+    assert len({(r["user_id"], r["nonce"]) for r in lines}) == len(lines)

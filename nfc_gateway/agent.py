@@ -286,6 +286,10 @@ class TapAgent:
         if role:
             llcp_options["role"] = role
         status = clf.connect(llcp=llcp_options, terminate=terminate)
+        if "initiator" in state:
+            # the link is down, so the exchange thread's sockets are closed; let it
+            # record how it ended before the outcome is read
+            outcome.finished.wait(SNEP_ANSWER_TIMEOUT_S + 1.0)
         return outcome, status
 
     def _finish_touch(self, outcome: TouchOutcome):

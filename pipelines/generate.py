@@ -13,7 +13,8 @@ import argparse
 import sys
 import time
 
-from synthetic.params import DEFAULT_HOURS, DEFAULT_SEED, DEFAULT_START, DEFAULT_USERS, check_params
+from synthetic.params import (DEFAULT_HOURS, DEFAULT_SEED, DEFAULT_START, DEFAULT_USERS, check_params,
+                              prepare_output_dir)
 
 # Worlds at least this big (users x hours) report their progress on stderr.
 PROGRESS_FROM_USER_HOURS = 20_000
@@ -48,7 +49,9 @@ def main(argv=None) -> int:
         progress = lambda message: print(f"  {message} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
     hours = int(args.hours) if float(args.hours).is_integer() else float(args.hours)
     try:
-        check_params(args.users, hours, args.seed, args.start)  # before the slow imports below
+        # Refuse bad arguments before the slow imports below (Beam comes with the records).
+        check_params(args.users, hours, args.seed, args.start)
+        prepare_output_dir(args.output)
         from synthetic.world import write_world
         counts = write_world(args.output, users=args.users, hours=hours, seed=args.seed,
                              start=args.start, progress=progress, adversarial=args.adversarial,

@@ -6,6 +6,7 @@ Kept apart from ``synthetic.world`` (which imports Beam through
 from __future__ import annotations
 
 import math
+import os
 
 from schemas.timefmt import parse_rfc3339
 
@@ -30,3 +31,12 @@ def check_params(users, hours, seed, start) -> float:
     if isinstance(start, (int, float)) and not isinstance(start, bool):
         return float(start)
     return parse_rfc3339(start, "--start")  # InvalidRecord is a ValueError
+
+
+def prepare_output_dir(out_dir: str) -> None:
+    """Create ``out_dir`` and ``out_dir/truth``; OSError if they cannot be written."""
+    truth = os.path.join(out_dir, "truth")
+    os.makedirs(truth, exist_ok=True)
+    for path in (out_dir, truth):
+        if not os.access(path, os.W_OK):  # (always passes for root; makedirs above still fails on a bad path)
+            raise PermissionError(f"output directory {path!r} is not writable")

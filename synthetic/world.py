@@ -73,7 +73,8 @@ from schemas.service_area import contains
 from schemas.touch import follow_for_touch
 from schemas.tweets import normalize_hashtag
 from synthetic import adversary, clock, geo, twitter
-from synthetic.params import DEFAULT_HOURS, DEFAULT_SEED, DEFAULT_START, DEFAULT_USERS, check_params
+from synthetic.params import (DEFAULT_HOURS, DEFAULT_SEED, DEFAULT_START, DEFAULT_USERS, check_params,
+                              prepare_output_dir)
 
 
 INPUT_FILES = ("users.jsonl", "pings.jsonl", "taps.jsonl", "tweets.jsonl")
@@ -1011,9 +1012,7 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
     gzip: no name or time in the header); truth files stay plain.
     """
     start_s = check_params(users, hours, seed, start)
-    os.makedirs(os.path.join(out_dir, "truth"), exist_ok=True)
-    if not os.access(out_dir, os.W_OK) or not os.access(os.path.join(out_dir, "truth"), os.W_OK):
-        raise PermissionError(f"output directory {out_dir!r} is not writable")
+    prepare_output_dir(out_dir)
     progress = progress or (lambda message: None)
 
     world = World(users, float(hours), seed, start_s, progress)

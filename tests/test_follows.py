@@ -143,6 +143,22 @@ def test_streaming_end_of_input_still_delivers_every_outcome():
     p.run().wait_until_finish()
 
 
+def test_streaming_report_left_waiting_by_an_early_pane_still_expires():
+    """x and a forgery fire an early pane; nothing else comes: the (empty) final pane expires x."""
+    x, y = touch(A, B, T0, 1)
+    forged = x._replace(tap_id="forged", proof=y.proof)
+    stream = (TestStream().advance_watermark_to(T0 - 60)
+              .add_elements([TimestampedValue(forged, forged.ts), TimestampedValue(x, x.ts)])
+              .advance_watermark_to(T0 + 30)
+              .advance_watermark_to(T0 + 2000)
+              .advance_watermark_to_infinity())
+    p, out = streaming_pipeline(stream)
+    assert_that(out["follows"], equal_to([]), label="Follows")
+    assert_that(out["dead_letters"] | beam.Map(lambda d: (json.loads(d.raw)["tap_id"], d.error.split(":")[0])),
+                equal_to([("forged", "bad proof"), (x.tap_id, "unmatched")]), label="DeadLetters")
+    p.run().wait_until_finish()
+
+
 def test_streaming_late_partner_before_expiry_still_matches():
     x, y = touch(A, B, T0, 1)
     stream = (TestStream().advance_watermark_to(T0 - 60)

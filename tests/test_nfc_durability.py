@@ -6,7 +6,6 @@ offsets and pacing, and the per-device token buckets.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

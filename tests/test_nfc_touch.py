@@ -10,13 +10,11 @@ from __future__ import annotations
 import binascii
 import glob
 import json
-import os
 import select
 import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest

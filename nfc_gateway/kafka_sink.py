@@ -124,6 +124,28 @@ def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], b
     return False
 
 
+def connect(bootstrap: str, topic: str, gateway: str, source: str, committed: int, stop: threading.Event):
+    """(producer, positions already landed) once the broker answers; None if stopped first.
+
+    The gateway keeps accepting (and spooling) while the broker is away, so a
+    broker that is down at start is waited for, not a reason to refuse to start.
+    """
+    wait = 0.5
+    while not stop.is_set():
+        try:
+            producer = make_producer(bootstrap)
+            try:
+                return producer, landed_positions(bootstrap, topic, gateway, source, committed)
+            except Exception:
+                producer.close(timeout=1)
+                raise
+        except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts, metadata errors
+            log.error("Kafka at %s not usable yet (%s: %s); retrying in %.1f s", bootstrap, type(exc).__name__, exc, wait)
+            stop.wait(wait)
+            wait = min(wait * 2, 10.0)
+    return None
+
+
 class KafkaTapSink:
     name = "kafka"
 
@@ -135,8 +157,8 @@ class KafkaTapSink:
         (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
         self.state_path = out / STATE_DIR / f"kafka-{topic}.json"
         self.committed = json.loads(self.state_path.read_text())["wal_offset"] if self.state_path.exists() else 0
-        self.producer = make_producer(bootstrap)
-        self._skip = landed_positions(bootstrap, topic, gateway, "taps-wal", self.committed)
+        self.producer = None          # connected by the forwarder, so intake never waits for Kafka
+        self._skip: set[int] = set()
         self.forwarded = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -152,6 +174,10 @@ class KafkaTapSink:
         self._wake.set()
 
     def _forward_loop(self):
+        connected = connect(self.bootstrap, self.topic, self.gateway, "taps-wal", self.committed, self._stop)
+        if connected is None:
+            return
+        self.producer, self._skip = connected
         while not self._stop.is_set():
             batch = []
             for end, line in read_lines(self.wal_path, self.committed):
@@ -171,14 +197,16 @@ class KafkaTapSink:
             self.forwarded += len(batch)
 
     def health(self) -> dict:
-        return {"sink": "kafka", "topic": self.topic, "spool_bytes": self.wal.size,
-                "forwarded_bytes": self.committed, "forwarded": self.forwarded}
+        return {"sink": "kafka", "topic": self.topic, "connected": self.producer is not None,
+                "spool_bytes": self.wal.size, "forwarded_bytes": self.committed, "forwarded": self.forwarded}
 
     def close(self):
         self._stop.set()
         self._wake.set()
-        self._thread.join(10)
-        self.producer.close(timeout=10)
+        # still connecting: nothing was forwarded, and the daemon thread ends on its own
+        self._thread.join(10 if self.producer is not None else 1)
+        if self.producer is not None:
+            self.producer.close(timeout=10)
         self.wal.close()
 
 
@@ -191,18 +219,26 @@ class KafkaTweetSink:
         out.mkdir(parents=True, exist_ok=True)
         self.state_path = out / f"kafka-{topic}.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"sources": {}}
-        self.producer = make_producer(bootstrap)
+        self.producer = None          # connected when the replay starts (on its own thread)
         self._skip: set[int] = set()
         self._stop = threading.Event()
 
     def resume_offset(self, source: str) -> int:
         committed = int(self.state["sources"].get(source, 0))
-        self._skip = landed_positions(self.bootstrap, self.topic, self.gateway, source, committed)
+        connected = connect(self.bootstrap, self.topic, self.gateway, source, committed, self._stop)
+        if connected is None:
+            raise RuntimeError("stopped before Kafka was reachable")
+        self.producer, self._skip = connected
         if self._skip:
             log.info("firehose: %d records after the last commit already in %s; skipping them", len(self._skip), self.topic)
         return committed
 
     def write_batch(self, source: Optional[str], lines: list[bytes], ends: list[int]):
+        if self.producer is None:      # stdin: no offsets to resume, but a producer all the same
+            connected = connect(self.bootstrap, self.topic, self.gateway, "-", 0, self._stop)
+            if connected is None:
+                raise RuntimeError("stopped before Kafka was reachable")
+            self.producer = connected[0]
         records = [(None, line, end) for line, end in zip(lines, ends)]
         committed = int(self.state["sources"].get(source, 0)) if source else 0
         if not publish_exactly(self.producer, self.topic, records, self.gateway, source or "-", self.bootstrap,
@@ -214,4 +250,5 @@ class KafkaTweetSink:
 
     def close(self):
         self._stop.set()
-        self.producer.close(timeout=10)
+        if self.producer is not None:
+            self.producer.close(timeout=10)

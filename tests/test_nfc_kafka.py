@@ -70,6 +70,10 @@ def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path):
     write_json_atomic(tmp_path / ".gateway" / f"kafka-{topic}.json", {"wal_offset": 0})
     sink = KafkaTapSink(str(tmp_path), BOOTSTRAP, topic, "gw-a")
     try:
+        deadline = time.monotonic() + 20
+        while sink.producer is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert len(sink._skip) == len(reports)
         deadline = time.monotonic() + 20
         while sink.forwarded < len(reports):
@@ -104,3 +108,15 @@ def test_firehose_reaches_kafka_exactly_once_after_a_lost_commit(tmp_path):
     sink.close()
     values = [r.value for r in read_topic(topic, len(lines))]
     assert sorted(values) == sorted(lines)
+
+
+def test_taps_are_accepted_while_kafka_is_unreachable(tmp_path):
+    """The intake spools; the forwarder keeps trying (here: a port with no broker)."""
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS,
+                               kafka_bootstrap="127.0.0.1:9", taps_topic=fresh("down"))).start()
+    try:
+        assert post(gw.port, signed_report("1001", "1002"))[0] == 201
+        health = gw.health()["taps"]
+        assert health["connected"] is False and health["forwarded"] == 0 and health["spool_bytes"] > 0
+    finally:
+        gw.stop()

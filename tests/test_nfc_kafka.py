@@ -1,4 +1,4 @@
-"""The Kafka hand-off against a real broker at 127.0.0.1:9092 (skipped when none is up).
+"""The Kafka hand-off against a real broker at 127.0.0.1:9092 (those tests skip when none is up).
 
 Each test writes to its own fresh topics, and simulates the one crash that
 matters: the batch reached Kafka but the gateway died before committing that
@@ -30,7 +30,7 @@ def broker_up() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not broker_up(), reason="no Kafka broker at 127.0.0.1:9092")
+needs_broker = pytest.mark.skipif(not broker_up(), reason="no Kafka broker at 127.0.0.1:9092")
 
 
 def read_topic(topic: str, expect: int, timeout: float = 20.0) -> list:
@@ -53,6 +53,7 @@ def fresh(name: str) -> str:
     return f"nfcgw-test-{name}-{uuid.uuid4().hex[:8]}"
 
 
+@needs_broker
 def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path):
     topic = fresh("taps")
     gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS, kafka_bootstrap=BOOTSTRAP,
@@ -87,6 +88,7 @@ def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path):
     assert all(json.loads(r.value) == by_id[r.key.decode()] for r in records)
 
 
+@needs_broker
 def test_firehose_reaches_kafka_exactly_once_after_a_lost_commit(tmp_path):
     topic = fresh("tweets")
     source = tmp_path / "firehose.jsonl"

@@ -11,8 +11,8 @@ The rules (each has a test in ``tests/test_alerts.py``):
   distance -- or within ``max(friend_radius_m, that radius)`` when U and A
   have a mutual follow established before t and known to the pipeline by t
   (then ``reason`` starts with ``friend:``, else ``nearby:``).
-- One alert per user per happening key (see ``transforms.happenings``) and per
-  tweet; at most ``max_alerts_per_user_per_hour`` alerts per user per clock
+- One alert per user per happening key (see ``transforms.happenings``) within
+  ``happening_memory_s``, and per tweet; at most ``max_alerts_per_user_per_hour`` alerts per user per clock
   hour of event time. Both count in event-time order of the tweets (ties by
   tweet id), and the friend alert of a tweet wins over its nearby alert.
 - ``alert_id`` = first 32 hex digits of sha256(``user_id|happening key|tweet_id``).
@@ -33,13 +33,18 @@ An alert to a deleted tweet still took its user's happening and hourly slot
 
 **Batch and streaming agree** because every stateful step is an *ordered
 processor* (plain Python, below): per key, it sees its messages in a total
-event-time order. Bounded input: GroupByKey, sort, run. Unbounded input: a
-stateful DoFn buffers messages and processes them in that order when the
-watermark passes their event time (an event-time timer), so shuffled,
-out-of-order delivery gives the same result. Allowed lateness is zero: a message
-behind what its key has already decided is not silently reordered but written
-to ``dead_letters`` (source ``alerts:<step>``) and counted
-(``alerts_late_<step>``); bound out-of-orderness with the source's watermark.
+event-time order. Bounded input: GroupByKey, sort, run. Unbounded input: per
+key, messages are grouped into ``stream_tick_s`` event-time ticks by a
+GroupByKey that fires once the watermark has passed the tick, and a stateful
+DoFn runs the ticks in order with the key's state (see :class:`OrderedByKey`;
+a GroupByKey rather than event-time timers, because it holds the watermark for
+the steps downstream on every runner, DirectRunner included). So shuffled,
+out-of-order delivery gives the same result, each decision taken about one
+tick after the watermark passes the tweet. A message behind what its key has
+already decided (up to ``allowed_lateness_s`` behind the watermark) is not
+reordered but written to ``dead_letters`` (source ``alerts:<step>``) and
+counted (``alerts_late_<step>``); bound out-of-orderness with the source's
+watermark.
 
 **Cost** grows with reports + happenings x cells per disc + candidates, not
 users x tweets: accepted location reports are keyed by their H3 cell at
@@ -63,15 +68,16 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from schemas.records import Alert, DeadLetter, Follow, Tweet, TweetDelete, User
 from transforms import geo
 from transforms.happenings import (
-    DEFAULT_RULES, BurstCandidate, BurstEvidence, CollapseCopies, DetectBursts, Happening, RuleSet,
-    burst_messages, happening_key, is_precise, text_fingerprint)
+    DEFAULT_RULES, BurstCandidate, CollapseCopies, DetectBursts, Happening, RuleSet, SessionKeys,
+    burst_messages, is_precise, session_group, text_fingerprint)
 from transforms.locations import ExtractLocationReports, LocationReport, newer
 
 NS = "tapfollow"
@@ -93,16 +99,20 @@ class AlertParams:
     burst_window_s: float = 600.0
     burst_h3_res: int = 8                     # "nearby" for bursts: same or neighbouring cell
     happening_h3_res: int = 7                 # coarse cell of the happening key (~5 km²)
-    happening_bucket_s: int = 3600            # time bucket of the happening key
+    happening_gap_s: float = 3600.0           # a quieter spell than this ends a happening
+    happening_memory_s: float = 86400.0       # a user is told about one happening once in this time
     near_dup_window_s: float = 3600.0         # copies within this of the original collapse
     index_h3_res: int = 9                     # cells keying users and happening discs
     retract_horizon_s: float = 7 * 86400.0    # streaming: how long an alert can be retracted
+    stream_tick_s: float = 1.0                # streaming: event-time granularity of decisions
+    allowed_lateness_s: float = 3600.0        # streaming: data this far behind the watermark -> dead letters
     rules_path: str = ""                      # JSON rule set; empty = transforms.happenings.DEFAULT_RULES
 
     def __post_init__(self):
         for name in ("location_stale_s", "max_accuracy_m", "radius_m", "radius_concert_m", "radius_sale_m",
                      "radius_festival_m", "radius_incident_m", "friend_radius_m", "burst_window_s",
-                     "near_dup_window_s", "retract_horizon_s"):
+                     "near_dup_window_s", "retract_horizon_s", "happening_gap_s", "happening_memory_s",
+                     "stream_tick_s", "allowed_lateness_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of {'metres' if name.endswith('_m') else 'seconds'}, got {value!r}")
@@ -110,7 +120,7 @@ class AlertParams:
                      "radius_incident_m", "friend_radius_m"):
             if getattr(self, name) > 50_000:
                 raise ValueError(f"{name} = {getattr(self, name)} m is not local; set it to at most 50000")
-        for name, low in (("max_alerts_per_user_per_hour", 1), ("burst_min_authors", 2), ("happening_bucket_s", 60)):
+        for name, low in (("max_alerts_per_user_per_hour", 1), ("burst_min_authors", 2)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -194,98 +204,119 @@ def _to_json(value) -> str:
         return repr(value)
 
 
-class _OrderedStreamingDoFn(beam.DoFn):
-    """Buffers each key's messages and runs the processor when the watermark passes them."""
-    LATE = "late"
-    PENDING = BagStateSpec("pending", PickleCoder())
-    STATE = ReadModifyWriteStateSpec("state", PickleCoder())
-    DONE_UNTIL = ReadModifyWriteStateSpec("done_until", PickleCoder())
-    TIMER_AT = ReadModifyWriteStateSpec("timer_at", PickleCoder())
-    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+def _seconds(timestamp) -> float:
+    return timestamp.micros / 1e6
+
+
+class _StampAtDue(beam.DoFn):
+    """Element timestamp := max(due, timestamp): forward only, so nothing becomes late."""
 
     def __init__(self, processor):
         self._processor = processor
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
+        due = self._processor.sort_key(element[1])[0]
+        if due > _seconds(timestamp):
+            yield TimestampedValue(element, due)
+        else:
+            yield element
+
+
+class _RunTickGroups(beam.DoFn):
+    """Runs the processor over each key's tick groups, carrying its state across ticks.
+
+    Every message of a tick group is due within that tick, and the group is
+    emitted only when the watermark has passed the tick, so the groups reach
+    here in event-time order; a message due before what the key has already
+    decided (a late pane) is a dead letter. A GC timer frees the key's state
+    once ``processor.expire`` says nothing in it can matter any more.
+    """
+    LATE = "late"
+    STATE = ReadModifyWriteStateSpec("state", PickleCoder())
+    DONE_UNTIL = ReadModifyWriteStateSpec("done_until", PickleCoder())
+    GC = TimerSpec("gc", TimeDomain.WATERMARK)
+
+    def __init__(self, processor, lateness_s: float):
+        self._processor = processor
+        self._lateness_s = lateness_s
         self._late = Metrics.counter(NS, f"alerts_late_{processor.name}")
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
-                done_until=beam.DoFn.StateParam(DONE_UNTIL), timer_at=beam.DoFn.StateParam(TIMER_AT),
-                flush=beam.DoFn.TimerParam(FLUSH)):
-        _key, msg = element
+                state=beam.DoFn.StateParam(STATE), done_until=beam.DoFn.StateParam(DONE_UNTIL),
+                gc=beam.DoFn.TimerParam(GC)):
+        _key, messages = element
         processor = self._processor
-        if getattr(processor, "immediate", None) and processor.immediate(msg):
-            current = state.read()
-            current, _ = processor.process(processor.initial_state() if current is None else current, msg)
-            state.write(current)
-            return
-        due = processor.sort_key(msg)[0]
-        done = done_until.read()
-        if done is not None and due < done:
-            self._late.inc()
-            yield beam.pvalue.TaggedOutput(self.LATE, DeadLetter(
-                source=f"alerts:{processor.name}",
-                error=f"late: event time {due:.3f} is behind {done:.3f}, up to which this key is already "
-                      f"decided (allowed lateness 0; raise the source's watermark delay)",
-                raw=_to_json(msg)))
-            return
-        pending.add(msg)
-        fire_at = max(due, float(timestamp.micros) / 1e6)
-        scheduled = timer_at.read()
-        if scheduled is None or fire_at < scheduled:
-            flush.set(Timestamp.of(fire_at))
-            timer_at.write(fire_at)
-
-    @on_timer(FLUSH)
-    def on_flush(self, fired=beam.DoFn.TimestampParam,
-                 pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
-                 done_until=beam.DoFn.StateParam(DONE_UNTIL), timer_at=beam.DoFn.StateParam(TIMER_AT),
-                 flush=beam.DoFn.TimerParam(FLUSH)):
-        processor = self._processor
-        now = float(fired.micros) / 1e6
-        buffered = list(pending.read())
-        due = [m for m in buffered if processor.sort_key(m)[0] <= now]
-        later = [m for m in buffered if processor.sort_key(m)[0] > now]
         current = state.read()
         if current is None:
             current = processor.initial_state()
-        current, outputs = run_ordered(processor, due, current)
-        # outputs carry the timer's time (the watermark hold), never earlier
-        for out in outputs:
-            yield out
-        done_until.write(now)
-        pending.clear()
-        for m in later:
-            pending.add(m)
-        if later:
-            next_at = min(processor.sort_key(m)[0] for m in later)
-        else:
-            current = processor.expire(current, now)
-            next_at = processor.gc_time(current) if current is not None else None
+        done = done_until.read()
+        on_time = []
+        for msg in messages:
+            immediate = getattr(processor, "immediate", None) and processor.immediate(msg)
+            if done is not None and not immediate and processor.sort_key(msg)[0] < done:
+                self._late.inc()
+                yield beam.pvalue.TaggedOutput(self.LATE, DeadLetter(
+                    source=f"alerts:{processor.name}",
+                    error=f"late: event time {processor.sort_key(msg)[0]:.3f} is behind {done:.3f}, up to which "
+                          f"this key was already decided; raise the source's watermark delay",
+                    raw=_to_json(msg)))
+            else:
+                on_time.append(msg)
+        current, outputs = run_ordered(processor, on_time, current)
+        yield from outputs
+        tick_end = _seconds(timestamp)
+        done_until.write(tick_end if done is None else max(done, tick_end))
+        current = processor.expire(current, tick_end)
         if current is None:
             state.clear()
-        else:
-            state.write(current)
-        if next_at is None:
-            timer_at.clear()
-            if current is None:
-                done_until.clear()  # nothing left of this key: no state outlives the stream
-        else:
-            next_at = max(next_at, now)
-            flush.set(Timestamp.of(next_at))
-            timer_at.write(next_at)
+            # keep done_until while late data could still come, then forget the key
+            gc.set(Timestamp.of(tick_end + self._lateness_s))
+            return
+        state.write(current)
+        when = processor.gc_time(current)
+        if when is not None:
+            gc.set(Timestamp.of(max(when, tick_end)))
+
+    @on_timer(GC)
+    def on_gc(self, fired=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
+              done_until=beam.DoFn.StateParam(DONE_UNTIL), gc=beam.DoFn.TimerParam(GC)):
+        now = _seconds(fired)
+        current = state.read()
+        if current is not None:
+            current = self._processor.expire(current, now)
+        if current is None:
+            state.clear()
+            done = done_until.read()
+            if done is None or now >= done + self._lateness_s:
+                done_until.clear()  # nothing of this key outlives the stream
+            else:
+                gc.set(Timestamp.of(done + self._lateness_s))
+            return
+        state.write(current)
+        when = self._processor.gc_time(current)
+        if when is not None:
+            gc.set(Timestamp.of(max(when, now + 1e-3)))
 
 
 class OrderedByKey(beam.PTransform):
     """(key, msg) -> processor outputs, each key in event-time order; batch or streaming.
 
-    Returns {'out': outputs, 'late': DeadLetter}. Bounded input takes the GroupByKey
-    path (one pass per key, no timers); unbounded input the stateful DoFn.
+    Returns {'out': outputs, 'late': DeadLetter}. Bounded input: GroupByKey in the
+    global window, sort, run. Unbounded input: messages are grouped per key into
+    ``tick_s`` event-time ticks (a GroupByKey fires each tick once the watermark
+    has passed it, and holds the watermark downstream until it has, so a chain of
+    these steps stays in order), then run tick after tick with the key's state.
+    Messages up to ``allowed_lateness_s`` behind the watermark come out as dead
+    letters; later ones Beam drops with their expired tick.
     """
 
-    def __init__(self, processor, bounded: Optional[bool] = None):
+    def __init__(self, processor, bounded: Optional[bool] = None, tick_s: float = 1.0,
+                 allowed_lateness_s: float = 3600.0):
         super().__init__()
         self._processor = processor
         self._bounded = bounded
+        self._tick_s = tick_s
+        self._allowed_lateness_s = allowed_lateness_s
 
     def expand(self, keyed):
         processor = self._processor
@@ -305,11 +336,24 @@ class OrderedByKey(beam.PTransform):
                    | "RunInEventTimeOrder" >> beam.FlatMap(run_group))
             late = keyed.pipeline | "NoLateData" >> beam.Create([]).with_output_types(DeadLetter)
             return {"out": out, "late": late}
-        # str keys: a deterministic key coder, as state and timers require
-        results = keyed | "RunInEventTimeOrder" >> beam.ParDo(
-            _OrderedStreamingDoFn(processor)).with_input_types(
-                typing.Tuple[str, typing.Any]).with_outputs(_OrderedStreamingDoFn.LATE, main="out")
-        return {"out": results.out, "late": results[_OrderedStreamingDoFn.LATE]}
+        results = (
+            keyed
+            | "StampAtDue" >> beam.ParDo(_StampAtDue(processor)).with_output_types(typing.Tuple[str, typing.Any])
+            | "IntoTicks" >> beam.WindowInto(
+                window.FixedWindows(self._tick_s),
+                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                allowed_lateness=Duration(seconds=self._allowed_lateness_s))
+            | "GroupTicks" >> beam.GroupByKey()
+            | "BackToGlobal" >> beam.WindowInto(window.GlobalWindows())
+            # str keys: a deterministic key coder, as state and timers require
+            | "RunInEventTimeOrder" >> beam.ParDo(_RunTickGroups(processor, self._allowed_lateness_s)).with_input_types(
+                typing.Tuple[str, typing.Iterable[typing.Any]]).with_outputs(_RunTickGroups.LATE, main="out"))
+        return {"out": results.out, "late": results[_RunTickGroups.LATE]}
+
+
+def _ordered(processor, bounded: Optional[bool], params: "AlertParams") -> OrderedByKey:
+    return OrderedByKey(processor, bounded, params.stream_tick_s, params.allowed_lateness_s)
 
 
 # ---- messages and processors of the fan-out -------------------------------------------
@@ -396,7 +440,7 @@ class CellIndex:
         return state or None
 
     def gc_time(self, state):
-        return min(r.ts for r in state.values()) + self.stale_s + 1e-3
+        return min(r.ts for r in state.values()) + self.stale_s + 1e-3 if state else None
 
 
 class FriendsOf:
@@ -443,7 +487,7 @@ class DecideForUser:
         self.stale_s = params.location_stale_s
         self.friend_radius_m = params.friend_radius_m
         self.cap = params.max_alerts_per_user_per_hour
-        self.bucket_s = params.happening_bucket_s
+        self.memory_s = params.happening_memory_s
 
     @staticmethod
     def immediate(msg):
@@ -475,7 +519,8 @@ class DecideForUser:
         here = state["latest"]
         if not state["opt_in"] or here is None or h.ts - here.ts > self.stale_s or here.user_id == h.author_id:
             return state, []
-        if h.tweet_id in state["tweets"] or h.key in state["keys"]:
+        told = state["keys"].get(h.key)
+        if h.tweet_id in state["tweets"] or (told is not None and h.ts - told < self.memory_s):
             return state, []
         radius = max(self.friend_radius_m, h.radius_m) if friend else h.radius_m
         distance = geo.distance_m(h.lat, h.lng, here.lat, here.lng)
@@ -494,8 +539,8 @@ class DecideForUser:
     def expire(self, state, now):
         if state["latest"] is not None and now - state["latest"].ts > self.stale_s:
             state["latest"] = None
-        # keys of older buckets, tweets and hours in the past can never match again
-        state["keys"] = {k: ts for k, ts in state["keys"].items() if ts >= now - self.bucket_s}
+        # forgotten keys may alert again (happening_memory_s); past tweets and hours cannot recur
+        state["keys"] = {k: ts for k, ts in state["keys"].items() if ts > now - self.memory_s}
         state["tweets"] = {t: ts for t, ts in state["tweets"].items() if ts >= now}
         state["hours"] = {h: n for h, n in state["hours"].items() if (h + 1) * 3600 > now}
         if state["opt_in"] is None and state["latest"] is None and not state["keys"] and not state["hours"]:
@@ -503,7 +548,7 @@ class DecideForUser:
         return state
 
     def gc_time(self, state):
-        times = [ts + self.bucket_s for ts in state["keys"].values()]
+        times = [ts + self.memory_s for ts in state["keys"].values()]
         times += [(h + 1) * 3600 for h in state["hours"]]
         if state["latest"] is not None:
             times.append(state["latest"].ts + self.stale_s + 1e-3)
@@ -589,9 +634,7 @@ def triage(tweet: Tweet, rules: RuleSet) -> TweetTriage:
 
 
 def rule_happening(tweet: Tweet, kind: str, label: str, params: AlertParams) -> Happening:
-    return Happening(tweet.tweet_id, tweet.author_id, tweet.ts, tweet.lat, tweet.lng, kind, label,
-                     happening_key(label, tweet.lat, tweet.lng, tweet.ts, params.happening_h3_res,
-                                   params.happening_bucket_s),
+    return Happening(tweet.tweet_id, tweet.author_id, tweet.ts, tweet.lat, tweet.lng, kind, label, "",
                      params.radius_for(kind))
 
 
@@ -624,7 +667,8 @@ def find_happenings(tweets: Iterable[Tweet], params: AlertParams) -> list[Happen
         burst_input.extend(burst_messages(tweet, params.burst_h3_res, as_candidate=t.rule_kind is None))
     bursting = run_keyed(DetectBursts(params.burst_min_authors, params.burst_window_s), burst_input)
     happenings.extend(burst_happening(c, params) for c in bursting)
-    return happenings
+    return run_keyed(SessionKeys(params.happening_h3_res, params.happening_gap_s),
+                     [(session_group(h, params.happening_h3_res), h) for h in happenings])
 
 
 def fan_out(tweets: Iterable[Tweet], deletes: Iterable[TweetDelete], reports: Iterable[LocationReport],
@@ -692,13 +736,18 @@ class FindHappenings(beam.PTransform):
                 yield beam.pvalue.TaggedOutput("burst", kv)
 
         candidates = tweets | "Triage" >> beam.FlatMap(triaged)
-        collapsed = candidates | "CollapseCopies" >> OrderedByKey(_CollapseTriaged(params.near_dup_window_s), self._bounded)
+        collapsed = candidates | "CollapseCopies" >> _ordered(
+            _CollapseTriaged(params.near_dup_window_s), self._bounded, params)
         routed = collapsed["out"] | "Route" >> beam.FlatMap(route).with_outputs("rule", "burst")
-        bursts = routed.burst | "DetectBursts" >> OrderedByKey(
-            DetectBursts(params.burst_min_authors, params.burst_window_s), self._bounded)
+        bursts = routed.burst | "DetectBursts" >> _ordered(
+            DetectBursts(params.burst_min_authors, params.burst_window_s), self._bounded, params)
         burst_happenings = bursts["out"] | "BurstHappenings" >> beam.Map(burst_happening, params)
-        happenings = (routed.rule, burst_happenings) | "AllHappenings" >> beam.Flatten()
-        late = (collapsed["late"], bursts["late"]) | "LateTweets" >> beam.Flatten()
+        unkeyed = (routed.rule, burst_happenings) | "AllHappenings" >> beam.Flatten()
+        keyed = (unkeyed | "BySessionGroup" >> beam.Map(lambda h: (session_group(h, params.happening_h3_res), h))
+                 | "SessionKeys" >> _ordered(SessionKeys(params.happening_h3_res, params.happening_gap_s),
+                                             self._bounded, params))
+        happenings = keyed["out"]
+        late = (collapsed["late"], bursts["late"], keyed["late"]) | "LateTweets" >> beam.Flatten()
         return {"happenings": happenings, "late": late}
 
 
@@ -753,7 +802,7 @@ class FanOutGeofencedAlerts(beam.PTransform):
             (reports | "KeyReportsByCell" >> beam.Map(report_cell_message, res),
              happenings | "KeyHappeningsByDisc" >> beam.FlatMap(happening_cell_messages, res))
             | "CellMessages" >> beam.Flatten())
-        near = cell_msgs | "NearbyCandidates" >> OrderedByKey(CellIndex(params.location_stale_s), bounded)
+        near = cell_msgs | "NearbyCandidates" >> _ordered(CellIndex(params.location_stale_s), bounded, params)
         # near["out"] : (user_id, CandidateMsg)
 
         def edges(follow, ts=beam.DoFn.TimestampParam):
@@ -763,14 +812,14 @@ class FanOutGeofencedAlerts(beam.PTransform):
             (inputs["follows"] | "FollowEdges" >> beam.FlatMap(edges),
              happenings | "KeyHappeningsByAuthor" >> beam.Map(lambda h: (h.author_id, HappeningMsg(h))))
             | "FriendMessages" >> beam.Flatten())
-        friends = friend_msgs | "FriendCandidates" >> OrderedByKey(FriendsOf(), bounded)
+        friends = friend_msgs | "FriendCandidates" >> _ordered(FriendsOf(), bounded, params)
 
         user_msgs = (
             (inputs["users"] | "UserInfo" >> beam.Map(lambda u: (u.user_id, UserInfo(u.user_id, u.alerts_opt_in))),
              reports | "KeyReportsByUser" >> beam.Map(lambda r: (r.user_id, ReportMsg(r))),
              near["out"], friends["out"])
             | "UserMessages" >> beam.Flatten())
-        decided = user_msgs | "DecidePerUser" >> OrderedByKey(DecideForUser(params), bounded)
+        decided = user_msgs | "DecidePerUser" >> _ordered(DecideForUser(params), bounded, params)
         alerts = decided["out"] | "CountDecisions" >> beam.FlatMap(_counting_split(
             {"alert": "alerts_decided", "capped": "alerts_capped_per_hour"})).with_output_types(Alert)
 
@@ -778,7 +827,7 @@ class FanOutGeofencedAlerts(beam.PTransform):
             (alerts | "KeyAlertsByTweet" >> beam.Map(lambda a: (a.tweet_id, AlertMsg(a))),
              inputs["deletes"] | "KeyDeletesByTweet" >> beam.Map(lambda d: (d.tweet_id, DeleteMsg(d))))
             | "DeleteMessages" >> beam.Flatten())
-        final = delete_msgs | "ApplyDeletes" >> OrderedByKey(ApplyDeletes(params.retract_horizon_s), bounded)
+        final = delete_msgs | "ApplyDeletes" >> _ordered(ApplyDeletes(params.retract_horizon_s), bounded, params)
         out = final["out"] | "CountEmitted" >> beam.FlatMap(_counting_split(
             {"alert": "alerts_emitted", "retracted": "alerts_retracted", "suppressed": "alerts_suppressed_deleted"}
         )).with_output_types(Alert)

@@ -20,12 +20,17 @@ earlier tweet). It then becomes a happening in one of two ways:
    (inclusive) from T's H3 cell or a neighbouring cell at ``burst_h3_res``.
    The rule looks back only, so it can be decided at T's event time.
 
-**Happening key** (the unit "one alert per user per happening" counts):
-``<class>|<H3 cell of the tweet at happening_h3_res>|<start of the
-happening_bucket_s event-time bucket>``, where class is the rule's name or
-``#<hashtag>`` for a burst. Tweets of one festival in one coarse cell within
-one bucket share the key; a happening straddling a cell or bucket border can
-count as two.
+Tweets that only *mention* such words are not happenings: a tweet containing
+any "not now" marker (:data:`DEFAULT_NOT_NOW`: 来週, 昨日, next month, missed,
+...; JSON form ``{"rules": [...], "not_now": [...]}``) matches no rule.
+
+**Happening key** (the unit "one alert per user per happening" counts): tweets
+of one *class* (the rule's kind, e.g. ``festival`` for both the festival and
+the fireworks rule; ``#<hashtag>`` for a burst) in one H3 cell at
+``happening_h3_res`` form a session while each follows the previous one by at
+most ``happening_gap_s``; the key is ``<class>|<cell>|<session start, epoch
+ms>`` (:class:`SessionKeys`, decided in event-time order). A happening
+straddling a coarse cell border counts as two.
 
 **Near-duplicates**: two tweets are copies when their text is equal after
 :func:`normalise_text` (NFKC, case-fold, ``RT @user:`` prefix, URLs and
@@ -91,11 +96,20 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+# Words that put a happening in another time or place than here and now.
+DEFAULT_NOT_NOW: tuple[str, ...] = (
+    "来週", "来月", "明日", "昨日", "去年", "今年の", "いつかな", "ニュースで", "行けばよかった", "動画",
+    "next week", "next month", "tomorrow", "yesterday", "last year", "missed", "can't wait", "videos",
+    "at home",
+)
+
+
 class RuleSet:
     """Compiled rules: :meth:`match` gives the first rule a tweet satisfies."""
 
-    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES):
+    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES, not_now: Sequence[str] = DEFAULT_NOT_NOW):
         self.rules = tuple(rules)
+        self.not_now = tuple(fold(m) for m in not_now)
         names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
             raise ValueError(f"rule names must be unique, got {names}")
@@ -109,6 +123,8 @@ class RuleSet:
 
     def match(self, text: str, hashtags: Iterable[str]) -> Optional[Rule]:
         folded = fold(text)
+        if any(marker in folded for marker in self.not_now):
+            return None
         tags = {fold(h) for h in hashtags}
         for rule, pattern, substrings, rule_tags in self._compiled:
             if tags & rule_tags or any(s in folded for s in substrings) or (pattern and pattern.search(folded)):
@@ -119,10 +135,14 @@ class RuleSet:
     def from_json_file(cls, path: str) -> "RuleSet":
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
+        not_now = DEFAULT_NOT_NOW
+        if isinstance(raw, dict):
+            not_now = tuple(raw.get("not_now", DEFAULT_NOT_NOW))
+            raw = raw.get("rules")
         if not isinstance(raw, list):
-            raise ValueError(f"{path}: expected a JSON list of rules")
+            raise ValueError(f"{path}: expected a JSON list of rules or {{'rules': [...], 'not_now': [...]}}")
         return cls([Rule(name=r["name"], kind=r["kind"], keywords=tuple(r.get("keywords", ())),
-                         hashtags=tuple(r.get("hashtags", ()))) for r in raw])
+                         hashtags=tuple(r.get("hashtags", ()))) for r in raw], not_now)
 
 
 _RT_PREFIX = re.compile(r"^rt @\w+:\s*")
@@ -161,13 +181,50 @@ class Happening(NamedTuple):
     lng: float
     kind: str          # concert | sale | festival | incident | burst
     label: str         # rule name, or '#<hashtag>' for a burst
-    key: str           # label|cell|bucket start (see module docstring)
+    key: str           # class|cell|session start ms (see module docstring); '' until SessionKeys
     radius_m: float    # the nearby radius for this kind
 
 
-def happening_key(label: str, lat: float, lng: float, ts: float, h3_res: int, bucket_s: int) -> str:
-    bucket = int(ts // bucket_s) * bucket_s
-    return f"{label}|{h3.latlng_to_cell(lat, lng, h3_res)}|{bucket}"
+def happening_class(h: Happening) -> str:
+    return h.label if h.kind == "burst" else h.kind
+
+
+def session_group(h: Happening, h3_res: int) -> str:
+    """The key SessionKeys runs under: class and coarse cell."""
+    return f"{happening_class(h)}|{h3.latlng_to_cell(h.lat, h.lng, h3_res)}"
+
+
+class SessionKeys:
+    """Ordered processor keyed by session_group: gives each happening tweet its happening key.
+
+    State: (session start, last tweet time). A tweet more than ``gap_s`` after
+    the previous one of its group starts a new session.
+    """
+    name = "sessions"
+
+    def __init__(self, h3_res: int, gap_s: float):
+        self.h3_res, self.gap_s = h3_res, gap_s
+
+    @staticmethod
+    def sort_key(h: Happening):
+        return (h.ts, 0, h.tweet_id, h.label)
+
+    def initial_state(self):
+        return None
+
+    def process(self, state, h: Happening):
+        if state is None or h.ts - state[1] > self.gap_s:
+            state = (h.ts, h.ts)
+        else:
+            state = (state[0], h.ts)
+        key = f"{session_group(h, self.h3_res)}|{int(round(state[0] * 1000))}"
+        return state, [h._replace(key=key)]
+
+    def expire(self, state, now: float):
+        return None if state is None or now - state[1] > self.gap_s else state
+
+    def gc_time(self, state):
+        return state[1] + self.gap_s + 1e-3
 
 
 # ---- near-duplicate collapsing: one processor per fingerprint --------------------------

@@ -15,6 +15,9 @@ landed out of order across partitions.
   spool ``OUT/spool/taps.wal.jsonl`` (so senders are not held hostage by a slow
   broker); a forwarder thread moves the spool to the topic, keyed by
   ``tap_id``. The spool also rebuilds the seen-``tap_id`` set on start.
+* Every record's Kafka timestamp is its event time (the report's ``ts``, the
+  tweet's ``created_at``/``timestamp_ms``): the pipeline reads CreateTime as
+  event time, so a replayed firehose lands in the right windows.
 * Tweets: each firehose batch is produced and flushed before the source offset
   is committed; records are keyed by nothing (the broker spreads them).
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from nfc_gateway.sinks import STATE_DIR
+from schemas.parse import parse_line
 from nfc_gateway.spool import DurableLog, read_lines, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -99,17 +103,31 @@ def _headers(gateway: str, source: str, pos: int):
     return [(H_GATEWAY, gateway.encode()), (H_SOURCE, source.encode()), (H_POS, str(pos).encode())]
 
 
-def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], bytes, int]], gateway: str,
+def event_time_ms(kind: str, line: bytes) -> Optional[int]:
+    """The record's own event time for the Kafka timestamp, None (= now) if it has none.
+
+    The pipeline's Kafka source takes CreateTime as event time, so a replayed
+    firehose must carry each tweet's time, not the moment of the replay. A line
+    that does not parse keeps the broker's time; the pipeline dead-letters it.
+    """
+    try:
+        return int(round(parse_line(kind, line).ts * 1000))
+    except Exception:  # noqa: BLE001 - any unparsable line: not ours to judge here
+        return None
+
+
+def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], bytes, int, Optional[int]]], gateway: str,
                     source: str, bootstrap: str, committed: int, skip: set[int], stop: threading.Event) -> bool:
-    """Send ``(key, value, pos)`` records not in ``skip`` and wait until all are acknowledged.
+    """Send ``(key, value, pos, timestamp_ms)`` records not in ``skip``; wait until all are acknowledged.
 
     On a failure some records may have landed; the topic's tail is read again so
     the retry sends exactly the missing ones. Returns False only when stopping.
     """
     while not stop.is_set():
         try:
-            futures = [producer.send(topic, key=key, value=value, headers=_headers(gateway, source, pos))
-                       for key, value, pos in records if pos not in skip]
+            futures = [producer.send(topic, key=key, value=value, headers=_headers(gateway, source, pos),
+                                     timestamp_ms=timestamp_ms)
+                       for key, value, pos, timestamp_ms in records if pos not in skip]
             producer.flush(timeout=60)
             for future in futures:
                 future.get(timeout=0)      # raises the delivery error of a failed record
@@ -188,7 +206,7 @@ class KafkaTapSink:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            records = [(json.loads(line)["tap_id"].encode(), line, end) for end, line in batch]
+            records = [(json.loads(line)["tap_id"].encode(), line, end, event_time_ms("taps", line)) for end, line in batch]
             if not publish_exactly(self.producer, self.topic, records, self.gateway, "taps-wal", self.bootstrap,
                                    self.committed, self._skip, self._stop):
                 return
@@ -239,7 +257,7 @@ class KafkaTweetSink:
             if connected is None:
                 raise RuntimeError("stopped before Kafka was reachable")
             self.producer = connected[0]
-        records = [(None, line, end) for line, end in zip(lines, ends)]
+        records = [(None, line, end, event_time_ms("tweets", line)) for line, end in zip(lines, ends)]
         committed = int(self.state["sources"].get(source, 0)) if source else 0
         if not publish_exactly(self.producer, self.topic, records, self.gateway, source or "-", self.bootstrap,
                                committed, self._skip, self._stop):

@@ -18,6 +18,7 @@ from nfc_gateway.kafka_sink import KafkaTapSink, KafkaTweetSink
 from nfc_gateway.service import Gateway, GatewayConfig
 from nfc_gateway.spool import write_json_atomic
 from nfc_gateway.testing import PUBKEYS, post, signed_report
+from schemas.timefmt import parse_rfc3339
 
 BOOTSTRAP = "127.0.0.1:9092"
 
@@ -86,6 +87,8 @@ def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path):
     assert sorted(r.key.decode() for r in records) == sorted(r["tap_id"] for r in reports)
     by_id = {r["tap_id"]: r for r in reports}
     assert all(json.loads(r.value) == by_id[r.key.decode()] for r in records)
+    # the pipeline takes CreateTime as event time: it must be the report's own ts
+    assert all(r.timestamp == round(parse_rfc3339(by_id[r.key.decode()]["ts"]) * 1000) for r in records)
 
 
 @needs_broker

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from schemas.records import Tweet
 from transforms.alerts import AlertParams, find_happenings, run_keyed
 from transforms.happenings import (
-    DEFAULT_RULES, BurstCandidate, CollapseCopies, DetectBursts, Rule, RuleSet, burst_messages,
-    happening_key, is_precise, normalise_text, text_fingerprint)
+    DEFAULT_RULES, BurstCandidate, CollapseCopies, DetectBursts, Happening, Rule, RuleSet, SessionKeys,
+    burst_messages, is_precise, normalise_text, session_group, text_fingerprint)
 
 T0 = 1_764_000_000.0
 SHIBUYA = (35.6595, 139.7005)
@@ -131,9 +131,31 @@ def test_burst_counts_neighbouring_cells_but_not_far_ones():
     assert ("3", "x") not in burst_run(away)
 
 
-def test_happening_key_is_label_coarse_cell_and_bucket():
-    key = happening_key("fireworks", *SHIBUYA, T0 + 59, 7, 3600)
-    assert key == f"fireworks|{h3.latlng_to_cell(*SHIBUYA, 7)}|{int((T0 + 59) // 3600) * 3600}"
+def happening(tid, ts, kind="festival", label="fireworks", point=SHIBUYA):
+    return Happening(tid, "1", ts, point[0], point[1], kind, label, "", 800.0)
+
+
+def test_happening_key_is_class_coarse_cell_and_session_start():
+    proc = SessionKeys(h3_res=7, gap_s=3600)
+    hs = [happening("1", T0), happening("2", T0 + 3000, label="festival"), happening("3", T0 + 6600),
+          happening("4", T0 + 10201)]
+    keyed = run_keyed(proc, [(session_group(h, 7), h) for h in reversed(hs)])
+    cell = h3.latlng_to_cell(*SHIBUYA, 7)
+    start = f"festival|{cell}|{int(T0 * 1000)}"
+    # fireworks and festival rules share the kind; 3 is 3600 s after 2 (same session); 4 is 3601 s after 3
+    assert [(h.tweet_id, h.key) for h in keyed] == [
+        ("1", start), ("2", start), ("3", start), ("4", f"festival|{cell}|{int((T0 + 10201) * 1000)}")]
+    burst = happening("5", T0, kind="burst", label="#pop")
+    assert session_group(burst, 7) == f"#pop|{cell}"
+    assert proc.expire((T0, T0), T0 + 3600.5) is None and proc.expire((T0, T0), T0 + 3600) == (T0, T0)
+
+
+def test_not_now_markers_keep_mere_mentions_out():
+    rules = RuleSet()
+    for text in ("来週のライブ楽しみ #ライブ", "昨日のセール行けばよかった", "今年の祭りはいつかな #祭り",
+                 "Can't wait for the concert next month #concert", "Missed the sale again"):
+        assert rules.match(text, []) is None, text
+    assert rules.match("ライブ楽しみ！", []).name == "concert"
 
 
 def test_find_happenings_applies_every_filter():

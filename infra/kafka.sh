@@ -61,7 +61,7 @@ EOF
 }
 
 jvm() {
-  "$JAVA" -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  "$JAVA" -Xms64m -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
     -Dlog4j2.configurationFile="$KCONF/log4j2.properties" \
     -cp "$CP" "$@"
 }
@@ -81,7 +81,7 @@ start() {
     echo "kafka: formatted storage (cluster id $cid)"
   fi
   local t0; t0=$(date +%s)
-  nohup "$JAVA" -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  nohup "$JAVA" -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 ${KAFKA_JVM_OPTS:--XX:TieredStopAtLevel=1} \
     -Dlog4j2.configurationFile="$KCONF/log4j2.properties" -Dkafka.logs.dir="$LOG_DIR" \
     -cp "$CP" kafka.Kafka "$KCONF/server.properties" >"$LOG_DIR/kafka.out" 2>&1 </dev/null &
   echo $! >"$PIDF"
@@ -91,6 +91,12 @@ start() {
 
 topics() {
   ready || die "kafka is not running"
+  # fast path: one Python process (kafka-python) instead of one JVM per topic
+  local py="${PYTHON:-$INFRA_DIR/../.venv/bin/python}"
+  if [[ -x "$py" ]] && (cd "$INFRA_DIR/.." && "$py" -m pipelines.kafka_tools --bootstrap "$KAFKA_BOOTSTRAP" \
+        create-topics --partitions "${KAFKA_PARTITIONS:-1}" $KAFKA_TOPICS 2>/dev/null | sed 's/^/kafka: /'); then
+    return 0
+  fi
   local existing
   existing="$(jvm org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP" --list 2>/dev/null || true)"
   for t in $KAFKA_TOPICS; do

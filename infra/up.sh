@@ -6,11 +6,26 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/env.sh"
 t0=$(date +%s)
-bash "$HERE/kafka.sh" start
-bash "$HERE/kafka.sh" topics
-bash "$HERE/xlang.sh" start
-[[ -x "$PRISM_BIN" ]] && bash "$HERE/prism.sh" start
-[[ "${INFRA_SKIP_FLINK:-0}" == 1 ]] || bash "$HERE/flink.sh" start
+# Services are independent: start them concurrently, each logging to its own file,
+# then report in a fixed order.
+mkdir -p "$LOG_DIR"
+declare -A pids=()
+launch() { local name="$1"; shift; "$@" >"$LOG_DIR/up-$name.txt" 2>&1 & pids[$name]=$!; }
+launch kafka bash -c "bash '$HERE/kafka.sh' start && bash '$HERE/kafka.sh' topics"
+launch xlang bash "$HERE/xlang.sh" start
+[[ -x "$PRISM_BIN" ]] && launch prism bash "$HERE/prism.sh" start
+[[ "${INFRA_SKIP_FLINK:-0}" == 1 ]] || launch flink bash "$HERE/flink.sh" start
+failed=()
+for name in kafka xlang prism flink; do
+  [[ -n "${pids[$name]:-}" ]] || continue
+  wait "${pids[$name]}" || failed+=("$name")
+  cat "$LOG_DIR/up-$name.txt"
+done
+if (( ${#failed[@]} )); then
+  echo "up: failed to start: ${failed[*]} (see infra/.cache/logs/); stopping the rest" >&2
+  bash "$HERE/down.sh" >&2 || true
+  exit 1
+fi
 cat <<EOT
 up in $(( $(date +%s) - t0 ))s
   kafka bootstrap     $KAFKA_BOOTSTRAP   topics: $KAFKA_TOPICS

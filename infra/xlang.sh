@@ -35,7 +35,7 @@ start() {
   fi
   if pid_alive "$ES_PID"; then echo "xlang: expansion service already running (pid $(cat "$ES_PID"))"; else
     port_open 127.0.0.1 "$EXPANSION_PORT" && die "port $EXPANSION_PORT busy but no pid file"
-    nohup "$JAVA" -Xms128m -Xmx512m "${JVM_OPENS[@]}" -cp "$CP" \
+    nohup "$JAVA" -Xms128m -Xmx512m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC "${JVM_OPENS[@]}" -cp "$CP" \
       org.apache.beam.sdk.expansion.service.ExpansionService "$EXPANSION_PORT" \
       --defaultEnvironmentType=EXTERNAL --defaultEnvironmentConfig="$JAVA_WORKER_ADDR" \
       >"$LOG_DIR/expansion-service.log" 2>&1 </dev/null &

@@ -12,8 +12,8 @@ A, B, C, D = CELLS[10], CELLS[20], CELLS[30], CELLS[40]
 T = parse_rfc3339("2026-11-25T03:00:00Z")
 
 
-def contribution(ts_offset, cell, kind=bnd.PING, user="u1", band="20-29"):
-    return bnd.Contribution(user, T + ts_offset, cell, kind, band)
+def contribution(ts_offset, cell, kind=bnd.PING, user="u1"):
+    return bnd.Contribution(user, T + ts_offset, cell, kind)
 
 
 def test_keeps_the_first_cells_of_the_hour_and_drops_exactly_the_rest():
@@ -30,7 +30,7 @@ def test_keeps_the_first_cells_of_the_hour_and_drops_exactly_the_rest():
         contribution(45, B, bnd.TOUCH),
         contribution(46, B, bnd.TOUCH),       # second touch in B: over T=1
     ]
-    user_hour, dropped = bnd.bound_user_hour(data, bounds)
+    user_hour, dropped = bnd.bound_user_hour(data, bounds, "20-29")
     assert user_hour == bnd.UserHour(
         window_start=T, age_band="20-29",
         presence_cells=(A, B),
@@ -44,15 +44,16 @@ def test_keeps_the_first_cells_of_the_hour_and_drops_exactly_the_rest():
 
 def test_ties_in_time_break_on_the_cell_so_the_choice_is_deterministic():
     bounds = bnd.HourBounds(1, 1, 1, None)
-    forward, _ = bnd.bound_user_hour([contribution(5, B), contribution(5, A)], bounds)
-    backward, _ = bnd.bound_user_hour([contribution(5, A), contribution(5, B)], bounds)
+    forward, _ = bnd.bound_user_hour([contribution(5, B), contribution(5, A)], bounds, "20-29")
+    backward, _ = bnd.bound_user_hour([contribution(5, A), contribution(5, B)], bounds, "20-29")
     assert forward.presence_cells == backward.presence_cells == (min(A, B),)
 
 
 def test_flow_is_first_and_last_coarse_cell_of_the_hour():
     far = CELLS[-1]
     user_hour, _ = bnd.bound_user_hour(
-        [contribution(900, far), contribution(10, A), contribution(500, B)], bnd.HourBounds(1, 1, 1, 6))
+        [contribution(900, far), contribution(10, A), contribution(500, B)], bnd.HourBounds(1, 1, 1, 6),
+        "20-29")
     assert user_hour.flow == (h3.cell_to_parent(A, 6), h3.cell_to_parent(far, 6))
 
 
@@ -102,7 +103,7 @@ def test_public_partitions_enumerate_every_public_cell():
        st.integers(1, 4), st.integers(1, 3))
 def test_bounds_always_hold_and_everything_is_kept_or_counted(raw, max_cells, per_cell):
     data = [contribution(offset, cell, kind) for offset, cell, kind in raw]
-    user_hour, dropped = bnd.bound_user_hour(data, bnd.HourBounds(max_cells, per_cell, per_cell, None))
+    user_hour, dropped = bnd.bound_user_hour(data, bnd.HourBounds(max_cells, per_cell, per_cell, None), "20-29")
     assert len(user_hour.presence_cells) <= max_cells
     assert len(set(user_hour.presence_cells)) == len(user_hour.presence_cells)
     for counts, kind, lost in ((user_hour.tweet_counts, bnd.TWEET, dropped.tweets),

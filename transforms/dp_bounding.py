@@ -51,12 +51,11 @@ METRIC_FAMILIES = (FOOTFALL, FOOTFALL_BY_AGE, TWEETS, NFC_TOUCHES, FLOWS)
 
 
 class Contribution(NamedTuple):
-    """One piece of evidence that a (consenting, known) user was in a public cell."""
+    """One piece of evidence that a user was in a public cell."""
     user_id: str
     ts: float
     cell: str                    # H3 cell at the release resolution, always a public cell
     kind: str                    # ping | tweet | touch
-    age_band: str                # a public band label, or "unknown"
 
 
 class UserHour(NamedTuple):
@@ -108,10 +107,12 @@ def _capped_counts(ordered: Sequence[Contribution], max_cells: int, per_cell: in
     return kept, len(ordered) - sum(counts.values())
 
 
-def bound_user_hour(contributions: Iterable[Contribution], bounds: HourBounds) -> Tuple[UserHour, Dropped]:
+def bound_user_hour(contributions: Iterable[Contribution], bounds: HourBounds,
+                    age_band: str) -> Tuple[UserHour, Dropped]:
     """One user's contributions to one hour -> the bounded ``UserHour`` and what was dropped.
 
-    All contributions must be of one user and one hourly window.
+    All contributions must be of one user and one hourly window; ``age_band`` is
+    that user's public band label (``age_band_of``).
     """
     ordered = sorted(contributions, key=lambda c: (c.ts, c.cell, c.kind))
     if not ordered:
@@ -131,7 +132,7 @@ def bound_user_hour(contributions: Iterable[Contribution], bounds: HourBounds) -
     presence_dropped = sum(1 for c in ordered if c.cell not in presence)
     user_hour = UserHour(
         window_start=hour_start(first.ts),
-        age_band=first.age_band,
+        age_band=age_band,
         presence_cells=tuple(presence),
         tweet_counts=tweet_counts,
         touch_counts=touch_counts,

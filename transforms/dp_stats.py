@@ -5,12 +5,17 @@
 chain, the same in batch and streaming:
 
 1. ``ToContributions``: every ping, NFC touch report and precisely located
-   tweet becomes a ``Contribution`` (user, time, public H3 cell, kind). Users
-   with ``stats_opt_out`` are removed here, before anything else; users not in
-   the registry, positions outside the public service area and tweets without a
-   precise location are dropped and counted.
-2. ``BoundUserHours``: hourly event-time windows (UTC); one user's hour becomes
-   one ``UserHour`` within the bounds (``transforms.dp_bounding``); with
+   tweet becomes a ``Contribution`` (user, time, public H3 cell, kind);
+   positions outside the public service area and tweets without a precise
+   location are dropped and counted.
+2. ``BoundUserHours``: hourly event-time windows (UTC), grouped per user. The
+   first thing done with a user's group is the registry lookup: users with
+   ``stats_opt_out`` are removed (before any bounding, counting or noise), and
+   users not in the registry are dropped and counted. (The lookup sits after
+   the grouping, not before it, so the registry side input never holds back
+   the watermark of raw events: lateness is judged on event arrival, and it is
+   one lookup per user-hour instead of one per event.) Then one user's hour
+   becomes one ``UserHour`` within the bounds (``transforms.dp_bounding``); with
    ``max_hours_per_day < 24`` only the first hours of each user's JST day are
    kept (a stateful step that releases an hour when the watermark passes it).
 3. ``SumPerCell`` + ``ReleaseHour``: one histogram per hour; every public
@@ -200,26 +205,15 @@ def _window_max(window_start: float) -> Timestamp:
 class ToContributionsFn(beam.DoFn):
     """A ping / touch / tweet -> a Contribution, or a counted drop (never an exception)."""
 
-    def __init__(self, kind: str, h3_res: int, bands: Tuple[str, ...]):
-        self._kind, self._res, self._bands = kind, h3_res, bands
-        self._opted_out = Metrics.counter(_NS, "dp_opted_out_dropped")
-        self._unknown = Metrics.counter(_NS, "dp_unknown_user_dropped")
+    def __init__(self, kind: str, h3_res: int):
+        self._kind, self._res = kind, h3_res
         self._outside = Metrics.counter(_NS, "dp_outside_area_dropped")
         self._unlocated = Metrics.counter(_NS, "dp_unlocated_tweet_dropped")
-        self._used = Metrics.counter(_NS, f"dp_{kind}_contributions")
 
     def setup(self):
         self._public = frozenset(service_area.public_cells(self._res))
 
-    def process(self, record, users):
-        user_id = record.author_id if self._kind == bnd.TWEET else record.user_id
-        user = users.get(user_id)
-        if user is not None and user.stats_opt_out:
-            self._opted_out.inc()
-            return
-        if user is None:
-            self._unknown.inc()
-            return
+    def process(self, record):
         if record.lat is None or record.lng is None or getattr(record, "coarse", False):
             self._unlocated.inc()  # no position, or only a place's centre: not a presence
             return
@@ -227,9 +221,8 @@ class ToContributionsFn(beam.DoFn):
         if cell not in self._public:
             self._outside.inc()
             return
-        self._used.inc()
-        yield bnd.Contribution(user_id, record.ts, cell, self._kind,
-                               bnd.age_band_of(user.age_band, self._bands))
+        user_id = record.author_id if self._kind == bnd.TWEET else record.user_id
+        yield bnd.Contribution(user_id, record.ts, cell, self._kind)
 
 
 class ToContributions(beam.PTransform):
@@ -238,10 +231,9 @@ class ToContributions(beam.PTransform):
         self._params = params
 
     def expand(self, inputs):
-        users = pvalue.AsDict(inputs["users"] | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u)))
-        res, bands = self._params.h3_res, self._params.bands()
+        res = self._params.h3_res
         streams = [
-            inputs[name] | f"{label}Contributions" >> beam.ParDo(ToContributionsFn(kind, res, bands), users)
+            inputs[name] | f"{label}Contributions" >> beam.ParDo(ToContributionsFn(kind, res))
             for name, label, kind in (("pings", "Ping", bnd.PING), ("taps", "Touch", bnd.TOUCH),
                                       ("tweets", "Tweet", bnd.TWEET))
         ]
@@ -250,23 +242,35 @@ class ToContributions(beam.PTransform):
 
 
 class BoundUserHourFn(beam.DoFn):
-    """(user, [Contribution] of one hour) -> ("JST day|user", UserHour); late panes only counted."""
+    """(user, [Contribution] of one hour) -> ("JST day|user", UserHour); drops are counted."""
 
-    def __init__(self, bounds: bnd.HourBounds):
-        self._bounds = bounds
+    def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...]):
+        self._bounds, self._bands = bounds, bands
+        self._opted_out = Metrics.counter(_NS, "dp_opted_out_dropped")
+        self._unknown = Metrics.counter(_NS, "dp_unknown_user_dropped")
         self._late = Metrics.counter(_NS, "dp_late_dropped")
+        self._used = Metrics.counter(_NS, "dp_contributions_used")
         self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
         self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
         self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
 
-    def process(self, element, pane=beam.DoFn.PaneInfoParam):
+    def process(self, element, users, pane=beam.DoFn.PaneInfoParam):
         user_id, contributions = element
         contributions = list(contributions)
+        user = users.get(user_id)
+        if user is not None and user.stats_opt_out:
+            self._opted_out.inc(len(contributions))
+            return
+        if user is None:
+            self._unknown.inc(len(contributions))
+            return
         if pane.timing == PaneInfoTiming.LATE:
             # The hour was already released: adding these would need a second release.
             self._late.inc(len(contributions))
             return
-        user_hour, dropped = bnd.bound_user_hour(contributions, self._bounds)
+        self._used.inc(len(contributions))
+        user_hour, dropped = bnd.bound_user_hour(contributions, self._bounds,
+                                                 bnd.age_band_of(user.age_band, self._bands))
         self._presence.inc(dropped.presence)
         self._tweets.inc(dropped.tweets)
         self._touches.inc(dropped.touches)
@@ -335,14 +339,17 @@ class KeepFirstHoursOfDayFn(beam.DoFn):
 
 
 class BoundUserHours(beam.PTransform):
-    """Contributions -> bounded UserHours (no user id), each in its hourly window."""
+    """Contributions -> bounded UserHours (no user id), each in its hourly window.
 
-    def __init__(self, params: DpParams):
+    ``registry`` is the user registry as a side input (``AsDict`` of user id -> User).
+    """
+
+    def __init__(self, params: DpParams, registry):
         super().__init__()
-        self._params = params
+        self._params, self._registry = params, registry
 
     def expand(self, contributions):
-        p = self._params
+        p, users = self._params, self._registry
         # Late firings exist only so late data can be counted; they are never released.
         hourly = (contributions
                   | "HourlyWindows" >> beam.WindowInto(
@@ -353,7 +360,7 @@ class BoundUserHours(beam.PTransform):
                   | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
                   | "GroupUserHour" >> beam.GroupByKey()
                   # col : ("JST day|user_id", UserHour)
-                  | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds())))
+                  | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users))
         if p.max_hours_per_day < acct.HOURS_PER_DAY:
             # col : UserHour, stamped at its window's last instant
             return (hourly
@@ -422,9 +429,10 @@ class ReleaseDpStatistics(beam.PTransform):
     def expand(self, inputs):
         p = self._params
         families = tuple(p.plan().metrics)
-        released = (inputs
-                    | "ToContributions" >> ToContributions(p)
-                    | "BoundUserHours" >> BoundUserHours(p)
+        registry = pvalue.AsDict(inputs["users"] | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u)))
+        contributions = inputs | "ToContributions" >> ToContributions(p)
+        released = (contributions
+                    | "BoundUserHours" >> BoundUserHours(p, registry)
                     # One release per hour: default trigger, no lateness.
                     | "ReleaseWindows" >> beam.WindowInto(window.FixedWindows(acct.HOUR_S))
                     | "SumPerCell" >> beam.CombineGlobally(SumHistogramFn(families)).without_defaults()

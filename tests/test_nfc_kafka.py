@@ -50,8 +50,29 @@ def read_topic(topic: str, expect: int, timeout: float = 20.0) -> list:
     return records
 
 
+CREATED: list[str] = []
+
+
 def fresh(name: str) -> str:
-    return f"nfcgw-test-{name}-{uuid.uuid4().hex[:8]}"
+    topic = f"nfcgw-test-{name}-{uuid.uuid4().hex[:8]}"
+    CREATED.append(topic)
+    return topic
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drop_test_topics():
+    """The broker is shared: leave no test topics behind."""
+    yield
+    if CREATED and broker_up():
+        from kafka.admin import KafkaAdminClient
+        admin = KafkaAdminClient(bootstrap_servers=[BOOTSTRAP])
+        try:
+            existing = set(admin.list_topics())
+            doomed = [t for t in CREATED if t in existing]
+            if doomed:
+                admin.delete_topics(doomed)
+        finally:
+            admin.close()
 
 
 @needs_broker

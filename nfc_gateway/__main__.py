@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device-rate", type=_positive(float), default=1.0, help="sustained reports per second allowed per device")
     serve.add_argument("--device-burst", type=_positive(int), default=10, help="burst of reports allowed per device")
     serve.add_argument("--max-body", type=_positive(int), default=16 * 1024, help="largest accepted request body in bytes")
+    serve.add_argument("--max-connections", type=_positive(int), default=512, help="open connections served at once; more get 503")
     serve.add_argument("--instance-id", default=None, help="names this gateway in Kafka keys/headers (default: hostname)")
 
     keygen = sub.add_parser("keygen", help="create a user's key pair")
@@ -158,7 +159,7 @@ def _serve(args) -> int:
         require_known_users=args.require_known_users, kafka_bootstrap=args.kafka_bootstrap,
         taps_topic=args.taps_topic, tweets_topic=args.tweets_topic, firehose=args.firehose,
         firehose_rate=args.rate, device_rate=args.device_rate, device_burst=args.device_burst,
-        max_body=args.max_body, instance_id=args.instance_id)
+        max_body=args.max_body, instance_id=args.instance_id, max_connections=args.max_connections)
     try:
         return run_gateway(config)
     except OSError as exc:

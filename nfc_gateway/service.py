@@ -17,7 +17,7 @@
   415   Content-Type is not application/json
   422   verification failed (bad proof / peer_proof, self tap, unknown user)
   429   this device sent too many reports; ``Retry-After`` says when to retry
-  503   the spool could not be written; retry later
+  503   the spool could not be written, or too many open connections; retry later
   ====  =================================================================
 
 * ``GET /healthz`` -- liveness and the sinks' state; ``GET /metrics`` -- every
@@ -65,6 +65,7 @@ class GatewayConfig:
     device_burst: int = 10
     max_body: int = 16 * 1024
     instance_id: Optional[str] = None
+    max_connections: int = 512
 
 
 class _Pending:
@@ -277,9 +278,50 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, but a bounded number of them.
+
+    Past ``max_connections`` a new connection gets an immediate 503 and is closed,
+    so a connection flood costs a few bytes, not a thread (and memory) each.
+    """
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    max_connections = 512
+    on_overload = None
+
+    def __init__(self, *args, **kwargs):
+        self._active = 0
+        self._active_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        with self._active_lock:
+            admitted = self._active < self.max_connections
+            if admitted:
+                self._active += 1
+        if not admitted:
+            if self.on_overload:
+                self.on_overload()
+            body = b'{"error": "overloaded", "detail": "too many open connections"}'
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    @property
+    def active_connections(self) -> int:
+        return self._active
 
 
 class Gateway:
@@ -305,6 +347,8 @@ class Gateway:
         self.firehose = FirehoseReplay(config.firehose, self.tweet_sink, config.firehose_rate) if config.firehose else None
         handler = type("Handler", (_Handler,), {"gateway": self})
         self.httpd = _Server((config.host, config.port), handler)
+        self.httpd.max_connections = config.max_connections
+        self.httpd.on_overload = lambda: self.count("rejected_overloaded")
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -346,6 +390,7 @@ class Gateway:
         with self._counters_lock:
             counters = dict(self.counters)
         out = {"counters": counters, "tap_ids_known": self.intake.seen_count(),
+               "open_connections": self.httpd.active_connections,
                "tap_ids_recovered_at_start": self.intake.recovered}
         if self.firehose:
             out["firehose"] = self.firehose.status()

@@ -234,3 +234,24 @@ def test_intake_matches_its_model_for_any_sequence(submissions):
     lines = [json.loads(line) for line in sink.lines]
     assert lines == list(stored.values())
     assert len({(r["user_id"], r["nonce"]) for r in lines}) == len(lines)
+
+
+def test_connections_past_the_limit_get_503_and_cost_no_thread(tmp_path):
+    import socket
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS, max_connections=1)).start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", gw.port))      # holds the only slot
+        try:
+            answer = raw_request(gw.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer
+        finally:
+            idle.close()
+        import time
+        deadline = time.monotonic() + 5
+        while gw.httpd.active_connections:                             # the slot is given back
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        status, metrics = get(gw.port, "/metrics")
+        assert status == 200 and metrics["counters"] == {"rejected_overloaded": 1}
+    finally:
+        gw.stop()

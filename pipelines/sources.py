@@ -71,7 +71,7 @@ def read_lines(path: str):
             yield line.rstrip(b"\r\n") if line.endswith(b"\n") else line
 
 
-def replay_schedule(events, disorder_s: float, seed: int, step_s: float = 60.0):
+def replay_schedule(events, disorder_s: float, seed: int, step_s: float = 600.0):
     """TestStream steps replaying ``[(event_time, element)]`` as a live feed would.
 
     Each element is delivered at event_time + U(0, disorder_s) (seeded), so

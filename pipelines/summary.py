@@ -1,13 +1,20 @@
 """``run_summary.json``: counts per stage, privacy budget spent, wall time.
 
-Counts come from the run's Beam counters (namespace ``tapfollow``), which every
-step increments as it reads, rejects and emits; the privacy figures are summed
-from the ledger the DP step wrote. ``stages`` reads as a table:
-read = parsed + rejected per input, and emitted per output.
+The stage counts are taken from what the run actually wrote, so they are exact
+on every runner: ``read`` is the number of input lines (counted by the
+launcher), ``rejected`` the dead letters whose ``source`` is that input, and
+``emitted`` the records in each output folder. ``read = parsed + rejected``
+holds per input; records a later step rejects (an unmatched tap, a late event)
+appear under ``dead_letters`` by their step's source. Each step's own Beam
+counters (namespace ``tapfollow``) are added under ``counters`` — except on
+DirectRunner in streaming mode, whose bundle-based executor keeps only the last
+bundle's value of a counter, so there they are left out rather than be wrong.
+The privacy figures are summed from the ledger the DP step wrote.
 """
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import os
 import sys
@@ -16,6 +23,8 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.sinks import read_jsonl_folder
 from transforms.parse_inputs import METRICS_NAMESPACE
+
+JSONL_OUTPUTS = ("follows", "alerts", "privacy_ledger")
 
 
 def counters_of(result) -> dict[str, int]:
@@ -31,65 +40,83 @@ def counters_of(result) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def stage_table(counters: dict[str, int]) -> dict[str, dict[str, int]]:
-    """{stage: {what: n}} from ``stage.what`` counter names."""
-    table: dict[str, dict[str, int]] = {}
-    for name, value in counters.items():
-        stage, _, what = name.partition(".")
-        table.setdefault(stage, {})[what or stage] = value
-    return table
+def parquet_rows(folder: str) -> int:
+    import pyarrow.parquet as pq
+    return sum(pq.read_metadata(path).num_rows
+               for path in glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True))
 
 
-def privacy_spent(output_dir: str) -> dict:
+def privacy_spent(ledger_rows: list[dict]) -> dict:
     """Budget spent per user-day, from the ledger: the largest day's total is what a user lost."""
-    rows = read_jsonl_folder(os.path.join(output_dir, "privacy_ledger"))
     per_day: dict[str, dict[str, float]] = {}
-    for row in rows:
+    for row in ledger_rows:
         day = per_day.setdefault(str(row.get("date")), {"epsilon": 0.0, "delta": 0.0, "releases": 0})
         day["epsilon"] += float(row.get("epsilon", 0.0))
         day["delta"] += float(row.get("delta", 0.0))
         day["releases"] += 1
     return {
-        "ledger_rows": len(rows),
-        "per_user_day": per_day,
+        "ledger_rows": len(ledger_rows),
+        "per_user_day": dict(sorted(per_day.items())),
         "max_epsilon_per_user_day": max((d["epsilon"] for d in per_day.values()), default=0.0),
         "max_delta_per_user_day": max((d["delta"] for d in per_day.values()), default=0.0),
     }
 
 
-def write_summary(result, cfg, wall_time_s: float) -> dict:
-    counters = counters_of(result)
+def stage_counts(output_dir: str, lines_read: dict[str, int], origins: dict[str, str]) -> dict:
+    dead_letters = read_jsonl_folder(os.path.join(output_dir, "deadletter"))
+    by_source = collections.Counter(row["source"] for row in dead_letters)
+    rejected = {kind: by_source.get(origin, 0) for kind, origin in origins.items()}
+    emitted = {name: len(read_jsonl_folder(os.path.join(output_dir, name))) for name in JSONL_OUTPUTS}
+    emitted["marketing"] = parquet_rows(os.path.join(output_dir, "marketing"))
+    emitted["deadletter"] = len(dead_letters)
+    return {
+        "read": dict(lines_read),
+        "parsed": {kind: lines_read.get(kind, 0) - rejected.get(kind, 0) for kind in lines_read},
+        "rejected": rejected,
+        "dead_letters_by_source": dict(sorted(by_source.items())),
+        "emitted": emitted,
+    }
+
+
+def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, str], runner: str,
+                  wall_time_s: float) -> dict:
+    stages = stage_counts(cfg.output_dir, lines_read, origins)
+    counters_exact = not (cfg.streaming and "direct" in runner.lower())
+    ledger = read_jsonl_folder(os.path.join(cfg.output_dir, "privacy_ledger"))
     summary = {
         "state": str(result.state),
+        "runner": runner,
         "mode": "streaming" if cfg.streaming else "batch",
         "source": cfg.source,
         "input": cfg.input_dir,
         "output": cfg.output_dir,
-        "stages": stage_table(counters),
-        "counters": counters,
-        "privacy": dict(privacy_spent(cfg.output_dir),
+        "stages": stages,
+        "counters": counters_of(result) if counters_exact else None,
+        "privacy": dict(privacy_spent(ledger),
                         budget_epsilon_per_user_day=cfg.dp.epsilon_per_user_day,
                         budget_delta_per_user_day=cfg.dp.delta_per_user_day),
         "wall_time_s": round(wall_time_s, 3),
     }
     with open(os.path.join(cfg.output_dir, "run_summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, sort_keys=True)
+        json.dump(summary, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")
     return summary
 
 
-def print_summary(summary: dict, output_dir: str, stream=sys.stdout) -> None:
+def print_summary(summary: dict, stream=sys.stdout) -> None:
     stages = summary["stages"]
     print(f"\n{'input':<10}{'read':>10}{'parsed':>10}{'rejected':>10}", file=stream)
-    for kind in ("users", "pings", "taps", "tweets"):
-        print(f"{kind:<10}{stages.get('read', {}).get(kind, 0):>10}"
-              f"{stages.get('parsed', {}).get(kind, 0):>10}{stages.get('rejected', {}).get(kind, 0):>10}",
+    for kind in stages["read"]:
+        print(f"{kind:<10}{stages['read'][kind]:>10}{stages['parsed'][kind]:>10}{stages['rejected'][kind]:>10}",
               file=stream)
-    print(f"\n{'output':<16}{'emitted':>10}", file=stream)
-    for name, value in sorted(stages.get("emitted", {}).items()):
-        print(f"{name:<16}{value:>10}", file=stream)
+    print(f"\n{'output':<16}{'records':>10}", file=stream)
+    for name, value in stages["emitted"].items():
+        print(f"{name + '/':<16}{value:>10}", file=stream)
+    if stages["dead_letters_by_source"]:
+        print("dead letters by source: " + ", ".join(
+            f"{source} {n}" for source, n in stages["dead_letters_by_source"].items()), file=stream)
     privacy = summary["privacy"]
     print(f"\nprivacy: max epsilon spent per user-day {privacy['max_epsilon_per_user_day']:.4g} "
           f"of {privacy['budget_epsilon_per_user_day']:g}; wall time {summary['wall_time_s']:.1f} s", file=stream)
-    print(f"outputs in {os.path.abspath(output_dir)}/: follows/ alerts/ marketing/ deadletter/ "
+    print(f"outputs in {os.path.abspath(summary['output'])}/: follows/ alerts/ marketing/ deadletter/ "
           f"privacy_ledger/ run_summary.json", file=stream)

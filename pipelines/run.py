@@ -1,0 +1,212 @@
+"""The unified pipeline: ``python -m pipelines.run [--input DIR] [--output DIR] [Beam options…]``.
+
+Sources -> ParseInputs -> ResolveMutualFollows -> FanOutGeofencedAlerts
+                       -> ReleaseDpStatistics -> sinks (see README for the picture).
+
+With no ``--input`` it generates the default synthetic world in-process (into
+``OUTPUT/world/``) and runs on DirectRunner. ``--streaming`` replays the files as
+an unbounded stream in event time; ``--source kafka`` reads the topics instead
+(the Flink deployment). Every Beam option passes through unchanged. Exit status
+0 on success, 2 with a one-line reason on stderr for a bad argument, missing
+input or invalid configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines import sinks, sources
+from pipelines.errors import ConfigError
+from pipelines.options import TapFollowOptions, params_from
+from pipelines.summary import counters_of, print_summary, write_summary
+from schemas.records import DeadLetter
+from transforms.alerts import AlertParams, FanOutGeofencedAlerts
+from transforms.dp_stats import DpParams, ReleaseDpStatistics
+from transforms.follows import FollowParams, ResolveMutualFollows
+from transforms.parse_inputs import ParseInputs
+
+OUTPUT_FOLDERS = ("follows", "alerts", "marketing", "deadletter", "privacy_ledger")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything the wiring needs, as plain values (options are read once, in ``config_from``)."""
+    input_dir: str
+    output_dir: str
+    streaming: bool
+    source: str
+    follows: FollowParams
+    alerts: AlertParams
+    dp: DpParams
+    alerts_sink: str = "files"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_expansion_service: str | None = None
+    stream_disorder_s: float = 5.0
+    stream_seed: int = 7
+
+
+def config_from(options: PipelineOptions) -> RunConfig:
+    project = options.view_as(TapFollowOptions)
+    streaming = bool(options.view_as(StandardOptions).streaming)
+    if project.stream_disorder_s < 0:
+        raise ConfigError(f"--stream_disorder_s must be >= 0, got {project.stream_disorder_s}")
+    if project.source == "kafka" and not streaming:
+        raise ConfigError("--source kafka reads unbounded topics: add --streaming")
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+    if streaming and project.source == "files" and "direct" not in runner:
+        raise ConfigError("--streaming from files replays a TestStream, which only DirectRunner runs; "
+                          "on other runners use --source kafka")
+    return RunConfig(
+        input_dir=project.input,
+        output_dir=project.output,
+        streaming=streaming,
+        source=project.source,
+        follows=params_from(options, "follows", FollowParams),
+        alerts=params_from(options, "alerts", AlertParams),
+        dp=params_from(options, "dp", DpParams),
+        alerts_sink=project.alerts_sink,
+        kafka_bootstrap_servers=project.kafka_bootstrap_servers,
+        kafka_expansion_service=project.kafka_expansion_service,
+        stream_disorder_s=project.stream_disorder_s,
+        stream_seed=project.stream_seed,
+    )
+
+
+def read_inputs(pipeline, cfg: RunConfig):
+    """(users lines, event lines, origins): users always bounded, events per cfg.source."""
+    if cfg.source == "kafka":
+        from pipelines import kafka_io
+        topics = {kind: kind for kind in sources.EVENT_KINDS}
+        users = pipeline | "UsersSnapshot" >> beam.Create(
+            [("users", line) for line in kafka_io.snapshot_topic(cfg.kafka_bootstrap_servers, "users")])
+        events = pipeline | "ReadKafka" >> kafka_io.ReadRawFromKafka(
+            topics, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service)
+        return users, events, {kind: f"kafka:{kind}" for kind in sources.SOURCES}
+    files = sources.input_files(cfg.input_dir)
+    if cfg.streaming:
+        # The registry snapshot is taken at launch, like the replayed stream itself
+        # (DirectRunner's streaming mode cannot run the SDF file reader).
+        users = pipeline | "UsersSnapshot" >> beam.Create(
+            [("users", line) for path in files["users"] for line in sources.read_lines(path)])
+        events = sources.stream_from_files(pipeline, files, cfg.stream_disorder_s, cfg.stream_seed)
+    else:
+        users = pipeline | "ReadUsers" >> sources.ReadKindFromFiles("users", files["users"])
+        reads = [pipeline | f"Read{kind.title()}" >> sources.ReadKindFromFiles(kind, files[kind])
+                 for kind in sources.EVENT_KINDS]
+        events = tuple(reads) | "AllEvents" >> beam.Flatten()
+    return users, events, sources.origin_names(files)
+
+
+def build(pipeline, cfg: RunConfig) -> dict[str, str]:
+    """Wire sources, the three business steps and the sinks onto ``pipeline``; returns the inputs' origins."""
+    out = lambda folder: os.path.join(cfg.output_dir, folder)  # noqa: E731
+    users_raw, events_raw, origins = read_inputs(pipeline, cfg)
+    registry = users_raw | "ParseUsers" >> ParseInputs(origins)
+    events = events_raw | "ParseEvents" >> ParseInputs(origins)
+    users = registry["users"]
+
+    follow_out = ({"taps": events["taps"], "users": users}
+                  | "ResolveMutualFollows" >> ResolveMutualFollows(cfg.follows))
+    alert_out = ({"tweets": events["tweets"], "deletes": events["deletes"], "pings": events["pings"],
+                  "taps": events["taps"], "follows": follow_out["follows"], "users": users}
+                 | "FanOutGeofencedAlerts" >> FanOutGeofencedAlerts(cfg.alerts))
+    dp_out = ({"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "users": users}
+              | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp))
+
+    follows = follow_out["follows"] | "CountFollows" >> sinks.CountEmitted("follows")
+    alerts = alert_out["alerts"] | "CountAlerts" >> sinks.CountEmitted("alerts")
+    if cfg.alerts_sink == "kafka":
+        from pipelines import kafka_io
+        for name, records in (("follows", follows), ("alerts", alerts)):
+            (records | f"{name.title()}ToJson" >> beam.Map(sinks.to_json_line)
+             | f"{name.title()}ToKafka" >> kafka_io.WriteLinesToKafka(
+                 name, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service))
+    else:
+        follows | "WriteFollows" >> sinks.WriteJsonl(out("follows"), cfg.streaming)
+        alerts | "WriteAlerts" >> sinks.WriteJsonl(out("alerts"), cfg.streaming)
+
+    (dp_out["statistics"] | "CountStatistics" >> sinks.CountEmitted("statistics")
+     | "WriteMarketing" >> sinks.WriteMarketingParquet(out("marketing"), cfg.streaming))
+    dp_out["ledger"] | "WriteLedger" >> sinks.WriteJsonl(out("privacy_ledger"), cfg.streaming)
+
+    dead_letters = ((registry["dead_letters"], events["dead_letters"],
+                     follow_out["dead_letters"], alert_out["dead_letters"])
+                    | "AllDeadLetters" >> beam.Flatten().with_output_types(DeadLetter))
+    (dead_letters | "CountDeadLetters" >> sinks.CountEmitted("dead_letters")
+     | "WriteDeadLetters" >> sinks.WriteJsonl(out("deadletter"), cfg.streaming))
+    return origins
+
+
+def prepare_output(cfg: RunConfig) -> None:
+    """A fresh output tree: stale shards from an earlier run would be read as this run's."""
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    for folder in OUTPUT_FOLDERS:
+        shutil.rmtree(os.path.join(cfg.output_dir, folder), ignore_errors=True)
+    summary = os.path.join(cfg.output_dir, "run_summary.json")
+    if os.path.exists(summary):
+        os.remove(summary)
+
+
+def ensure_default_world(options: PipelineOptions) -> None:
+    """No --input: generate the default synthetic world into OUTPUT/world/ and use it."""
+    project = options.view_as(TapFollowOptions)
+    if project.input is not None:
+        return
+    from synthetic.world import write_world
+    world_dir = os.path.join(project.output, "world")
+    print(f"No --input: generating a synthetic world ({project.world_users} users, "
+          f"{project.world_hours} h, seed {project.world_seed}) into {world_dir}", file=sys.stderr)
+    shutil.rmtree(world_dir, ignore_errors=True)
+    write_world(world_dir, users=project.world_users, hours=project.world_hours, seed=project.world_seed,
+                progress=lambda message: print(f"  {message}", file=sys.stderr))
+    project.input = world_dir
+
+
+def run(argv=None) -> int:
+    started = time.time()
+    options = PipelineOptions(argv)
+    try:
+        project = options.view_as(TapFollowOptions)
+        for name in ("world_users", "world_hours"):
+            if getattr(project, name) <= 0:
+                raise ConfigError(f"--{name} must be > 0")
+        if project.input is None and project.source == "files":
+            ensure_default_world(options)
+        cfg = config_from(options)
+        if cfg.source == "files":
+            sources.input_files(cfg.input_dir)  # fail before building anything
+        prepare_output(cfg)
+    except ConfigError as exc:
+        print(f"pipelines.run: error: {exc}", file=sys.stderr)
+        return 2
+    pipeline = beam.Pipeline(options=options)
+    origins = build(pipeline, cfg)
+    result = pipeline.run()
+    result.wait_until_finish()
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if cfg.source == "files":
+        lines_read = {kind: sum(sum(1 for _ in sources.read_lines(path)) for path in paths)
+                      for kind, paths in sources.input_files(cfg.input_dir).items()}
+    else:
+        counters = counters_of(result)
+        lines_read = {kind: counters.get(f"read.{kind}", 0) for kind in sources.SOURCES}
+    summary = write_summary(result, cfg, lines_read, origins, runner, wall_time_s=time.time() - started)
+    print_summary(summary)
+    return 0
+
+
+def main() -> None:
+    logging.getLogger().setLevel(logging.WARNING)
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

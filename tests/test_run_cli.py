@@ -1,0 +1,47 @@
+"""The launcher's contract: exit 2 with a one-line reason for bad arguments and inputs."""
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipelines.run", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def _write_world(tmp_path, missing=None):
+    for kind in ("users", "pings", "taps", "tweets"):
+        if kind != missing:
+            (tmp_path / f"{kind}.jsonl").write_text("")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--input", "/nonexistent/world"], "--input /nonexistent/world: not a directory"),
+    (["--dp_epsilon_per_user_day", "0"], "epsilon"),
+    (["--dp_epsilon_per_user_day", "-1"], "epsilon"),
+    (["--follows_max_clock_skew_s", "-5"], "max_clock_skew_s"),
+    (["--world_users", "0"], "--world_users must be > 0"),
+    (["--stream_disorder_s", "-1"], "--stream_disorder_s must be >= 0"),
+])
+def test_bad_configuration_exits_2_with_one_line_reason(tmp_path, args, reason):
+    if "--input" not in args:
+        args = ["--input", _write_world(tmp_path)] + args
+    done = run_cli(*args, "--output", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    reason_lines = [line for line in done.stderr.splitlines() if line.startswith("pipelines.run: error:")]
+    assert len(reason_lines) == 1 and reason in reason_lines[0], done.stderr
+
+
+def test_missing_input_file_is_named(tmp_path):
+    done = run_cli("--input", _write_world(tmp_path, missing="taps"), "--output", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "missing taps.jsonl (or taps.jsonl.gz)" in done.stderr
+
+
+def test_streaming_from_files_is_refused_on_flink(tmp_path):
+    done = run_cli("--input", _write_world(tmp_path), "--output", str(tmp_path / "out"),
+                   "--streaming", "--runner", "FlinkRunner")
+    assert done.returncode == 2
+    assert "use --source kafka" in done.stderr

@@ -82,5 +82,7 @@ class TapFollowOptions(PipelineOptions):
                             help="size of the default synthetic world (no --input)")
         parser.add_argument("--world_hours", type=int, default=6)
         parser.add_argument("--world_seed", type=int, default=42)
+        # Midday to evening in Tokyo: the hours with sales, concerts and crowds.
+        parser.add_argument("--world_start", default="2026-11-20T12:00:00+09:00")
         for prefix, params_cls in _step_params():
             add_params_arguments(parser, prefix, params_cls)

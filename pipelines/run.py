@@ -166,7 +166,7 @@ def ensure_default_world(options: PipelineOptions) -> None:
           f"{project.world_hours} h, seed {project.world_seed}) into {world_dir}", file=sys.stderr)
     shutil.rmtree(world_dir, ignore_errors=True)
     write_world(world_dir, users=project.world_users, hours=project.world_hours, seed=project.world_seed,
-                progress=lambda message: print(f"  {message}", file=sys.stderr))
+                start=project.world_start, progress=lambda message: print(f"  {message}", file=sys.stderr))
     project.input = world_dir
 
 

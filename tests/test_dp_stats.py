@@ -172,7 +172,7 @@ def test_batch_release_counts_exactly_what_the_bounds_allow():
     assert counters.get("dp_opted_out_dropped", 0) == 0
     assert counters["dp_unknown_user_dropped"] == 1
     assert counters["dp_outside_area_dropped"] == 1
-    assert counters["dp_unlocated_tweet_dropped"] == 1
+    assert counters["dp_unlocated_dropped"] == 1
     assert counters["dp_bounded_presence_dropped"] == 1
     assert counters["dp_bounded_tweets_dropped"] == 1
     assert counters["dp_statistics_released"] == 2 * per_hour

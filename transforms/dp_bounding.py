@@ -82,6 +82,31 @@ class Dropped(NamedTuple):
     touches: int
 
 
+# Why a record places nobody, as the counter names it (see ``contribution_of``).
+UNLOCATED, IMPRECISE, OUTSIDE = "unlocated", "imprecise", "outside_area"
+
+
+def contribution_of(record, kind: str, h3_res: int, public: frozenset,
+                    max_accuracy_m: float) -> "Contribution | str":
+    """A ping / touch report / tweet -> its Contribution, or why it places nobody.
+
+    A tweet with no location, or only a place's centre (``coarse``), is not a
+    presence; nor is a ping whose stated accuracy radius is larger than
+    ``max_accuracy_m`` (a cell-tower fix ~1 km wide would scatter one person
+    over many ~0.7 km² cells); nor a position outside the public cells.
+    """
+    if record.lat is None or record.lng is None or getattr(record, "coarse", False):
+        return UNLOCATED
+    accuracy = getattr(record, "accuracy_m", None)
+    if accuracy is not None and accuracy > max_accuracy_m:
+        return IMPRECISE
+    cell = h3.latlng_to_cell(record.lat, record.lng, h3_res)
+    if cell not in public:
+        return OUTSIDE
+    user_id = record.author_id if kind == TWEET else record.user_id
+    return Contribution(user_id, record.ts, cell, kind)
+
+
 def age_band_of(raw: Optional[str], bands: Sequence[str]) -> str:
     """The public band label for a user's ``age_band`` (anything unlisted is "unknown")."""
     return raw if raw in bands else UNKNOWN_BAND

@@ -6,8 +6,10 @@ chain, the same in batch and streaming:
 
 1. ``ToContributions``: every ping, NFC touch report and precisely located
    tweet becomes a ``Contribution`` (user, time, public H3 cell, kind);
-   positions outside the public service area and tweets without a precise
-   location are dropped and counted.
+   positions outside the public service area, pings less precise than
+   ``max_accuracy_m`` and tweets without a precise location are dropped and
+   counted (``dp_outside_area_dropped``, ``dp_imprecise_dropped``,
+   ``dp_unlocated_dropped``).
 2. ``BoundUserHours``: hourly event-time windows (UTC), grouped per user. The
    first thing done with a user's group is the registry lookup: users with
    ``stats_opt_out`` are removed (before any bounding, counting or noise), and
@@ -90,7 +92,8 @@ class DpParams:
     flows: bool = False                  # hourly flows between coarse cells
     share_flows: float = 0.2
     flow_res: int = 6
-    age_bands: str = "0-19,20-29,30-39,40-49,50-59,60-69,70+"
+    age_bands: str = "10-19,20-29,30-39,40-49,50-59,60-69,70+"  # the bands users.jsonl uses
+    max_accuracy_m: float = 250.0        # pings less precise than this place nobody in a cell
     suppress_below: float = 0.0          # noisy values below this are published as 0.0
     late_count_horizon_s: int = 6 * 3600  # how long late data is still seen (to count it)
 
@@ -117,6 +120,8 @@ class DpParams:
             raise ValueError("age_bands is empty: give comma-separated labels like '20-29,30-39'")
         if len(set(self.bands())) != len(self.bands()):
             raise ValueError(f"age_bands={self.age_bands!r} lists a band twice")
+        if not self.max_accuracy_m > 0:
+            raise ValueError(f"max_accuracy_m={self.max_accuracy_m}: must be > 0 metres (250 is the default)")
         if self.late_count_horizon_s < 0:
             raise ValueError(f"late_count_horizon_s={self.late_count_horizon_s}: must be >= 0")
         for name in ("share_footfall", "share_footfall_by_age", "share_tweets", "share_nfc_touches",
@@ -205,24 +210,20 @@ def _window_max(window_start: float) -> Timestamp:
 class ToContributionsFn(beam.DoFn):
     """A ping / touch / tweet -> a Contribution, or a counted drop (never an exception)."""
 
-    def __init__(self, kind: str, h3_res: int):
-        self._kind, self._res = kind, h3_res
-        self._outside = Metrics.counter(_NS, "dp_outside_area_dropped")
-        self._unlocated = Metrics.counter(_NS, "dp_unlocated_tweet_dropped")
+    def __init__(self, kind: str, h3_res: int, max_accuracy_m: float):
+        self._kind, self._res, self._max_accuracy_m = kind, h3_res, max_accuracy_m
+        self._dropped = {reason: Metrics.counter(_NS, f"dp_{reason}_dropped")
+                         for reason in (bnd.UNLOCATED, bnd.IMPRECISE, bnd.OUTSIDE)}
 
     def setup(self):
         self._public = frozenset(service_area.public_cells(self._res))
 
     def process(self, record):
-        if record.lat is None or record.lng is None or getattr(record, "coarse", False):
-            self._unlocated.inc()  # no position, or only a place's centre: not a presence
+        result = bnd.contribution_of(record, self._kind, self._res, self._public, self._max_accuracy_m)
+        if isinstance(result, str):
+            self._dropped[result].inc()
             return
-        cell = h3.latlng_to_cell(record.lat, record.lng, self._res)
-        if cell not in self._public:
-            self._outside.inc()
-            return
-        user_id = record.author_id if self._kind == bnd.TWEET else record.user_id
-        yield bnd.Contribution(user_id, record.ts, cell, self._kind)
+        yield result
 
 
 class ToContributions(beam.PTransform):
@@ -233,7 +234,7 @@ class ToContributions(beam.PTransform):
     def expand(self, inputs):
         res = self._params.h3_res
         streams = [
-            inputs[name] | f"{label}Contributions" >> beam.ParDo(ToContributionsFn(kind, res))
+            inputs[name] | f"{label}Contributions" >> beam.ParDo(ToContributionsFn(kind, res, self._params.max_accuracy_m))
             for name, label, kind in (("pings", "Ping", bnd.PING), ("taps", "Touch", bnd.TOUCH),
                                       ("tweets", "Tweet", bnd.TWEET))
         ]

@@ -1,0 +1,300 @@
+"""Utility and throughput of the DP footfall release, next to PipelineDP on the same data.
+
+Run (from the repository root)::
+
+    .venv/bin/python -m benchmarks.bench_dp_utility [--users 10000] [--hours 24] [--seed 1]
+                                                   [--input DIR] [--beam] [--repeats 3]
+
+It generates a world with ``synthetic.world.write_world`` (or reads ``--input``),
+turns every ping, NFC touch and precisely located tweet of a registered,
+non-opted-out user into a (user, hour, cell) presence, and releases footfall
+(distinct users per H3 res-8 cell and hour) at epsilon 1, delta 1e-6 per
+user-day (JST), with the same bounds for both engines: a user counts in at
+most 24 (hour, cell) partitions per day, once each (L0 = 24, Linf = 1).
+
+* ours: ``transforms.dp_*`` with every share on footfall (``share_footfall=1``)
+  so that both spend the whole budget on the one metric (equal privacy); the
+  pure core (no runner) against PipelineDP's LocalBackend, and with ``--beam``
+  ``ReleaseDpStatistics`` on the FnApiRunner against PipelineDP's BeamBackend.
+  The default configuration (four metrics sharing the budget) is reported too.
+* PipelineDP 0.3.1: ``PRIVACY_ID_COUNT``, Gaussian noise, the public
+  partitions (every hour x every public cell), privacy unit (user, JST day).
+
+Printed per engine: the median relative error |released - true| / true over
+the cell-hours with at least 100 distinct users (true = distinct users
+present, before any bounding), the theoretical median relative error of the
+noise alone (0.6745 sigma / true, the median of a half-normal), and
+throughput in presences per second (wall time of the release, input already in
+memory). Repeats re-draw the noise and report the median of the per-run
+medians.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import h3
+
+from schemas.parse import parse_line
+from schemas.records import Ping, TapReport, Tweet
+from schemas.service_area import public_cells
+from transforms import dp_accounting as acct
+from transforms import dp_bounding as bnd
+from transforms.dp_noise import SecureGaussianNoise
+from transforms.dp_stats import DpParams, release_window
+
+RES = 8
+EPSILON, DELTA = 1.0, 1e-6
+DENSE = 100
+HALF_NORMAL_MEDIAN = 0.6744897501960817
+
+
+def load_world(directory: str):
+    """users, and (Ping | TapReport | Tweet) records, from a world directory."""
+    users, records = {}, []
+    for source in ("users", "pings", "taps", "tweets"):
+        with open(os.path.join(directory, f"{source}.jsonl"), encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = parse_line(source, line)
+                except ValueError:
+                    continue  # the benchmark scores clean records; the pipeline dead-letters these
+                if source == "users":
+                    users[record.user_id] = record
+                elif isinstance(record, (Ping, TapReport, Tweet)):
+                    records.append(record)
+    return users, records
+
+
+def presences(users, records, max_accuracy_m):
+    """Contributions of consenting, registered users in public cells (the pipeline's first step)."""
+    public = frozenset(public_cells(RES))
+    out = []
+    for r in records:
+        kind = bnd.TWEET if isinstance(r, Tweet) else bnd.TOUCH if isinstance(r, TapReport) else bnd.PING
+        c = bnd.contribution_of(r, kind, RES, public, max_accuracy_m)
+        if isinstance(c, str):
+            continue
+        user = users.get(c.user_id)
+        if user is not None and not user.stats_opt_out:
+            out.append(c)
+    return out
+
+
+def truth(contributions):
+    present = collections.defaultdict(set)
+    for c in contributions:
+        present[(acct.hour_start(c.ts), c.cell)].add(c.user_id)
+    return {k: len(v) for k, v in present.items()}
+
+
+def ours_local(users, contributions, params, noise):
+    """The pipeline's logic without a runner: group, bound, sum, release every public cell."""
+    plan = params.plan()
+    groups = collections.defaultdict(list)
+    for c in contributions:
+        groups[(c.user_id, acct.hour_start(c.ts))].append(c)
+    hour_bounds, bands = params.hour_bounds(), params.bands()
+    kept_hours = None
+    if params.max_hours_per_day < acct.HOURS_PER_DAY:
+        by_user = collections.defaultdict(list)
+        for user_id, start in groups:
+            by_user[user_id].append(start)
+        kept_hours = {(u, h) for u, hours in by_user.items()
+                      for h in bnd.keep_first_hours(hours, params.max_hours_per_day)[0]}
+    histograms = collections.defaultdict(dict)
+    families = tuple(plan.metrics)
+    for (user_id, start), group in groups.items():
+        if kept_hours is not None and (user_id, start) not in kept_hours:
+            continue
+        user_hour, _ = bnd.bound_user_hour(group, hour_bounds, bnd.age_band_of(users[user_id].age_band, bands))
+        histogram = histograms[start]
+        for key, amount in bnd.increments(user_hour, families):
+            histogram[key] = histogram.get(key, 0) + amount
+    released = {}
+    for start, histogram in histograms.items():
+        statistics_, _ = release_window(params, plan, histogram, start, noise)
+        for s in statistics_:
+            if s.metric == bnd.FOOTFALL:
+                released[(s.window_start, s.h3_cell)] = (s.value, s.noise_scale)
+    return released
+
+
+def _pipeline_dp_params(cells_per_hour):
+    import pipeline_dp
+    return pipeline_dp.AggregateParams(
+        noise_kind=pipeline_dp.NoiseKind.GAUSSIAN,
+        metrics=[pipeline_dp.Metrics.PRIVACY_ID_COUNT],
+        max_partitions_contributed=acct.HOURS_PER_DAY * cells_per_hour,  # = our 24 hours x C cells
+        max_contributions_per_partition=1)
+
+
+def _pipeline_dp_extractors():
+    import pipeline_dp
+    return pipeline_dp.DataExtractors(
+        privacy_id_extractor=lambda c: (c.user_id, acct.day_of(c.ts)),
+        partition_extractor=lambda c: (acct.hour_start(c.ts), c.cell),
+        value_extractor=lambda c: 1)
+
+
+def public_partitions(contributions):
+    hours = sorted({acct.hour_start(c.ts) for c in contributions})
+    return [(h, cell) for h in hours for cell in public_cells(RES)]
+
+
+def pipeline_dp_local(contributions, partitions, cells_per_hour):
+    import pipeline_dp
+    accountant = pipeline_dp.NaiveBudgetAccountant(total_epsilon=EPSILON, total_delta=DELTA)
+    engine = pipeline_dp.DPEngine(accountant, pipeline_dp.LocalBackend())
+    result = engine.aggregate(contributions, _pipeline_dp_params(cells_per_hour), _pipeline_dp_extractors(),
+                              public_partitions=partitions)
+    accountant.compute_budgets()
+    return {k: v.privacy_id_count for k, v in result}
+
+
+def pipeline_dp_sigma(cells_per_hour):
+    from pipeline_dp import dp_computations
+    return dp_computations.compute_sigma(EPSILON, DELTA, (acct.HOURS_PER_DAY * cells_per_hour) ** 0.5)
+
+
+def ours_beam(users, records, params):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.transforms.window import TimestampedValue
+    from transforms.dp_stats import ReleaseDpStatistics
+    p = TestPipeline(runner="FnApiRunner")
+    by_type = collections.defaultdict(list)
+    for r in records:
+        by_type[type(r)].append(r)
+    inputs = {name: (p | f"Create{name}" >> beam.Create(by_type[t]).with_output_types(t)
+                     | f"Stamp{name}" >> beam.Map(lambda r: TimestampedValue(r, r.ts)).with_output_types(t))
+              for name, t in (("pings", Ping), ("taps", TapReport), ("tweets", Tweet))}
+    inputs["users"] = p | "Users" >> beam.Create(list(users.values()))
+    out = inputs | ReleaseDpStatistics(params)
+    path = tempfile.mkdtemp(prefix="bench_dp_")
+    (out["statistics"] | beam.Filter(lambda s: s.metric == bnd.FOOTFALL)
+     | beam.Map(lambda s: json.dumps([s.window_start, s.h3_cell, s.value]))
+     | beam.io.WriteToText(os.path.join(path, "footfall")))
+    p.run().wait_until_finish()
+    released = {}
+    for name in os.listdir(path):
+        with open(os.path.join(path, name)) as handle:
+            for line in handle:
+                start, cell, value = json.loads(line)
+                released[(start, cell)] = value
+    return released
+
+
+def pipeline_dp_beam(contributions, partitions, cells_per_hour):
+    import apache_beam as beam
+    import pipeline_dp
+    from apache_beam.testing.test_pipeline import TestPipeline
+    p = TestPipeline(runner="FnApiRunner")
+    accountant = pipeline_dp.NaiveBudgetAccountant(total_epsilon=EPSILON, total_delta=DELTA)
+    engine = pipeline_dp.DPEngine(accountant, pipeline_dp.BeamBackend())
+    col = p | "Create" >> beam.Create(contributions)
+    result = engine.aggregate(col, _pipeline_dp_params(cells_per_hour), _pipeline_dp_extractors(),
+                              public_partitions=p | "Partitions" >> beam.Create(partitions))
+    accountant.compute_budgets()
+    path = tempfile.mkdtemp(prefix="bench_pdp_")
+    (result | beam.Map(lambda kv: json.dumps([kv[0][0], kv[0][1], kv[1].privacy_id_count]))
+     | beam.io.WriteToText(os.path.join(path, "footfall")))
+    p.run().wait_until_finish()
+    released = {}
+    for name in os.listdir(path):
+        with open(os.path.join(path, name)) as handle:
+            for line in handle:
+                start, cell, value = json.loads(line)
+                released[(start, cell)] = value
+    return released
+
+
+def median_relative_error(released, true_counts):
+    dense = [k for k, n in true_counts.items() if n >= DENSE]
+    return statistics.median(abs(released[k] - true_counts[k]) / true_counts[k] for k in dense)
+
+
+def theoretical(sigma, true_counts):
+    dense = [n for n in true_counts.values() if n >= DENSE]
+    return statistics.median(HALF_NORMAL_MEDIAN * sigma / n for n in dense)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input", help="an existing world directory (default: generate one)")
+    parser.add_argument("--users", type=int, default=10000)
+    parser.add_argument("--hours", type=float, default=24)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max_cells_per_hour", type=int, default=DpParams().max_cells_per_hour)
+    parser.add_argument("--beam", action="store_true", help="also time both engines on the FnApiRunner")
+    args = parser.parse_args(argv)
+
+    directory = args.input
+    if directory is None:
+        from synthetic.world import write_world
+        directory = tempfile.mkdtemp(prefix="dp_world_")
+        started = time.perf_counter()
+        write_world(directory, users=args.users, hours=args.hours, seed=args.seed)
+        print(f"world: {args.users} users, {args.hours:g} h, seed {args.seed} -> {directory} "
+              f"({time.perf_counter() - started:.1f} s)")
+    users, records = load_world(directory)
+    contributions = presences(users, records, DpParams().max_accuracy_m)
+    true_counts = truth(contributions)
+    dense = sum(1 for n in true_counts.values() if n >= DENSE)
+    print(f"presences: {len(contributions)} from {len(records)} records; cell-hours with >= {DENSE} "
+          f"users: {dense} (largest {max(true_counts.values())})")
+    if not dense:
+        print(f"no cell-hour has {DENSE} users: generate a bigger world (--users)", file=sys.stderr)
+        return 2
+    partitions = public_partitions(contributions)
+
+    cells = args.max_cells_per_hour
+    footfall_only = DpParams(share_footfall=1.0, share_footfall_by_age=0, share_tweets=0, share_nfc_touches=0,
+                             max_cells_per_hour=cells)
+    default = DpParams(max_cells_per_hour=cells)
+    sigma_ours = footfall_only.plan().metrics[bnd.FOOTFALL].noise_stddev
+    sigma_default = default.plan().metrics[bnd.FOOTFALL].noise_stddev
+    sigma_pdp = pipeline_dp_sigma(cells)
+
+    rows = []  # (engine, sigma, errors, seconds)
+    runs = {"ours, footfall only (local core)": (sigma_ours, lambda: ours_local(
+                users, contributions, footfall_only, SecureGaussianNoise())),
+            "ours, default 4 metrics (local core)": (sigma_default, lambda: ours_local(
+                users, contributions, default, SecureGaussianNoise())),
+            "PipelineDP LocalBackend": (sigma_pdp, lambda: pipeline_dp_local(contributions, partitions, cells))}
+    if args.beam:
+        runs["ours, footfall only (Beam FnApiRunner)"] = (sigma_ours, lambda: ours_beam(
+            users, records, footfall_only))
+        runs["PipelineDP BeamBackend (FnApiRunner)"] = (sigma_pdp, lambda: pipeline_dp_beam(
+            contributions, partitions, cells))
+    for name, (sigma, run) in runs.items():
+        errors, seconds = [], []
+        for _ in range(args.repeats if "Beam" not in name else 1):
+            started = time.perf_counter()
+            released = run()
+            seconds.append(time.perf_counter() - started)
+            released = {k: (v[0] if isinstance(v, tuple) else v) for k, v in released.items()}
+            missing = [k for k in partitions if k not in released]
+            assert not missing, f"{name} did not release {len(missing)} public partitions"
+            errors.append(median_relative_error(released, true_counts))
+        rows.append((name, sigma, statistics.median(errors), statistics.median(seconds)))
+
+    print(f"\nfootfall at epsilon {EPSILON:g}, delta {DELTA:g} per user-day; bounds: {24 * cells} (hour, cell) "
+          f"partitions per user-day ({cells} per hour for ours), 1 per partition; {len(partitions)} public partitions; "
+          f"median over {dense} cell-hours with >= {DENSE} users")
+    print(f"{'engine':<42}{'sigma':>8}{'theory':>9}{'measured':>10}{'seconds':>9}{'presences/s':>13}")
+    for name, sigma, error, secs in rows:
+        print(f"{name:<42}{sigma:>8.2f}{theoretical(sigma, true_counts):>9.2%}{error:>10.2%}"
+              f"{secs:>9.2f}{len(contributions) / secs:>13,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """transforms.alerts: every fan-out rule on hand-made worlds, a brute-force oracle, and
 batch == streaming (shuffled, out-of-order, late deletes) through FanOutGeofencedAlerts."""
+import copy
 import hashlib
 import math
 import random
@@ -470,3 +471,93 @@ def test_streaming_reports_data_behind_the_watermark_as_dead_letters():
         assert dead and all(d.source.startswith("alerts:") and d.error.startswith("late:") for d in dead)
         assert any('"user_id": "2"' in d.raw for d in dead)
     run_streaming(w, streamed(w, seed=3, deliver_late=(late_ping,)), streaming_matches_batch(batch), check_dead)
+
+
+# ---- the generator's world -----------------------------------------------------------------
+
+def load_world(directory, params=None):
+    """Parse a generated world's input files (lines the parser rejects are the parse step's dead letters)."""
+    import json
+    import os
+    from schemas.errors import InvalidRecord
+    from schemas.parse import parse_line
+    from schemas.timefmt import parse_rfc3339
+
+    def records(kind):
+        out = []
+        with open(os.path.join(directory, f"{kind}.jsonl"), encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    out.append(parse_line(kind, line))
+                except InvalidRecord:
+                    pass
+        return out
+    w = World(params)
+    w.users, w.pings, w.taps = records("users"), records("pings"), records("taps")
+    firehose = records("tweets")
+    w.tweets = [t for t in firehose if isinstance(t, Tweet)]
+    w.deletes = [d for d in firehose if isinstance(d, TweetDelete)]
+    with open(os.path.join(directory, "truth", "follows.jsonl"), encoding="utf-8") as handle:
+        w.follows = [Follow(**{**f, "established_at": parse_rfc3339(f["established_at"])})
+                     for f in map(json.loads, handle)]
+    with open(os.path.join(directory, "truth", "happenings.jsonl"), encoding="utf-8") as handle:
+        truth = [json.loads(line) for line in handle]
+    with open(os.path.join(directory, "truth", "deleted.jsonl"), encoding="utf-8") as handle:
+        deleted = {json.loads(line)["tweet_id"] for line in handle}
+    return w, truth, deleted
+
+
+@pytest.fixture(scope="module")
+def generated_world(tmp_path_factory):
+    world = pytest.importorskip("synthetic.world")
+    directory = tmp_path_factory.mktemp("world")
+    world.write_world(str(directory), users=40, hours=4, seed=3)
+    return load_world(str(directory))
+
+
+def test_generated_world_alerts_exactly_whom_truth_and_rules_say(generated_world):
+    w, truth, deleted = generated_world
+    got = sorted((a.user_id, a.tweet_id, a.reason, a.distance_m) for a in w.alerts())
+    expected = oracle(w)
+    assert got == expected                       # no false positives, no false negatives
+    assert len(got) >= 20 and any(r.startswith("friend:") for _u, _t, r, _d in got)
+    happening_of = {tid: h["happening_id"] for h in truth for tid in h["event_tweet_ids"]}
+    # every alert is about a true happening, never about a deleted tweet
+    assert all(tid in happening_of and tid not in deleted for _u, tid, _r, _d in got)
+    # per true happening, the alerted users are the oracle's
+    per_happening = lambda rows: {(happening_of[t], u) for u, t, _r, _d in rows}  # noqa: E731
+    assert per_happening(got) == per_happening(expected)
+    assert {h for h, _u in per_happening(got)} == {h["happening_id"] for h in truth}
+
+
+def test_generated_world_in_beam_batch(generated_world):
+    w, _truth, _deleted = generated_world
+    expected = w.alerts()
+    with TestPipeline() as p:
+        out = beam_inputs(p, w) | FanOutGeofencedAlerts(w.params)
+        assert_that(out["alerts"], equal_to(expected), label="Alerts")
+
+
+def test_generated_world_streamed_out_of_order_equals_batch(generated_world):
+    w = copy.copy(generated_world[0])
+    # coarse ticks: the same decisions, and a GC that fired inside a tick would show here
+    w.params = AlertParams(stream_tick_s=600.0)
+    batch = w.alerts()
+    assert batch == generated_world[0].alerts()
+    events = w.tweets + w.deletes + w.pings + w.taps + w.follows
+    when = lambda e: e.established_at if isinstance(e, Follow) else e.ts  # noqa: E731
+    rnd = random.Random(5)
+    stream = TestStream()
+    start, end = min(map(when, events)), max(map(when, events))
+    step = 3600.0
+    mark = start
+    while mark <= end:
+        # each hour's events arrive shuffled, then the watermark passes them
+        batch_events = [e for e in events if mark <= when(e) < mark + step]
+        rnd.shuffle(batch_events)
+        if batch_events:
+            stream.add_elements([TimestampedValue(e, when(e)) for e in batch_events])
+        mark += step
+        stream.advance_watermark_to(mark)
+    stream.advance_watermark_to_infinity()
+    run_streaming(w, stream, streaming_matches_batch(batch), equal_to([]))

@@ -236,8 +236,9 @@ class _RunTickGroups(beam.DoFn):
     DONE_UNTIL = ReadModifyWriteStateSpec("done_until", PickleCoder())
     GC = TimerSpec("gc", TimeDomain.WATERMARK)
 
-    def __init__(self, processor, lateness_s: float):
+    def __init__(self, processor, tick_s: float, lateness_s: float):
         self._processor = processor
+        self._tick_s = tick_s
         self._lateness_s = lateness_s
         self._late = Metrics.counter(NS, f"alerts_late_{processor.name}")
 
@@ -270,12 +271,12 @@ class _RunTickGroups(beam.DoFn):
         if current is None:
             state.clear()
             # keep done_until while late data could still come, then forget the key
-            gc.set(Timestamp.of(tick_end + self._lateness_s))
+            gc.set(self._on_tick(tick_end + self._lateness_s))
             return
         state.write(current)
         when = processor.gc_time(current)
         if when is not None:
-            gc.set(Timestamp.of(max(when, tick_end)))
+            gc.set(self._on_tick(max(when, tick_end)))
 
     @on_timer(GC)
     def on_gc(self, fired=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
@@ -290,12 +291,16 @@ class _RunTickGroups(beam.DoFn):
             if done is None or now >= done + self._lateness_s:
                 done_until.clear()  # nothing of this key outlives the stream
             else:
-                gc.set(Timestamp.of(done + self._lateness_s))
+                gc.set(self._on_tick(done + self._lateness_s))
             return
         state.write(current)
         when = self._processor.gc_time(current)
         if when is not None:
-            gc.set(Timestamp.of(max(when, now + 1e-3)))
+            gc.set(self._on_tick(max(when, now + 1e-3)))
+
+    def _on_tick(self, seconds: float) -> Timestamp:
+        """The first tick boundary at or after ``seconds`` (ticks start at multiples of tick_s)."""
+        return Timestamp.of(math.ceil(seconds / self._tick_s) * self._tick_s)
 
 
 class OrderedByKey(beam.PTransform):
@@ -347,7 +352,7 @@ class OrderedByKey(beam.PTransform):
             | "GroupTicks" >> beam.GroupByKey()
             | "BackToGlobal" >> beam.WindowInto(window.GlobalWindows())
             # str keys: a deterministic key coder, as state and timers require
-            | "RunInEventTimeOrder" >> beam.ParDo(_RunTickGroups(processor, self._allowed_lateness_s)).with_input_types(
+            | "RunInEventTimeOrder" >> beam.ParDo(_RunTickGroups(processor, self._tick_s, self._allowed_lateness_s)).with_input_types(
                 typing.Tuple[str, typing.Iterable[typing.Any]]).with_outputs(_RunTickGroups.LATE, main="out"))
         return {"out": results.out, "late": results[_RunTickGroups.LATE]}
 
@@ -627,6 +632,8 @@ def triage(tweet: Tweet, rules: RuleSet) -> TweetTriage:
         return TweetTriage("retweet", None, None)
     if not is_precise(tweet):
         return TweetTriage("not_precise", None, None)
+    if rules.is_not_now(tweet.text):
+        return TweetTriage("not_happening", None, None)
     rule = rules.match(tweet.text, tweet.hashtags)
     if rule is None and not tweet.hashtags:
         return TweetTriage("not_happening", None, None)

@@ -94,7 +94,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from apache_beam.utils.timestamp import Duration
 
 from schemas.proofs import nonce_time
-from schemas.records import DeadLetter, Follow, TapReport, User, to_json_dict
+from schemas.records import DeadLetter, Follow, TapReport, to_json_dict
 from transforms import pairing
 from transforms.pairing import EMPTY_MEMORY, CheckedTap, Rejection
 

@@ -22,7 +22,8 @@ earlier tweet). It then becomes a happening in one of two ways:
 
 Tweets that only *mention* such words are not happenings: a tweet containing
 any "not now" marker (:data:`DEFAULT_NOT_NOW`: 来週, 昨日, next month, missed,
-...; JSON form ``{"rules": [...], "not_now": [...]}``) matches no rule.
+...; JSON form ``{"rules": [...], "not_now": [...]}``) matches no rule and is
+neither a burst candidate nor burst evidence.
 
 **Happening key** (the unit "one alert per user per happening" counts): tweets
 of one *class* (the rule's kind, e.g. ``festival`` for both the festival and
@@ -76,18 +77,22 @@ class Rule:
 # The built-in rule set: Japanese and English, the vocabulary Tokyo tweets use.
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("incident", "incident",
-         keywords=("火事", "火災", "事故", "地震", "避難", "通行止め", "fire alarm", "accident", "evacuation",
-                   "road closed", "earthquake"),
+         keywords=("火事", "火災", "事故", "地震", "避難", "通行止め", "救急車", "消防車",
+                   # bare "fire" is too often a verb; the phrases are not
+                   "fire alarm", "fire at", "fire near", "been a fire", "been an fire", "accident", "evacuation", "road closed", "road closure", "earthquake",
+                   "ambulance"),
          hashtags=("火事", "事故", "地震", "accident", "evacuation")),
     Rule("fireworks", "festival", keywords=("花火", "fireworks"), hashtags=("花火", "花火大会", "hanabi", "fireworks")),
     Rule("festival", "festival",
-         keywords=("祭り", "まつり", "縁日", "festival", "matsuri", "street fair"),
-         hashtags=("祭り", "まつり", "festival", "matsuri")),
+         keywords=("祭り", "まつり", "縁日", "屋台", "フェス", "festival", "matsuri", "street fair", "street food"),
+         hashtags=("祭り", "まつり", "フェス", "festival", "matsuri")),
     Rule("concert", "concert",
-         keywords=("ライブ", "コンサート", "路上ライブ", "フェス", "live music", "concert", "gig", "busking"),
+         keywords=("ライブ", "コンサート", "路上ライブ", "公演", "アンコール", "live music", "live show", "concert",
+                   "gig", "encore", "busking"),
          hashtags=("ライブ", "コンサート", "路上ライブ", "concert", "livemusic", "gig")),
     Rule("sale", "sale",
-         keywords=("セール", "タイムセール", "半額", "値引き", "sale", "discount", "half price", "popup", "pop-up"),
+         keywords=("セール", "タイムセール", "特売", "福袋", "半額", "値引き", "sale", "discount", "bargain",
+                   "clearance", "half price", "popup", "pop-up"),
          hashtags=("セール", "タイムセール", "半額", "sale", "popup", "flashsale")),
 )
 
@@ -120,6 +125,11 @@ class RuleSet:
                        if ascii_words else None)
             substrings = tuple(fold(k) for k in rule.keywords if not fold(k).isascii())
             self._compiled.append((rule, pattern, substrings, frozenset(fold(h) for h in rule.hashtags)))
+
+    def is_not_now(self, text: str) -> bool:
+        """The tweet places its subject in another time or place (see DEFAULT_NOT_NOW)."""
+        folded = fold(text)
+        return any(marker in folded for marker in self.not_now)
 
     def match(self, text: str, hashtags: Iterable[str]) -> Optional[Rule]:
         folded = fold(text)

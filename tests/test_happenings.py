@@ -194,9 +194,9 @@ def test_burst_candidate_records_its_tweet():
 
 
 def test_a_mere_mention_is_neither_burst_candidate_nor_evidence():
-    tags = ["ライブ"]
+    tags = ["flashmob"]
     tweets = [tweet("1", "a", T0, "すごい", hashtags=tags), tweet("2", "b", T0 + 1, "最高", hashtags=tags),
-              tweet("3", "c", T0 + 2, "来週のライブ楽しみ", hashtags=tags)]
+              tweet("3", "c", T0 + 2, "来週のも楽しみ", hashtags=tags)]
     assert find_happenings(tweets, AlertParams()) == []
     tweets[2] = tweets[2]._replace(text="来た！")
     assert [h.tweet_id for h in find_happenings(tweets, AlertParams())] == ["3"]

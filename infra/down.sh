@@ -16,6 +16,7 @@ for f in "$RUN_DIR"/*.pid; do
   if pid_alive "$f"; then echo "still running: $(basename "$f" .pid) pid $(cat "$f")"; left=1; else rm -f "$f"; fi
 done
 # processes started from this cache dir without a pid file (e.g. a crashed script)
-strays="$(pgrep -f -- "$INFRA_CACHE/" || true)"
+# (only JVMs and prism: a `tail -f infra/.cache/logs/...` is not a stray)
+strays="$(pgrep -f -- "^[^ ]*java .*$INFRA_CACHE/|^$PRISM_BIN( |\$)" || true)"
 if [[ -n "$strays" ]]; then echo "stray processes using $INFRA_CACHE: $strays"; left=1; fi
 [[ $left == 0 ]] && echo "down: no infra process left" || { echo "down: processes left" >&2; exit 1; }

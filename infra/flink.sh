@@ -18,7 +18,7 @@ source "$HERE/lib.sh"
 
 export FLINK_CONF_DIR="$INFRA_CACHE/conf/flink"
 export FLINK_LOG_DIR="$LOG_DIR/flink"
-export FLINK_PID_DIR="$RUN_DIR"
+export FLINK_PID_DIR="$RUN_DIR/flink-internal"   # Flink's own scripts write pid files here; ours are in $RUN_DIR
 JM_PID="$RUN_DIR/flink-jobmanager.pid"
 TM_PID="$RUN_DIR/flink-taskmanager.pid"
 REST="http://127.0.0.1:$FLINK_REST_PORT"
@@ -27,7 +27,7 @@ SAVEPOINT_DIR="$DATA_DIR/flink/savepoints"
 TM_SLOTS="${FLINK_TM_SLOTS:-2}"
 
 write_conf() {
-  mkdir -p "$FLINK_CONF_DIR" "$FLINK_LOG_DIR" "$RUN_DIR" "$CKPT_DIR" "$SAVEPOINT_DIR"
+  mkdir -p "$FLINK_CONF_DIR" "$FLINK_LOG_DIR" "$RUN_DIR" "$FLINK_PID_DIR" "$CKPT_DIR" "$SAVEPOINT_DIR"
   # keep the distribution's JVM module flags (needed on Java 17)
   local java_opts
   java_opts="$(grep -E '^\s+all:' "$FLINK_HOME/conf/config.yaml.dist" 2>/dev/null | head -1 | sed 's/^\s*all:\s*//')" || true
@@ -136,7 +136,8 @@ case "${1:-}" in
   stop)
     cancel_all || true
     stop_pid flink-taskmanager "$TM_PID" 30
-    stop_pid flink-jobmanager "$JM_PID" 30 ;;
+    stop_pid flink-jobmanager "$JM_PID" 30
+    rm -rf "$FLINK_PID_DIR" ;;
   status)
     if pid_alive "$JM_PID" && rest_ok; then
       echo "flink: jobmanager pid $(cat "$JM_PID"); taskmanager pid $(cat "$TM_PID" 2>/dev/null || echo -) ($(pid_alive "$TM_PID" && echo alive || echo dead)); registered TMs: $(tm_count); web UI $REST"

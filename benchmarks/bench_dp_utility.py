@@ -10,7 +10,9 @@ turns every ping, NFC touch and precisely located tweet of a registered,
 non-opted-out user into a (user, hour, cell) presence, and releases footfall
 (distinct users per H3 res-8 cell and hour) at epsilon 1, delta 1e-6 per
 user-day (JST), with the same bounds for both engines: a user counts in at
-most 24 (hour, cell) partitions per day, once each (L0 = 24, Linf = 1).
+most K (hour, cell) partitions per day (``max_cells_per_day``, default 36),
+once each (L0 = K, Linf = 1); ours also caps a single hour at
+``max_cells_per_hour`` cells.
 
 * ours: ``transforms.dp_*`` with every share on footfall (``share_footfall=1``)
   so that both spend the whole budget on the one metric (equal privacy); the
@@ -101,22 +103,18 @@ def ours_local(users, contributions, params, noise):
     for c in contributions:
         groups[(c.user_id, acct.hour_start(c.ts))].append(c)
     hour_bounds, bands = params.hour_bounds(), params.bands()
-    kept_hours = None
-    if params.max_hours_per_day < acct.HOURS_PER_DAY:
-        by_user = collections.defaultdict(list)
-        for user_id, start in groups:
-            by_user[user_id].append(start)
-        kept_hours = {(u, h) for u, hours in by_user.items()
-                      for h in bnd.keep_first_hours(hours, params.max_hours_per_day)[0]}
+    by_user = collections.defaultdict(list)
+    for (user_id, start), group in groups.items():
+        user_hour, _ = bnd.bound_user_hour(group, hour_bounds, bnd.age_band_of(users[user_id].age_band, bands))
+        by_user[user_id].append(user_hour)
     histograms = collections.defaultdict(dict)
     families = tuple(plan.metrics)
-    for (user_id, start), group in groups.items():
-        if kept_hours is not None and (user_id, start) not in kept_hours:
-            continue
-        user_hour, _ = bnd.bound_user_hour(group, hour_bounds, bnd.age_band_of(users[user_id].age_band, bands))
-        histogram = histograms[start]
-        for key, amount in bnd.increments(user_hour, families):
-            histogram[key] = histogram.get(key, 0) + amount
+    for user_hours in by_user.values():
+        kept, _ = bnd.spend_days(user_hours, params.max_hours_per_day, params.cells_per_day())
+        for user_hour in kept:
+            histogram = histograms[user_hour.window_start]
+            for key, amount in bnd.increments(user_hour, families):
+                histogram[key] = histogram.get(key, 0) + amount
     released = {}
     for start, histogram in histograms.items():
         statistics_, _ = release_window(params, plan, histogram, start, noise)
@@ -126,12 +124,12 @@ def ours_local(users, contributions, params, noise):
     return released
 
 
-def _pipeline_dp_params(cells_per_hour):
+def _pipeline_dp_params(cells_per_day):
     import pipeline_dp
     return pipeline_dp.AggregateParams(
         noise_kind=pipeline_dp.NoiseKind.GAUSSIAN,
         metrics=[pipeline_dp.Metrics.PRIVACY_ID_COUNT],
-        max_partitions_contributed=acct.HOURS_PER_DAY * cells_per_hour,  # = our 24 hours x C cells
+        max_partitions_contributed=cells_per_day,  # = our K cell-hours per user-day
         max_contributions_per_partition=1)
 
 
@@ -148,19 +146,19 @@ def public_partitions(contributions):
     return [(h, cell) for h in hours for cell in public_cells(RES)]
 
 
-def pipeline_dp_local(contributions, partitions, cells_per_hour):
+def pipeline_dp_local(contributions, partitions, cells_per_day):
     import pipeline_dp
     accountant = pipeline_dp.NaiveBudgetAccountant(total_epsilon=EPSILON, total_delta=DELTA)
     engine = pipeline_dp.DPEngine(accountant, pipeline_dp.LocalBackend())
-    result = engine.aggregate(contributions, _pipeline_dp_params(cells_per_hour), _pipeline_dp_extractors(),
+    result = engine.aggregate(contributions, _pipeline_dp_params(cells_per_day), _pipeline_dp_extractors(),
                               public_partitions=partitions)
     accountant.compute_budgets()
     return {k: v.privacy_id_count for k, v in result}
 
 
-def pipeline_dp_sigma(cells_per_hour):
+def pipeline_dp_sigma(cells_per_day):
     from pipeline_dp import dp_computations
-    return dp_computations.compute_sigma(EPSILON, DELTA, (acct.HOURS_PER_DAY * cells_per_hour) ** 0.5)
+    return dp_computations.compute_sigma(EPSILON, DELTA, cells_per_day ** 0.5)
 
 
 def ours_beam(users, records, params):
@@ -191,7 +189,7 @@ def ours_beam(users, records, params):
     return released
 
 
-def pipeline_dp_beam(contributions, partitions, cells_per_hour):
+def pipeline_dp_beam(contributions, partitions, cells_per_day):
     import apache_beam as beam
     import pipeline_dp
     from apache_beam.testing.test_pipeline import TestPipeline
@@ -199,7 +197,7 @@ def pipeline_dp_beam(contributions, partitions, cells_per_hour):
     accountant = pipeline_dp.NaiveBudgetAccountant(total_epsilon=EPSILON, total_delta=DELTA)
     engine = pipeline_dp.DPEngine(accountant, pipeline_dp.BeamBackend())
     col = p | "Create" >> beam.Create(contributions)
-    result = engine.aggregate(col, _pipeline_dp_params(cells_per_hour), _pipeline_dp_extractors(),
+    result = engine.aggregate(col, _pipeline_dp_params(cells_per_day), _pipeline_dp_extractors(),
                               public_partitions=p | "Partitions" >> beam.Create(partitions))
     accountant.compute_budgets()
     path = tempfile.mkdtemp(prefix="bench_pdp_")
@@ -233,6 +231,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max_cells_per_hour", type=int, default=DpParams().max_cells_per_hour)
+    parser.add_argument("--max_cells_per_day", type=int, default=DpParams().max_cells_per_day)
     parser.add_argument("--beam", action="store_true", help="also time both engines on the FnApiRunner")
     args = parser.parse_args(argv)
 
@@ -255,10 +254,11 @@ def main(argv=None) -> int:
         return 2
     partitions = public_partitions(contributions)
 
-    cells = args.max_cells_per_hour
+    bounds = dict(max_cells_per_hour=args.max_cells_per_hour, max_cells_per_day=args.max_cells_per_day)
     footfall_only = DpParams(share_footfall=1.0, share_footfall_by_age=0, share_tweets=0, share_nfc_touches=0,
-                             max_cells_per_hour=cells)
-    default = DpParams(max_cells_per_hour=cells)
+                             **bounds)
+    default = DpParams(**bounds)
+    cells = footfall_only.cells_per_day()
     sigma_ours = footfall_only.plan().metrics[bnd.FOOTFALL].noise_stddev
     sigma_default = default.plan().metrics[bnd.FOOTFALL].noise_stddev
     sigma_pdp = pipeline_dp_sigma(cells)
@@ -286,8 +286,8 @@ def main(argv=None) -> int:
             errors.append(median_relative_error(released, true_counts))
         rows.append((name, sigma, statistics.median(errors), statistics.median(seconds)))
 
-    print(f"\nfootfall at epsilon {EPSILON:g}, delta {DELTA:g} per user-day; bounds: {24 * cells} (hour, cell) "
-          f"partitions per user-day ({cells} per hour for ours), 1 per partition; {len(partitions)} public partitions; "
+    print(f"\nfootfall at epsilon {EPSILON:g}, delta {DELTA:g} per user-day; bounds: {cells} (hour, cell) "
+          f"partitions per user-day (and {args.max_cells_per_hour} per hour for ours), 1 per partition; {len(partitions)} public partitions; "
           f"median over {dense} cell-hours with >= {DENSE} users")
     print(f"{'engine':<42}{'sigma':>8}{'theory':>9}{'measured':>10}{'seconds':>9}{'presences/s':>13}")
     for name, sigma, error, secs in rows:

@@ -40,11 +40,14 @@ def test_default_noise_scales():
     plan = DpParams().plan()
     mu_day = acct.gdp_mu(1.0, 1e-6)
     footfall = plan.metrics["footfall"]
-    # sqrt(C=1) / (mu_day * sqrt(0.4 / 24))
-    assert footfall.noise_stddev == pytest.approx(1.0 / (mu_day * math.sqrt(0.4 / 24)))
+    # sqrt(K=36) / (mu_day * sqrt(share 0.4)); one hour's release: sqrt(C=3) / sigma
+    assert footfall.noise_stddev == pytest.approx(6.0 / (mu_day * math.sqrt(0.4)))
+    assert footfall.release_mu == pytest.approx(math.sqrt(3) / footfall.noise_stddev)
     tweets = plan.metrics["tweets"]
-    assert tweets.bounds.l2_sensitivity == 2.0
-    assert tweets.noise_stddev == pytest.approx(2.0 / (mu_day * math.sqrt(0.2 / 24)))
+    assert tweets.bounds.day_l2_sensitivity == 12.0  # T=2 x sqrt(36)
+    assert tweets.noise_stddev == pytest.approx(12.0 / (mu_day * math.sqrt(0.2)))
+    # K cannot exceed what the hours and cells allow: 2 hours x 3 cells = 6
+    assert DpParams(max_hours_per_day=2).plan().metrics["footfall"].bounds.partitions_per_day == 6
 
 
 def test_refuses_shares_that_overspend():
@@ -99,12 +102,13 @@ share = st.floats(0.0, 1.0)
 
 @settings(max_examples=150, deadline=None)
 @given(epsilon=st.floats(0.01, 10.0), delta=st.sampled_from([1e-5, 1e-6, 1e-7, 1e-9, 1e-12]),
-       cells=st.integers(1, 5), hours=st.integers(1, 24), per_cell=st.integers(1, 5),
-       shares=st.tuples(share, share, share, share, share), flows=st.booleans())
-def test_no_accepted_configuration_overspends(epsilon, delta, cells, hours, per_cell, shares, flows):
+       cells=st.integers(1, 5), cells_per_day=st.integers(1, 200), hours=st.integers(1, 24),
+       per_cell=st.integers(1, 5), shares=st.tuples(share, share, share, share, share), flows=st.booleans())
+def test_no_accepted_configuration_overspends(epsilon, delta, cells, cells_per_day, hours, per_cell, shares,
+                                              flows):
     try:
         params = DpParams(epsilon_per_user_day=epsilon, delta_per_user_day=delta,
-                          max_cells_per_hour=cells, max_hours_per_day=hours,
+                          max_cells_per_hour=cells, max_cells_per_day=cells_per_day, max_hours_per_day=hours,
                           max_tweets_per_cell_hour=per_cell, max_touches_per_cell_hour=per_cell,
                           share_footfall=shares[0], share_footfall_by_age=shares[1],
                           share_tweets=shares[2], share_nfc_touches=shares[3],

@@ -57,15 +57,33 @@ def test_flow_is_first_and_last_coarse_cell_of_the_hour():
     assert user_hour.flow == (h3.cell_to_parent(A, 6), h3.cell_to_parent(far, 6))
 
 
-def test_keeps_the_first_hours_of_each_jst_day():
-    day1 = parse_rfc3339("2026-11-25T15:00:00Z")  # JST midnight of 11-26
-    hours = [day1 - 3600, day1 + 7200, day1, day1 + 3600, day1 - 7200]
-    kept, dropped = bnd.keep_first_hours(hours, 2)
-    assert kept == [day1 - 7200, day1 - 3600, day1, day1 + 3600]
-    assert dropped == [day1 + 7200]
-    used = {"2026-11-26": 1}  # streaming: one hour of 11-26 already kept
-    kept, dropped = bnd.keep_first_hours([day1 + 3600, day1 + 7200], 2, used=used)
-    assert (kept, dropped, used) == ([day1 + 3600], [day1 + 7200], {"2026-11-26": 2})
+def _hour(start, presence, tweets=(), touches=()):
+    return bnd.UserHour(start, "20-29", tuple(presence), tuple(tweets), tuple(touches), None)
+
+
+def test_a_day_keeps_its_first_hours_and_first_cells_and_drops_exactly_the_rest():
+    day = parse_rfc3339("2026-11-25T15:00:00Z")  # JST midnight of 11-26
+    hours = [
+        _hour(day + 7200, [C], [(C, 2)]),             # third hour of 11-26: over max_hours=2
+        _hour(day, [A, B], [(A, 1)], [(B, 1)]),
+        _hour(day + 3600, [C, D], [(C, 2), (D, 1)]),  # presence over K=3: D dropped; tweet cells fit
+        _hour(day - 3600, [A, B, C, D]),              # 11-25: its own day; D over K=3
+    ]
+    kept, dropped = bnd.spend_days(hours, max_hours=2, max_cells_per_day=3)
+    assert kept == [
+        _hour(day - 3600, [A, B, C]),
+        _hour(day, [A, B], [(A, 1)], [(B, 1)]),
+        _hour(day + 3600, [C], [(C, 2), (D, 1)]),
+    ]
+    # presence: D (11-25), D (hour 2), C (hour 3); tweets: the 2 of the third hour
+    assert dropped == bnd.Dropped(presence=3, tweets=2, touches=0)
+
+
+def test_streaming_state_continues_the_day_where_it_stopped():
+    used = bnd.DayUse(hours=1, presence=2, tweets=0, touches=0)
+    kept, used, dropped = bnd.spend_day(_hour(T, [A, B, C]), used, max_hours=24, max_cells_per_day=3)
+    assert kept.presence_cells == (A,) and dropped.presence == 2
+    assert used == bnd.DayUse(hours=2, presence=3, tweets=0, touches=0)
 
 
 def test_increments_per_metric_family():

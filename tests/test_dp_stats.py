@@ -27,6 +27,8 @@ from transforms import dp_bounding as bnd
 from transforms.dp_stats import BoundUserHourFn, DpParams, ReleaseDpStatistics, release_window
 
 T0 = parse_rfc3339("2026-11-25T01:00:00Z")  # 10:00 JST
+# One cell per user-hour, so that the hand-made world shows the bound at work.
+ONE_CELL = dict(max_cells_per_hour=1, max_cells_per_day=24)
 CELLS = public_cells(8)
 A, B = CELLS[100], CELLS[700]
 OUTSIDE = (35.95, 139.30)  # Saitama hills, not in the 23 wards
@@ -149,7 +151,8 @@ def nonzero(statistics):
 
 
 def test_batch_release_counts_exactly_what_the_bounds_allow():
-    out, counters = run_batch(WORLD, DpParams())
+    params = DpParams(**ONE_CELL)
+    out, counters = run_batch(WORLD, params)
     assert nonzero(out["statistics"]) == {
         (T0, "footfall", A): 2.0,                  # 1001 (B dropped: C=1, A first), 1002
         (T0, "footfall", B): 1.0,                  # 1003 (ping and touch: one person)
@@ -178,7 +181,7 @@ def test_batch_release_counts_exactly_what_the_bounds_allow():
     assert counters["dp_statistics_released"] == 2 * per_hour
     ledger = out["ledger"]
     assert sorted((r["window_start"], r["metric"]) for r in ledger) == sorted(
-        (acct.ledger_row(DpParams().plan(), m, t, 0)["window_start"], m)
+        (acct.ledger_row(params.plan(), m, t, 0)["window_start"], m)
         for t in (T0, T0 + 3600) for m in ("footfall", "footfall_by_age", "tweets", "nfc_touches"))
     acct.check_ledger(ledger, 1.0, 1e-6)
     assert json.loads(json.dumps(ledger)) == ledger
@@ -229,7 +232,7 @@ def test_release_window_publishes_every_partition_and_clamps_only_below_the_thre
 
 
 # A streaming world on coarser cells (fewer rows, faster): two hours, events out of order.
-STREAM_PARAMS = dict(h3_res=7, share_footfall_by_age=0, share_nfc_touches=0)
+STREAM_PARAMS = dict(h3_res=7, share_footfall_by_age=0, share_nfc_touches=0, **ONE_CELL)
 A7, B7 = (h3.cell_to_parent(c, 7) for c in (A, B))
 ON_TIME = [ping("1001", 10, A), ping("1002", 30, A), tweet("1002", 31, A), ping("1003", 20, B),
            ping("1001", 3600 + 10, B), ping("1003", 3600 + 3000, A), ping("1001", 3 * 3600, A)]
@@ -268,7 +271,7 @@ def test_streaming_releases_what_batch_releases_and_counts_late_data(max_hours):
 
 
 def test_late_panes_are_counted_and_never_released():
-    fn = BoundUserHourFn(DpParams().hour_bounds(), DpParams().bands())
+    fn = BoundUserHourFn(DpParams(**ONE_CELL).hour_bounds(), DpParams().bands())
     registry = {u.user_id: u for u in USERS}
     group = ("1001", [bnd.Contribution("1001", T0 + 5, A, bnd.PING), bnd.Contribution("1001", T0 + 6, B, bnd.PING)])
     container = MetricsContainer("BoundUserHour")

@@ -6,26 +6,34 @@ writes down what each release costs; ``worst_case_user_day`` re-derives, from th
 bounds and noise alone, what one user can lose in a day, so a test can check the
 plan against first principles rather than against its own arithmetic.
 
-Why Gaussian noise with Gaussian-DP (GDP) accounting. A user-day touches up to
-``max_hours_per_day`` hourly releases of every metric; basic composition of
-Laplace releases would divide epsilon by all of them. Gaussian mechanisms
-compose exactly in GDP (Dong, Roth & Su 2019): releases with L2 sensitivity
-``Δ_i`` and noise ``σ_i`` together are ``μ``-GDP with ``μ² = Σ (Δ_i/σ_i)²``, and
-``μ``-GDP is (ε, δ)-DP for exactly ``δ(ε) = Φ(-ε/μ + μ/2) − e^ε Φ(-ε/μ − μ/2)``
-(the analytic Gaussian bound of Balle & Wang 2018, which PipelineDP and
-Google's library use for one release). So the configured (ε, δ) is converted
-once to the largest ``μ_day`` that meets it, and ``μ_day²`` is split across
-metrics (the ``share_*`` parameters) and hours. There is no slack lost to a
-zCDP conversion, and with one metric the noise equals PipelineDP's for one
-Gaussian aggregation with the same bounds.
+Why Gaussian noise with Gaussian-DP (GDP) accounting. A user-day touches many
+hourly releases of every metric; basic composition of Laplace releases would
+divide epsilon by all of them. Gaussian mechanisms compose exactly in GDP
+(Dong, Roth & Su 2019): releases with L2 sensitivity ``Δ_i`` and noise ``σ_i``
+together are ``μ``-GDP with ``μ² = Σ (Δ_i/σ_i)²``, and ``μ``-GDP is (ε, δ)-DP
+for exactly ``δ(ε) = Φ(-ε/μ + μ/2) − e^ε Φ(-ε/μ − μ/2)`` (the analytic
+Gaussian bound of Balle & Wang 2018, which PipelineDP and Google's library use
+for one release). So the configured (ε, δ) is converted once to the largest
+``μ_day`` that meets it, and ``μ_day²`` is split across metrics (the
+``share_*`` parameters). No slack is lost to a zCDP conversion, and with one
+metric the noise equals PipelineDP's for one Gaussian aggregation with the
+same bounds.
 
-Ledger semantics. Each hourly release of metric ``m`` is ``μ_{m,h}``-GDP with
-``μ_{m,h}² = share_m · μ_day² / H`` (H = max hours per day); a user can appear
-in at most H of a day's 24 windows, so a user-day loses at most
-``Σ_m H · μ_{m,h}² = μ_day²`` — the configured budget. The ledger charges every
-released window the same part of that, ``share_m / 24`` of the day's (ε, δ), so
-that the rows of a day add up to at most the budget (all 24 windows released:
-exactly the budget); ``gdp_mu`` on the row is the release's own guarantee.
+Why a per-day partition bound. Bounding keeps, per user-day and metric, at
+most ``K`` partitions (cell-hours; at most ``C`` in any one hour), each changed
+by at most ``T``. Every hour of a metric gets the same noise ``σ_m``; a user
+who adds ``k_h`` partitions in hour ``h`` costs ``k_h·T²/σ_m²`` of μ², and
+``Σ_h k_h <= K``, so the day costs at most ``K·T²/σ_m²`` however the user's
+partitions fall across hours. Hence ``σ_m = T·sqrt(K) / (μ_day·sqrt(share_m))``,
+and a user whose day fits in ``K`` partitions loses nothing to bounding, while a
+per-hour-only bound would have to pay for ``24·C``.
+
+Ledger semantics. A user-day loses at most ``Σ_m share_m · μ_day² = μ_day²``,
+the configured budget, over all of a day's releases. The ledger charges each
+released window ``share_m / 24`` of the day's (ε, δ), so that the rows of a day
+add up to at most the budget (all 24 windows released: exactly the budget);
+``gdp_mu`` on the row is the release's own worst-case guarantee,
+``T·sqrt(min(C, K)) / σ_m``.
 """
 from __future__ import annotations
 
@@ -118,22 +126,27 @@ def gdp_mu(epsilon: float, delta: float) -> float:
 # ---------------------------------------------------------------- the plan
 
 class MetricBounds(NamedTuple):
-    """What one user can add to one metric's release in one hour."""
+    """What one user can add to one metric in one day."""
     metric: str                  # the metric family, e.g. "footfall_by_age"
     share: float                 # this metric's part of the user-day budget (of μ²)
-    cells_per_hour: int          # partitions (cells, bands or flow pairs) a user touches per hour
-    per_cell: int                # the most a user adds to one partition
+    partitions_per_hour: int     # C: partitions (cells, bands, flow pairs) per user-hour
+    partitions_per_day: int      # K: partitions per user-day, over all hours
+    per_partition: int           # T: the most a user adds to one partition
     note: str                    # how the bound is enforced, for the ledger
 
     @property
-    def l2_sensitivity(self) -> float:
-        return math.sqrt(self.cells_per_hour) * self.per_cell
+    def day_l2_sensitivity(self) -> float:
+        return math.sqrt(self.partitions_per_day) * self.per_partition
+
+    @property
+    def hour_l2_sensitivity(self) -> float:
+        return math.sqrt(min(self.partitions_per_hour, self.partitions_per_day)) * self.per_partition
 
 
 class MetricPlan(NamedTuple):
     bounds: MetricBounds
-    release_mu: float            # the GDP μ of one hourly release
-    noise_stddev: float          # σ = Δ₂ / μ
+    release_mu: float            # the GDP μ of one hourly release, worst case
+    noise_stddev: float          # σ, the same for every hour of the metric
 
 
 class BudgetPlan(NamedTuple):
@@ -161,8 +174,9 @@ def plan_budget(epsilon: float, delta: float, max_hours_per_day: int,
         if not (MIN_SHARE <= b.share and math.isfinite(b.share)):
             raise BudgetError(f"share of {b.metric} is {b.share}: give it a value in [{MIN_SHARE}, 1], "
                               f"or 0 to disable it")
-        if b.cells_per_hour < 1 or b.per_cell < 1:
-            raise BudgetError(f"bounds of {b.metric} must be >= 1, got {b.cells_per_hour} cells x {b.per_cell}")
+        if min(b.partitions_per_hour, b.partitions_per_day, b.per_partition) < 1:
+            raise BudgetError(f"bounds of {b.metric} must be >= 1, got {b.partitions_per_hour} per hour, "
+                              f"{b.partitions_per_day} per day, {b.per_partition} per partition")
     total = sum(b.share for b in bounds)
     if total > 1.0 + _SLACK:
         parts = " + ".join(f"{b.metric} {b.share:g}" for b in bounds)
@@ -172,8 +186,8 @@ def plan_budget(epsilon: float, delta: float, max_hours_per_day: int,
     day_mu = gdp_mu(epsilon, delta)
     metrics = {}
     for b in bounds:
-        mu = day_mu * math.sqrt(b.share / max_hours_per_day)
-        metrics[b.metric] = MetricPlan(b, mu, b.l2_sensitivity / mu)
+        sigma = b.day_l2_sensitivity / (day_mu * math.sqrt(b.share))
+        metrics[b.metric] = MetricPlan(b, b.hour_l2_sensitivity / sigma, sigma)
     plan = BudgetPlan(epsilon, delta, max_hours_per_day, day_mu, metrics)
     spent_eps, spent_delta = worst_case_user_day(plan)
     if spent_delta > delta * (1 + 1e-6) or spent_eps > epsilon * (1 + 1e-6):
@@ -184,12 +198,16 @@ def plan_budget(epsilon: float, delta: float, max_hours_per_day: int,
 def worst_case_user_day(plan: BudgetPlan) -> tuple[float, float]:
     """(ε at the budget's δ, δ at the budget's ε) of the most a user can lose in a day.
 
-    Derived only from the bounds and the noise: a user appears in at most
-    ``max_hours_per_day`` windows, and in each adds at most Δ₂ to each metric's
-    release of noise σ, so the day is μ-GDP with μ² = H · Σ (Δ₂/σ)².
+    Derived only from the bounds and the noise: a user adds to at most K
+    partitions of a metric per day (at most min(C, K) in any of at most
+    ``max_hours_per_day`` hours), at most T to each, so the day is μ-GDP with
+    μ² = Σ_m T²·min(K, H·C) / σ_m².
     """
-    mu2 = sum(plan.max_hours_per_day * (m.bounds.l2_sensitivity / m.noise_stddev) ** 2
-              for m in plan.metrics.values())
+    mu2 = 0.0
+    for m in plan.metrics.values():
+        b = m.bounds
+        partitions = min(b.partitions_per_day, plan.max_hours_per_day * b.partitions_per_hour)
+        mu2 += partitions * b.per_partition ** 2 / m.noise_stddev ** 2
     mu = math.sqrt(mu2)
     return (gdp_epsilon(mu, plan.delta_per_user_day), gdp_delta(mu, plan.epsilon_per_user_day))
 
@@ -209,11 +227,13 @@ def ledger_row(plan: BudgetPlan, metric: str, window_start: float, partitions: i
         "delta": plan.delta_per_user_day * charge,
         "mechanism": MECHANISM,
         "noise_scale": m.noise_stddev,
-        "l2_sensitivity": m.bounds.l2_sensitivity,
+        "l2_sensitivity": m.bounds.hour_l2_sensitivity,
+        "l2_sensitivity_per_user_day": m.bounds.day_l2_sensitivity,
         "gdp_mu": m.release_mu,
         "bounds": {
-            "max_partitions_per_user_hour": m.bounds.cells_per_hour,
-            "max_per_partition": m.bounds.per_cell,
+            "max_partitions_per_user_hour": m.bounds.partitions_per_hour,
+            "max_partitions_per_user_day": m.bounds.partitions_per_day,
+            "max_per_partition": m.bounds.per_partition,
             "max_hours_per_day": plan.max_hours_per_day,
             "enforced_by": m.bounds.note,
         },

@@ -3,8 +3,9 @@
 Pure functions, no Beam. Every input record that places a user somewhere
 becomes a ``Contribution`` (user, time, H3 cell, kind); one user's
 contributions to one hourly window become one ``UserHour`` that already obeys
-the bounds and no longer carries the user id; ``keep_first_hours`` then keeps
-at most ``max_hours_per_day`` of a user's hours per JST day.
+the hour's bounds and no longer carries the user id; ``spend_day`` then fits
+each hour, in time order, into what is left of the user's JST day: at most
+``max_hours_per_day`` hours and ``max_cells_per_day`` partitions per metric.
 
 Which contributions are kept depends only on that user's own data, never on
 anyone else's (that is what lets the bounds define the sensitivity): the
@@ -13,22 +14,22 @@ the first ``max_per_cell`` tweets or touches in each kept cell, the first
 ``max_hours_per_day`` hours of the day. Ties in time break on the cell id, so
 the choice is deterministic and the same in batch and streaming.
 
-Metrics and their bounds, per hourly window (L2 sensitivity of one hour's
-release of the metric, for one user):
+Metrics and their bounds (C = max_cells_per_hour, K = max_cells_per_day, both
+per metric; the L2 sensitivity is of all of one user-day's releases of the
+metric, which is what the accountant charges):
 
-==================  =====================================================  ====================
-metric family       partitions (one row each)                              L2 sensitivity
-==================  =====================================================  ====================
-footfall            every public cell: distinct users present              sqrt(C)
-footfall_by_age     every public cell x age band: distinct users present   sqrt(C)
-tweets              every public cell: precisely located tweets posted     T_tweets * sqrt(C)
-nfc_touches         every public cell: NFC touch reports                   T_touch * sqrt(C)
-flows               every ordered pair of coarse public cells: users       1
+==================  =====================================================  ======================
+metric family       partitions (one row each, every hour)                  L2 sensitivity per day
+==================  =====================================================  ======================
+footfall            every public cell: distinct users present              sqrt(K)
+footfall_by_age     every public cell x age band: distinct users present   sqrt(K)
+tweets              every public cell: precisely located tweets posted     T_tweets * sqrt(K)
+nfc_touches         every public cell: NFC touch reports                   T_touch * sqrt(K)
+flows               every ordered pair of coarse public cells: users       sqrt(max_hours_per_day)
                     whose first and last position of the hour are there
-==================  =====================================================  ====================
+==================  =====================================================  ======================
 
-(C = max_cells_per_hour; a user is one age band, so the age histogram has the
-footfall's sensitivity.) Presence (footfall) counts pings, NFC touches and
+(A user is one age band, so the age histogram has the footfall's sensitivity.) Presence (footfall) counts pings, NFC touches and
 precisely located tweets alike: each says "this user was here then".
 """
 from __future__ import annotations
@@ -166,22 +167,51 @@ def bound_user_hour(contributions: Iterable[Contribution], bounds: HourBounds,
     return user_hour, Dropped(presence_dropped, tweets_dropped, touches_dropped)
 
 
-def keep_first_hours(hours: Iterable[float], max_hours_per_day: int,
-                     used: Optional[Dict[str, int]] = None) -> Tuple[List[float], List[float]]:
-    """Split window starts into (kept, dropped): the first ``max_hours_per_day`` of each JST day.
+class DayUse(NamedTuple):
+    """What a user has spent of one JST day's bounds so far (streaming state)."""
+    hours: int = 0
+    presence: int = 0
+    tweets: int = 0
+    touches: int = 0
 
-    ``used`` maps day -> hours already kept (streaming state); it is updated in place.
+
+def spend_day(user_hour: UserHour, used: DayUse, max_hours: int,
+              max_cells_per_day: int) -> Tuple[Optional[UserHour], DayUse, Dropped]:
+    """Fit one user-hour into what is left of the user's day; hours must come in time order.
+
+    Returns the kept part (None when the day has no hour left), the new use and
+    what was dropped (in contributions' units: cells for presence, counts for
+    tweets and touches; a dropped hour drops all of them).
     """
-    used = {} if used is None else used
-    kept, dropped = [], []
-    for start in sorted(set(hours)):
-        day = day_of(start)
-        if used.get(day, 0) < max_hours_per_day:
-            used[day] = used.get(day, 0) + 1
-            kept.append(start)
-        else:
-            dropped.append(start)
-    return kept, dropped
+    if used.hours >= max_hours:
+        return None, used, Dropped(len(user_hour.presence_cells),
+                                   sum(n for _, n in user_hour.tweet_counts),
+                                   sum(n for _, n in user_hour.touch_counts))
+    presence = user_hour.presence_cells[:max(0, max_cells_per_day - used.presence)]
+    tweets = user_hour.tweet_counts[:max(0, max_cells_per_day - used.tweets)]
+    touches = user_hour.touch_counts[:max(0, max_cells_per_day - used.touches)]
+    kept = user_hour._replace(presence_cells=presence, tweet_counts=tweets, touch_counts=touches)
+    new_use = DayUse(used.hours + 1, used.presence + len(presence), used.tweets + len(tweets),
+                     used.touches + len(touches))
+    dropped = Dropped(len(user_hour.presence_cells) - len(presence),
+                      sum(n for _, n in user_hour.tweet_counts[len(tweets):]),
+                      sum(n for _, n in user_hour.touch_counts[len(touches):]))
+    return kept, new_use, dropped
+
+
+def spend_days(user_hours: Iterable[UserHour], max_hours: int,
+               max_cells_per_day: int) -> Tuple[List[UserHour], Dropped]:
+    """Batch form of ``spend_day`` for one user: every hour, in time order, per JST day."""
+    used: Dict[str, DayUse] = {}
+    kept, lost = [], [0, 0, 0]
+    for user_hour in sorted(user_hours, key=lambda h: h.window_start):
+        day = day_of(user_hour.window_start)
+        part, used[day], dropped = spend_day(user_hour, used.get(day, DayUse()), max_hours,
+                                             max_cells_per_day)
+        if part is not None:
+            kept.append(part)
+        lost = [a + b for a, b in zip(lost, dropped)]
+    return kept, Dropped(*lost)
 
 
 def age_metric(band: str) -> str:

@@ -56,12 +56,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 import h3
@@ -81,7 +77,8 @@ class DpParams:
     epsilon_per_user_day: float = 1.0
     delta_per_user_day: float = 1e-6
     h3_res: int = 8
-    max_cells_per_hour: int = 1          # per metric, per user-hour
+    max_cells_per_hour: int = 3          # C: per metric, per user-hour
+    max_cells_per_day: int = 36          # K: per metric, per user-day (cell-hours); sets the noise
     max_hours_per_day: int = 24          # per user, per JST day
     max_tweets_per_cell_hour: int = 2
     max_touches_per_cell_hour: int = 2
@@ -110,10 +107,11 @@ class DpParams:
                              f"(Gaussian noise needs delta > 0; 1e-6 is the default)")
         if not 5 <= self.h3_res <= 10:
             raise ValueError(f"h3_res={self.h3_res}: choose 5..10 (8 is ~0.7 km², the default)")
-        for name in ("max_cells_per_hour", "max_tweets_per_cell_hour", "max_touches_per_cell_hour"):
+        for name in ("max_cells_per_hour", "max_cells_per_day", "max_tweets_per_cell_hour",
+                     "max_touches_per_cell_hour"):
             value = getattr(self, name)
-            if not 1 <= value <= 100:
-                raise ValueError(f"{name}={value}: choose 1..100")
+            if not 1 <= value <= 1000:
+                raise ValueError(f"{name}={value}: choose 1..1000")
         if self.flows and not 0 <= self.flow_res < self.h3_res:
             raise ValueError(f"flow_res={self.flow_res} must be coarser than h3_res={self.h3_res}")
         if not self.bands():
@@ -142,19 +140,22 @@ class DpParams:
         return bnd.HourBounds(self.max_cells_per_hour, self.max_tweets_per_cell_hour,
                               self.max_touches_per_cell_hour, self.flow_res if self.flows else None)
 
+    def cells_per_day(self) -> int:
+        """K as enforced: a user cannot fill more than max_hours_per_day x max_cells_per_hour."""
+        return min(self.max_cells_per_day, self.max_hours_per_day * self.max_cells_per_hour)
+
     def metric_bounds(self) -> List[acct.MetricBounds]:
-        c = self.max_cells_per_hour
-        first = "first in time, per user"
+        c, k, h = self.max_cells_per_hour, self.cells_per_day(), self.max_hours_per_day
+        first = f"first in time per user: {c} cells per hour, {k} cell-hours and {h} hours per JST day"
         candidates = [
-            (bnd.FOOTFALL, self.share_footfall, c, 1, f"{c} cells per user-hour, {first}"),
-            (bnd.FOOTFALL_BY_AGE, self.share_footfall_by_age, c, 1,
-             f"{c} cells per user-hour, one age band per user, {first}"),
-            (bnd.TWEETS, self.share_tweets, c, self.max_tweets_per_cell_hour,
-             f"{c} cells x {self.max_tweets_per_cell_hour} tweets per user-hour, {first}"),
-            (bnd.NFC_TOUCHES, self.share_nfc_touches, c, self.max_touches_per_cell_hour,
-             f"{c} cells x {self.max_touches_per_cell_hour} touches per user-hour, {first}"),
-            (bnd.FLOWS, self.share_flows if self.flows else 0.0, 1, 1,
-             "one (first, last) coarse-cell pair per user-hour"),
+            (bnd.FOOTFALL, self.share_footfall, c, k, 1, first),
+            (bnd.FOOTFALL_BY_AGE, self.share_footfall_by_age, c, k, 1, f"{first}; one age band per user"),
+            (bnd.TWEETS, self.share_tweets, c, k, self.max_tweets_per_cell_hour,
+             f"{first}; {self.max_tweets_per_cell_hour} tweets per cell-hour"),
+            (bnd.NFC_TOUCHES, self.share_nfc_touches, c, k, self.max_touches_per_cell_hour,
+             f"{first}; {self.max_touches_per_cell_hour} touches per cell-hour"),
+            (bnd.FLOWS, self.share_flows if self.flows else 0.0, 1, h, 1,
+             f"one (first, last) coarse-cell pair per user-hour, {h} hours per JST day"),
         ]
         return [acct.MetricBounds(*row) for row in candidates if row[1] > 0]
 
@@ -197,16 +198,6 @@ def release_window(params: DpParams, plan: acct.BudgetPlan, histogram: Dict[Tupl
 
 # ---------------------------------------------------------------- Beam steps
 
-def _window_max(window_start: float) -> Timestamp:
-    """The window's last millisecond: a timer there fires as the window closes.
-
-    Milliseconds, not Beam's last microsecond: portable runners (Flink, the
-    FnApiRunner) keep timers at millisecond precision.
-    """
-    end_ms = int(round((window_start + acct.HOUR_S) * 1000))
-    return Timestamp(micros=(end_ms - 1) * 1000)
-
-
 class ToContributionsFn(beam.DoFn):
     """A ping / touch / tweet -> a Contribution, or a counted drop (never an exception)."""
 
@@ -243,7 +234,7 @@ class ToContributions(beam.PTransform):
 
 
 class BoundUserHourFn(beam.DoFn):
-    """(user, [Contribution] of one hour) -> ("JST day|user", UserHour); drops are counted."""
+    """(user, [Contribution] of one hour) -> (user, UserHour); drops are counted."""
 
     def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...]):
         self._bounds, self._bands = bounds, bands
@@ -275,68 +266,57 @@ class BoundUserHourFn(beam.DoFn):
         self._presence.inc(dropped.presence)
         self._tweets.inc(dropped.tweets)
         self._touches.inc(dropped.touches)
-        # a str key: its coder is deterministic, as a stateful step downstream needs
-        yield f"{acct.day_of(user_hour.window_start)}|{user_id}", user_hour
+        yield user_id, user_hour
 
 
-class KeepFirstHoursOfDayFn(beam.DoFn):
-    """Per (user, JST day): keep the first ``max_hours`` hours, deciding each when it closes.
+class DaySoFarWindows(window.NonMergingWindowFn):
+    """A user-hour of hour g goes to every window [JST day start, h end) with h >= g.
 
-    Hours are buffered and decided by an event-time timer at the end of the
-    earliest pending hour, so the choice is the same (first in time) whatever
-    order the runner delivers them in, batch or streaming.
+    The window ending at hour h's end holds all of a user's hours of the day up
+    to h, and fires (default trigger) when the watermark passes h: exactly what
+    deciding hour h "first in time" needs, with no state or timers. Timers
+    would do it with one copy instead of up to 24, but the direct runner does
+    not hold the watermark for user timers, so their output could arrive late
+    at the release; a grouping's output is always on time.
     """
-    PENDING = BagStateSpec("pending", PickleCoder())
-    USED = ReadModifyWriteStateSpec("used", PickleCoder())
-    DUE = ReadModifyWriteStateSpec("due", PickleCoder())
-    DECIDE = TimerSpec("decide", TimeDomain.WATERMARK)
-    FORGET = TimerSpec("forget", TimeDomain.WATERMARK)
 
-    def __init__(self, max_hours: int):
-        self._max_hours = max_hours
-        self._dropped = Metrics.counter(_NS, "dp_bounded_hours_dropped")
+    def assign(self, context):
+        start = acct.hour_start(float(context.timestamp))
+        day_start = acct.day_end(start) - acct.HOURS_PER_DAY * acct.HOUR_S
+        ends = range(int(start) + acct.HOUR_S, int(day_start) + acct.HOURS_PER_DAY * acct.HOUR_S + 1, acct.HOUR_S)
+        return [window.IntervalWindow(day_start, end) for end in ends]
 
-    def process(self, element, pending=beam.DoFn.StateParam(PENDING), due=beam.DoFn.StateParam(DUE),
-                decide=beam.DoFn.TimerParam(DECIDE), forget=beam.DoFn.TimerParam(FORGET)):
-        _, user_hour = element
-        pending.add(user_hour)
-        # An hour after the day's last window, every hour of the day has been decided
-        # (a timer at the same instant as the last decision could fire before it).
-        forget.set(_window_max(acct.day_end(user_hour.window_start)))
-        current = due.read()
-        if current is None or user_hour.window_start < current:
-            due.write(user_hour.window_start)
-            decide.set(_window_max(user_hour.window_start))
+    def get_window_coder(self):
+        return beam.coders.coders.IntervalWindowCoder()
 
-    @on_timer(DECIDE)
-    def decide_hours(self, pending=beam.DoFn.StateParam(PENDING), used=beam.DoFn.StateParam(USED),
-                     due=beam.DoFn.StateParam(DUE), decide=beam.DoFn.TimerParam(DECIDE),
-                     fired=beam.DoFn.TimestampParam):
-        buffered = list(pending.read())
-        ready = [h for h in buffered if _window_max(h.window_start) <= fired]
-        later = [h for h in buffered if _window_max(h.window_start) > fired]
-        by_start = {h.window_start: h for h in ready}
-        # the key is (user, day): every hour here is of one day, whose count is the state
-        day = acct.day_of(min(by_start)) if by_start else None
-        counts = {day: used.read() or 0}
-        kept, dropped = bnd.keep_first_hours(by_start, self._max_hours, used=counts)
-        used.write(counts[day])
-        self._dropped.inc(len(dropped))
-        pending.clear()
-        for h in later:
-            pending.add(h)
-        if later:
-            nxt = min(h.window_start for h in later)
-            due.write(nxt)
-            decide.set(_window_max(nxt))
-        else:
-            due.clear()
-        for start in kept:
-            yield window.TimestampedValue(by_start[start], _window_max(start))
 
-    @on_timer(FORGET)
-    def forget_day(self, used=beam.DoFn.StateParam(USED)):
-        used.clear()  # no state outlives the user's day
+class SpendUserDayFn(beam.DoFn):
+    """(user, that user's hours of the day so far) -> the last hour, fitted into the day's bounds."""
+
+    def __init__(self, max_hours: int, max_cells_per_day: int):
+        self._max_hours, self._max_cells = max_hours, max_cells_per_day
+        self._hours = Metrics.counter(_NS, "dp_bounded_hours_dropped")
+        self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
+        self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
+        self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
+
+    def process(self, element, win=beam.DoFn.WindowParam):
+        _, user_hours = element
+        current = win.end.micros / 1_000_000 - acct.HOUR_S
+        day_use = bnd.DayUse()
+        for user_hour in sorted(user_hours, key=lambda h: h.window_start):
+            if user_hour.window_start > current:
+                break
+            kept, day_use, dropped = bnd.spend_day(user_hour, day_use, self._max_hours, self._max_cells)
+            if user_hour.window_start == current:
+                # only this window's hour is decided here; earlier hours were decided in theirs
+                self._presence.inc(dropped.presence)
+                self._tweets.inc(dropped.tweets)
+                self._touches.inc(dropped.touches)
+                if kept is None:
+                    self._hours.inc()
+                else:
+                    yield kept
 
 
 class BoundUserHours(beam.PTransform):
@@ -360,14 +340,13 @@ class BoundUserHours(beam.PTransform):
                       allowed_lateness=p.late_count_horizon_s)
                   | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
                   | "GroupUserHour" >> beam.GroupByKey()
-                  # col : ("JST day|user_id", UserHour)
+                  # col : (user_id, UserHour), stamped at the hour's end
                   | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users))
-        if p.max_hours_per_day < acct.HOURS_PER_DAY:
-            # col : UserHour, stamped at its window's last instant
-            return (hourly
-                    | "UserDays" >> beam.WindowInto(window.GlobalWindows())
-                    | "KeepFirstHoursOfDay" >> beam.ParDo(KeepFirstHoursOfDayFn(p.max_hours_per_day)))
-        return hourly | "DropUserId" >> beam.Map(lambda kv: kv[1])
+        # col : UserHour within the day's bounds, stamped at its hour's end, in the day-so-far window
+        return (hourly
+                | "DaySoFar" >> beam.WindowInto(DaySoFarWindows())
+                | "GroupUserDay" >> beam.GroupByKey()
+                | "SpendUserDay" >> beam.ParDo(SpendUserDayFn(p.max_hours_per_day, p.cells_per_day())))
 
 
 class SumHistogramFn(beam.CombineFn):

@@ -136,3 +136,26 @@ def test_bounds_always_hold_and_everything_is_kept_or_counted(raw, max_cells, pe
     kept = [first_seen[c] for c in user_hour.presence_cells]
     lost = [first_seen[c] for c in first_seen if c not in user_hour.presence_cells]
     assert not lost or max(kept) < min(lost)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 47), st.lists(st.sampled_from([A, B, C, D]), min_size=1, max_size=4,
+                                                      unique=True)),
+                min_size=1, max_size=40, unique_by=lambda t: t[0]),
+       st.integers(1, 24), st.integers(1, 30))
+def test_a_day_never_exceeds_its_hours_or_cells(raw, max_hours, max_cells_per_day):
+    day = parse_rfc3339("2026-11-25T15:00:00Z")
+    hours = [_hour(day + 3600 * h, cells) for h, cells in raw]
+    kept, dropped = bnd.spend_days(hours, max_hours, max_cells_per_day)
+    per_day = {}
+    for h in kept:
+        hours_used, cells_used = per_day.get(bnd.day_of(h.window_start), (0, 0))
+        per_day[bnd.day_of(h.window_start)] = (hours_used + 1, cells_used + len(h.presence_cells))
+    assert all(n <= max_hours and c <= max_cells_per_day for n, c in per_day.values())
+    assert sum(len(h.presence_cells) for h in kept) + dropped.presence == sum(len(c) for _, c in raw)
+    # first in time: within a day, a kept hour never follows a dropped one
+    kept_starts = {h.window_start for h in kept}
+    for d in {bnd.day_of(h.window_start) for h in hours}:
+        flags = [h.window_start in kept_starts for h in sorted(hours, key=lambda h: h.window_start)
+                 if bnd.day_of(h.window_start) == d]
+        assert flags == sorted(flags, reverse=True)

@@ -17,9 +17,11 @@ chain, the same in batch and streaming:
    the grouping, not before it, so the registry side input never holds back
    the watermark of raw events: lateness is judged on event arrival, and it is
    one lookup per user-hour instead of one per event.) Then one user's hour
-   becomes one ``UserHour`` within the bounds (``transforms.dp_bounding``); with
-   ``max_hours_per_day < 24`` only the first hours of each user's JST day are
-   kept (a stateful step that releases an hour when the watermark passes it).
+   becomes one ``UserHour`` within the hour's bounds (``transforms.dp_bounding``).
+   A second grouping per user, over "the JST day so far" windows
+   (``DaySoFarWindows``), then fits each hour, in time order, into what is
+   left of the user's day (``max_hours_per_day`` hours, ``max_cells_per_day``
+   cell-hours per metric), deciding each hour when the watermark passes it.
 3. ``SumPerCell`` + ``ReleaseHour``: one histogram per hour; every public
    partition of every enabled metric is released, data or not, with Gaussian
    noise from Google's DP library; the hour's ledger rows go out beside them.
@@ -34,10 +36,14 @@ window open for ``late_count_horizon_s`` after its end and fires late panes
 that are only counted, never released; data later still is dropped by the
 runner uncounted.
 
-Which hours are released. Every public cell is released for every hour that
-has at least one contribution from anyone in the service area; an hour with no
-data at all is not released (streaming has no other clock). This reveals only
-that somebody was in the 23 wards that hour.
+Which hours are released. Every public partition is released for every hour
+that has at least one contribution (after bounding) from anyone in the service
+area; an hour with none at all is not released (streaming has no other clock
+to release it by). This reveals only that somebody was in the 23 wards that
+hour — for a carrier's city, always true.
+
+Sensitivity and bounds of each metric: see ``transforms.dp_bounding``; the
+noise they imply and the ledger: ``transforms.dp_accounting``.
 
 Post-processing. Noisy values below ``suppress_below`` (default 0: negative
 counts) are published as 0.0; rows are never omitted, so the release set is

@@ -541,6 +541,12 @@ class DecideForUser:
         return state, [("alert", Alert(alert_id(here.user_id, h.key, h.tweet_id), here.user_id, h.tweet_id,
                                       h.ts, round(distance, 1), reason))]
 
+    def run_batch(self, messages):
+        """Bounded input: a user no happening asked about has nothing to decide (most users)."""
+        if not any(isinstance(m, CandidateMsg) for m in messages):
+            return []
+        return run_ordered(self, messages)[1]
+
     def expire(self, state, now):
         if state["latest"] is not None and now - state["latest"].ts > self.stale_s:
             state["latest"] = None

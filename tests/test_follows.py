@@ -159,6 +159,21 @@ def test_streaming_report_left_waiting_by_an_early_pane_still_expires():
     p.run().wait_until_finish()
 
 
+def test_streaming_early_pane_without_a_pair_keeps_the_report_waiting():
+    """x and its redelivery fire an early pane; y comes later, before the deadline: still a follow."""
+    x, y = touch(A, B, T0, 1)
+    stream = (TestStream().advance_watermark_to(T0 - 60)
+              .add_elements([TimestampedValue(x, x.ts), TimestampedValue(x, x.ts)])
+              .advance_watermark_to(T0 + 5)
+              .add_elements([TimestampedValue(y, y.ts)])
+              .advance_watermark_to_infinity())
+    p, out = streaming_pipeline(stream)
+    assert_that(out["follows"], equal_to([follow_for_touch(x, y)]), label="Follows")
+    assert_that(out["dead_letters"] | beam.Map(lambda d: (json.loads(d.raw)["tap_id"], d.error.split(":")[0])),
+                equal_to([(x.tap_id, "duplicate")]), label="DeadLetters")
+    p.run().wait_until_finish()
+
+
 def test_streaming_late_partner_before_expiry_still_matches():
     x, y = touch(A, B, T0, 1)
     stream = (TestStream().advance_watermark_to(T0 - 60)

@@ -94,7 +94,7 @@ def child_core(n, args):
     settle()
     start = time.perf_counter()
     reports = [report_from_ping(p, params.max_accuracy_m) for p in pings] + [report_from_tweet(t) for t in tweets]
-    alerts = fan_out(tweets, [], reports, [(f, f.established_at) for f in follows], users, params)
+    alerts = fan_out(tweets, [], reports, follows, users, params)
     return {"seconds": time.perf_counter() - start, "alerts": len(alerts)}
 
 

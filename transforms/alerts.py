@@ -9,8 +9,12 @@ The rules (each has a test in ``tests/test_alerts.py``):
   latest accepted report at or before t, not older than ``location_stale_s``)
   lies within the radius of T's kind (``radius_<kind>_m``) by exact spherical
   distance -- or within ``max(friend_radius_m, that radius)`` when U and A
-  have a mutual follow established before t and known to the pipeline by t
-  (then ``reason`` starts with ``friend:``, else ``nearby:``).
+  have a mutual follow established at least ``follow_known_after_s`` before t
+  (then ``reason`` starts with ``friend:``, else ``nearby:``). The delay is
+  how long the follow step takes, in event time, to confirm a touch (its
+  pending expiry, ``FollowParams.pending_expiry_s`` = 600 s, rounded up):
+  a streaming run cannot know a follow earlier, and batch applies the same
+  rule so that both agree.
 - One alert per user per happening key (see ``transforms.happenings``) within
   ``happening_memory_s``, and per tweet; at most ``max_alerts_per_user_per_hour`` alerts per user per clock
   hour of event time. Both count in event-time order of the tweets (ties by
@@ -94,6 +98,7 @@ class AlertParams:
     radius_festival_m: float = 800.0
     radius_incident_m: float = 1000.0
     friend_radius_m: float = 2000.0           # mutual follows of the author reach this far
+    follow_known_after_s: float = 610.0       # a follow counts this long after the touch (> follows' expiry)
     max_alerts_per_user_per_hour: int = 3
     burst_min_authors: int = 3
     burst_window_s: float = 600.0
@@ -112,7 +117,7 @@ class AlertParams:
         for name in ("location_stale_s", "max_accuracy_m", "radius_m", "radius_concert_m", "radius_sale_m",
                      "radius_festival_m", "radius_incident_m", "friend_radius_m", "burst_window_s",
                      "near_dup_window_s", "retract_horizon_s", "happening_gap_s", "happening_memory_s",
-                     "stream_tick_s", "allowed_lateness_s"):
+                     "stream_tick_s", "allowed_lateness_s", "follow_known_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of {'metres' if name.endswith('_m') else 'seconds'}, got {value!r}")
@@ -383,7 +388,7 @@ class CandidateMsg(NamedTuple):
 
 
 class FollowEdge(NamedTuple):
-    """user and friend have a mutual follow since established_at, known from known_at on."""
+    """user and friend have a mutual follow since established_at; it counts from known_at on."""
     user_id: str
     friend_id: str
     established_at: float
@@ -620,8 +625,8 @@ def happening_cell_messages(h: Happening, index_res: int):
     return [(cell, HappeningMsg(h)) for cell in sorted(geo.cells_covering_disc(h.lat, h.lng, h.radius_m, index_res))]
 
 
-def follow_edges(follow: Follow, known_at: float):
-    known = max(follow.established_at, known_at)
+def follow_edges(follow: Follow, known_after_s: float):
+    known = follow.established_at + known_after_s
     return [(follow.user_a, FollowEdge(follow.user_a, follow.user_b, follow.established_at, known)),
             (follow.user_b, FollowEdge(follow.user_b, follow.user_a, follow.established_at, known))]
 
@@ -685,8 +690,8 @@ def find_happenings(tweets: Iterable[Tweet], params: AlertParams) -> list[Happen
 
 
 def fan_out(tweets: Iterable[Tweet], deletes: Iterable[TweetDelete], reports: Iterable[LocationReport],
-            follows: Iterable[tuple[Follow, float]], users: Iterable[User], params: AlertParams) -> list[Alert]:
-    """Every alert of a bounded input, sorted by (ts, alert_id); ``follows`` as (Follow, known_at)."""
+            follows: Iterable[Follow], users: Iterable[User], params: AlertParams) -> list[Alert]:
+    """Every alert of a bounded input, sorted by (ts, alert_id)."""
     tweets = list(tweets)
     reports = list(reports)
     happenings = find_happenings(tweets, params)
@@ -695,7 +700,7 @@ def fan_out(tweets: Iterable[Tweet], deletes: Iterable[TweetDelete], reports: It
     for h in happenings:
         cell_msgs.extend(happening_cell_messages(h, res))
     candidates = run_keyed(CellIndex(params.location_stale_s), cell_msgs)
-    friend_msgs = [edge for follow, known in follows for edge in follow_edges(follow, known)]
+    friend_msgs = [edge for follow in follows for edge in follow_edges(follow, params.follow_known_after_s)]
     friend_msgs += [(h.author_id, HappeningMsg(h)) for h in happenings]
     candidates += run_keyed(FriendsOf(), friend_msgs)
     user_msgs = [(u.user_id, UserInfo(u.user_id, u.alerts_opt_in)) for u in users]
@@ -818,11 +823,8 @@ class FanOutGeofencedAlerts(beam.PTransform):
         near = cell_msgs | "NearbyCandidates" >> _ordered(CellIndex(params.location_stale_s), bounded, params)
         # near["out"] : (user_id, CandidateMsg)
 
-        def edges(follow, ts=beam.DoFn.TimestampParam):
-            return follow_edges(follow, float(ts.micros) / 1e6)
-
         friend_msgs = (
-            (inputs["follows"] | "FollowEdges" >> beam.FlatMap(edges),
+            (inputs["follows"] | "FollowEdges" >> beam.FlatMap(follow_edges, params.follow_known_after_s),
              happenings | "KeyHappeningsByAuthor" >> beam.Map(lambda h: (h.author_id, HappeningMsg(h))))
             | "FriendMessages" >> beam.Flatten())
         friends = friend_msgs | "FriendCandidates" >> _ordered(FriendsOf(), bounded, params)

@@ -44,9 +44,9 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _pings(n: int, start_s: int = 0) -> list[str]:
+def _pings(n: int, start_s: int = 0, phase: str = "pre") -> list[str]:
     return [json.dumps({"user_id": f"u{i}", "ts": f"2026-11-01T12:00:{(start_s + i) % 60:02d}Z",
-                        "lat": 48.85, "lng": 2.35}) for i in range(n)]
+                        "lat": 48.85, "lng": 2.35, "phase": phase}) for i in range(n)]
 
 
 # --------------------------------------------------------------- services ----
@@ -94,19 +94,27 @@ def _format(kv, ts=beam.DoFn.TimestampParam):
 
 
 def test_beam_streaming_kafka_to_kafka(infra):
-    """Unbounded Kafka -> Beam (event time, 1-minute windows) -> Kafka; data arriving
-    after the job started is picked up; the job is cancelled at the end."""
+    """Unbounded Kafka -> Beam -> Kafka on the portable runner: every record comes out with
+    its event time as element timestamp, records produced after the job started are picked
+    up, and 1-minute event-time windows over the replayed backlog fire once the reader has
+    caught up (KafkaIO's CreateTime watermark). The job is cancelled at the end."""
     _needs_prism(infra)
     src_a, src_b, out, counts = _topic("in-a"), _topic("in-b"), _topic("out"), _topic("counts")
     kafka_tools.create_topics([src_a, src_b, out, counts], infra.bootstrap)
+    # the backlog: produced before the job starts, so none of it is late
     kafka_tools.produce_lines(src_a, _pings(5), infra.bootstrap)
+    kafka_tools.produce_lines(src_b, [json.dumps({"tap_id": "t1", "ts": "2026-11-01T12:00:30Z", "phase": "pre"})],
+                              infra.bootstrap)
 
     pipeline = beam.Pipeline(options=PipelineOptions(infra.portable_runner_args(streaming=True)))
     events = pipeline | kafka_io.ReadRawFromKafka({"pings": src_a, "taps": src_b}, infra.bootstrap,
                                                   infra.expansion_service)
     events | "Fmt" >> beam.Map(_format) | "Out" >> kafka_io.WriteLinesToKafka(out, infra.bootstrap,
                                                                               infra.expansion_service)
+    # Records produced after the job caught up carry old event times: behind the watermark,
+    # i.e. late for any window. Only the backlog is counted.
     (events
+     | beam.Filter(lambda kv: json.loads(kv[1]).get("phase") == "pre")
      | beam.WindowInto(window.FixedWindows(60))
      | beam.combiners.Count.PerKey()
      | beam.Map(lambda kv, w=beam.DoFn.WindowParam: json.dumps(
@@ -116,19 +124,18 @@ def test_beam_streaming_kafka_to_kafka(infra):
     t0 = time.monotonic()
     result = pipeline.run()
     try:
-        _wait(lambda: len(kafka_tools.consume(out, infra.bootstrap, 5, timeout_s=2)) >= 5, 120, "first 5 outputs")
+        _wait(lambda: len(kafka_tools.consume(out, infra.bootstrap, 6, timeout_s=2)) >= 6, 120, "first 6 outputs")
         first_out = time.monotonic() - t0
-        kafka_tools.produce_lines(src_b, [json.dumps({"tap_id": "t1", "ts": "2026-11-01T12:00:30Z"})],
-                                  infra.bootstrap)
-        kafka_tools.produce_lines(src_a, _pings(4, start_s=10), infra.bootstrap)
+        kafka_tools.produce_lines(src_a, _pings(4, start_s=10, phase="post"), infra.bootstrap)
         got = _wait(lambda: (lambda m: m if len(m) >= 10 else None)(
             kafka_tools.consume(out, infra.bootstrap, 10, timeout_s=2)), 90, "10 outputs")
-        window_counts = _wait(lambda: (lambda m: m if sum(json.loads(v)["count"] for _, v in m) >= 10 else None)(
+        window_counts = _wait(lambda: (lambda m: m if sum(json.loads(v)["count"] for _, v in m) >= 6 else None)(
             kafka_tools.consume(counts, infra.bootstrap, None, timeout_s=2)), 120, "event-time window counts")
     finally:
         result.cancel()
     rows = [json.loads(v) for _, v in got]
     assert {r["source"] for r in rows} == {"pings", "taps"}
+    assert sorted(json.loads(r["raw"])["phase"] for r in rows) == ["post"] * 4 + ["pre"] * 6
     for r in rows:  # element timestamp == record event time (Kafka CreateTime)
         assert r["event_ms"] == kafka_tools.event_time_ms(json.loads(r["raw"]))
     totals = {}
@@ -136,12 +143,13 @@ def test_beam_streaming_kafka_to_kafka(infra):
         c = json.loads(v)
         assert c["window_start"] == 1793534400000
         totals[c["source"]] = totals.get(c["source"], 0) + c["count"]
-    assert totals == {"pings": 9, "taps": 1}
+    assert totals == {"pings": 5, "taps": 1}
     print(f"streaming job: first output {first_out:.1f}s after submit")
 
 
 def test_beam_batch_files_and_kafka(infra, tmp_path):
-    """Bounded: files -> Kafka, then a bounded Kafka read (max_num_records) -> files."""
+    """Bounded: files -> Kafka, then a bounded Kafka read (max_num_records) -> files; the
+    read goes through the launcher jar (Beam starts and stops its own expansion service)."""
     _needs_prism(infra)
     topic = _topic("batch")
     kafka_tools.create_topics([topic], infra.bootstrap)
@@ -156,7 +164,7 @@ def test_beam_batch_files_and_kafka(infra, tmp_path):
 
     out_prefix = str(tmp_path / "out" / "part")
     with beam.Pipeline(options=PipelineOptions(infra.portable_runner_args(streaming=False))) as p:
-        (p | kafka_io.ReadRawFromKafka({"pings": topic}, infra.bootstrap, infra.expansion_service,
+        (p | kafka_io.ReadRawFromKafka({"pings": topic}, infra.bootstrap, kafka_io.expansion_service_jar(),
                                        max_num_records=20)
          | beam.Map(_format) | beam.io.WriteToText(out_prefix, file_name_suffix=".jsonl"))
     written = []

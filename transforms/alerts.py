@@ -440,7 +440,8 @@ class CellIndex:
             if h.ts - r.ts > self.stale_s:
                 del state[user_id]
                 continue
-            if user_id != h.author_id and geo.distance_m(h.lat, h.lng, r.lat, r.lng) <= h.radius_m:
+            # the author is excluded where every rule is applied: DecideForUser
+            if geo.distance_m(h.lat, h.lng, r.lat, r.lng) <= h.radius_m:
                 out.append((user_id, CandidateMsg(h, False)))
         return state, out
 
@@ -469,13 +470,13 @@ class FriendsOf:
 
     def process(self, state, msg):
         if isinstance(msg, FollowEdge):
-            # the earliest establishment of the pair counts (a re-touch changes nothing)
-            if msg.friend_id not in state or msg.established_at < state[msg.friend_id]:
-                state[msg.friend_id] = msg.established_at
+            # the earliest touch of the pair counts (a re-touch changes nothing)
+            if msg.friend_id not in state or msg.known_at < state[msg.friend_id]:
+                state[msg.friend_id] = msg.known_at
             return state, []
         h = msg.happening
         return state, [(friend, CandidateMsg(h, True))
-                       for friend, since in sorted(state.items()) if since < h.ts and friend != h.author_id]
+                       for friend, known in sorted(state.items()) if known <= h.ts]
 
     def expire(self, state, now):
         return state or None  # a follow lasts: kept for as long as its users exist

@@ -15,7 +15,7 @@ from apache_beam.transforms.window import TimestampedValue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.records import Alert, DeadLetter, Follow, Ping, TapReport, Tweet, TweetDelete, User
+from schemas.records import Alert, Follow, Ping, TapReport, Tweet, TweetDelete, User
 from transforms.alerts import (
     AlertParams, CellIndex, DecideForUser, FanOutGeofencedAlerts, alert_id, apply_retractions, fan_out,
     find_happenings)
@@ -565,3 +565,13 @@ def test_generated_world_streamed_out_of_order_equals_batch(generated_world):
         stream.advance_watermark_to(mark)
     stream.advance_watermark_to_infinity()
     run_streaming(w, stream, streaming_matches_batch(batch), equal_to([]))
+
+
+def test_params_are_simple_typed_for_the_command_line():
+    import dataclasses
+    import typing
+    hints = typing.get_type_hints(AlertParams)
+    for field in dataclasses.fields(AlertParams):
+        assert hints[field.name] in (int, float, str, bool), field.name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        AlertParams().radius_m = 1.0

@@ -1,6 +1,5 @@
 """transforms.locations: which reports place a user, and where a user is at a given time."""
 import apache_beam as beam
-import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings

@@ -16,9 +16,10 @@ The rules (each has a test in ``tests/test_alerts.py``):
   a streaming run cannot know a follow earlier, and batch applies the same
   rule so that both agree.
 - One alert per user per happening key (see ``transforms.happenings``) within
-  ``happening_memory_s``, and per tweet; at most ``max_alerts_per_user_per_hour`` alerts per user per clock
-  hour of event time. Both count in event-time order of the tweets (ties by
-  tweet id), and the friend alert of a tweet wins over its nearby alert.
+  ``happening_memory_s``, and per tweet; at most
+  ``max_alerts_per_user_per_hour`` alerts per user per clock hour of event
+  time. Both count in event-time order of the tweets (ties by tweet id), and
+  the friend alert of a tweet wins over its nearby alert.
 - ``alert_id`` = first 32 hex digits of sha256(``user_id|happening key|tweet_id``).
   ``reason`` = ``nearby|friend:<kind>:<rule name or #hashtag>``; ``ts`` = the
   tweet's time; ``distance_m`` rounded to 0.1 m.
@@ -55,7 +56,23 @@ users x tweets: accepted location reports are keyed by their H3 cell at
 ``index_h3_res``, each happening by the cells that cover its disc
 (``transforms.geo.cells_covering_disc``), friends by the author's follow list.
 The pure :func:`fan_out` runs the same processors without Beam (tests,
-benchmark).
+benchmark: ``python -m benchmarks.bench_alerts``).
+
+The steps (each labelled, each an :class:`OrderedByKey` over a processor)::
+
+    tweets -> Triage -> CollapseCopies[text] -> DetectBursts[tag|cell] -> SessionKeys[class|cell]
+                                                               \-> happenings
+    happenings -> cover cells -+
+    reports ------> cell ------+-> NearbyCandidates[cell] -------+
+    happenings -> author ------+-> FriendCandidates[user] -------+-> DecidePerUser[user]
+    follows ---> both users ---+     users, reports -> user -----+         |
+                                           deletes -> tweet id -> ApplyDeletes[tweet] -> alerts
+
+Counters (namespace ``tapfollow``): ``alerts_tweet_<verdict>``,
+``alerts_tweet_copy_collapsed``, ``alerts_location_ping_inaccurate``,
+``alerts_location_tweet_not_precise``, ``alerts_decided``,
+``alerts_capped_per_hour``, ``alerts_emitted``, ``alerts_retracted``,
+``alerts_suppressed_deleted``, ``alerts_late_<step>``.
 """
 from __future__ import annotations
 

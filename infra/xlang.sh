@@ -5,7 +5,10 @@
 #     transforms is EXTERNAL at the worker pool below (no Docker on this machine).
 #   * Java SDK worker pool (gRPC 127.0.0.1:$JAVA_WORKER_PORT): starts a Java SDK
 #     harness thread whenever a runner asks for a Java worker.
-# Both run from the plain Maven classpath that infra/install.sh resolved.
+# Both run from the plain Maven classpath that infra/install.sh resolved. The worker pool
+# already has every jar, so the expansion service stages only the tiny launcher jar as
+# the Java environment's artifact (--filesToStage) instead of ~140 MB of classpath
+# that every job submission would otherwise upload to the job service.
 #
 #   infra/xlang.sh start|stop|status
 set -euo pipefail
@@ -38,6 +41,7 @@ start() {
     nohup "$JAVA" -Xms128m -Xmx512m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC "${JVM_OPENS[@]}" -cp "$CP" \
       org.apache.beam.sdk.expansion.service.ExpansionService "$EXPANSION_PORT" \
       --defaultEnvironmentType=EXTERNAL --defaultEnvironmentConfig="$JAVA_WORKER_ADDR" \
+      --filesToStage="$EXPANSION_SERVICE_JAR" \
       >"$LOG_DIR/expansion-service.log" 2>&1 </dev/null &
     echo $! >"$ES_PID"
   fi

@@ -1,4 +1,4 @@
-"""FanOutGeofencedAlerts: tweets about local happenings -> alerts to the opted-in users near them.
+r"""FanOutGeofencedAlerts: tweets about local happenings -> alerts to the opted-in users near them.
 
 The rules (each has a test in ``tests/test_alerts.py``):
 

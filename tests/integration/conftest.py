@@ -57,7 +57,7 @@ class Infra:
 
     def flink_runner_args(self, streaming: bool = True, checkpoint_ms: int | None = None) -> list[str]:
         """Beam options for the Flink session cluster (needs the Beam job-server jar)."""
-        args = ["--runner=FlinkRunner", f"--flink_master={self.flink_master}",
+        args = ["--runner=FlinkRunner", f"--flink_master={self.flink_master}", "--flink_version=2.2",
                 f"--flink_job_server_jar={self.flink_job_server_jar}",
                 "--environment_type=LOOPBACK", "--parallelism=1"]
         if checkpoint_ms:

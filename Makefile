@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 
-.PHONY: run test test-fast infra-up infra-down install
+.PHONY: run test test-fast infra-up infra-submit infra-down install
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-fast: $(STAMP)
 
 infra-up: $(STAMP)
 	bash infra/install.sh && bash infra/up.sh
+
+# Stream a world (WORLD=DIR, default: a fresh small one) through Kafka on the local cluster.
+infra-submit: $(STAMP)
+	test -n "$(WORLD)" || $(BIN)/python -m pipelines.generate --output out-world --users 200 --hours 3 --start 2026-11-20T17:00:00+09:00
+	bash infra/submit.sh $(if $(WORLD),$(WORLD),out-world) $(ARGS)
 
 infra-down:
 	bash infra/down.sh

@@ -94,15 +94,24 @@ def _consumer_config(bootstrap_servers: str, group_id: Optional[str], extra: Opt
 class ReadRawFromKafka(beam.PTransform):
     """Read topics as ``(source_name, raw_line)``; element timestamp = Kafka CreateTime.
 
-    ``topics`` maps a source name (``taps``, ``tweets``, ``pings`` …) to its topic. One
-    Java read covers all topics (with metadata, to know each record's topic); values are
-    decoded as UTF-8 (undecodable bytes become U+FFFD, so the parser dead-letters them
-    with the damage visible).
+    ``topics`` maps a source name (``taps``, ``tweets``, ``pings`` …) to its topic. Each
+    topic gets its own Java read (with metadata, so a record's topic names its source),
+    and the reads are flattened; values are decoded as UTF-8 (undecodable bytes become
+    U+FFFD, so the parser dead-letters them with the damage visible).
+    ``max_num_records`` / ``max_read_time`` bound each topic's read.
 
     Event time: Kafka's CreateTime policy. The watermark of a partition follows the
     largest CreateTime read from it; a partition with no backlog lets the watermark move
     to the current time, so historical replays should be fully produced before reading
-    (or use one partition per topic as ``infra/up.sh`` does).
+    (with one partition per topic, as ``infra/up.sh`` creates them).
+
+    Why one read per topic: Prism (Beam 2.77) takes a splittable read's output
+    watermark from the residuals of the *last* bundle it ran, not from all of the
+    read's partitions. With one read over several topics, the bundle that finds the
+    smallest topic caught up (watermark = wall-clock time) moved the watermark of every
+    topic to now, and the rest of the replay arrived days late. Separate reads are
+    separate stages, and a Flatten's watermark is the minimum of its inputs', so each
+    topic holds the watermark until its own backlog is read.
     """
 
     def __init__(self, topics: Mapping[str, str], bootstrap_servers: str = "127.0.0.1:9092",
@@ -125,15 +134,7 @@ class ReadRawFromKafka(beam.PTransform):
 
     def expand(self, pbegin):
         by_topic = self._by_topic
-        records = pbegin | "KafkaRead" >> ReadFromKafka(
-            consumer_config=_consumer_config(self._bootstrap, self._group_id, self._extra),
-            topics=sorted(by_topic),
-            timestamp_policy=ReadFromKafka.create_time_policy,
-            with_metadata=True,
-            max_num_records=self._max_num_records,
-            max_read_time=self._max_read_time,
-            commit_offset_in_finalize=self._commit,
-            expansion_service=resolve_expansion_service(self._expansion_service))
+        expansion_service = resolve_expansion_service(self._expansion_service)
 
         def to_source_line(row):
             value = row.value
@@ -143,7 +144,22 @@ class ReadRawFromKafka(beam.PTransform):
                 value = ""
             return by_topic.get(row.topic, row.topic), value
 
-        return records | "ToSourceLine" >> beam.Map(to_source_line).with_output_types(tuple[str, str])
+        reads = []
+        for topic in sorted(by_topic):
+            records = pbegin | f"KafkaRead[{topic}]" >> ReadFromKafka(
+                consumer_config=_consumer_config(self._bootstrap, self._group_id, self._extra),
+                topics=[topic],
+                timestamp_policy=ReadFromKafka.create_time_policy,
+                with_metadata=True,
+                max_num_records=self._max_num_records,
+                max_read_time=self._max_read_time,
+                commit_offset_in_finalize=self._commit,
+                expansion_service=expansion_service)
+            reads.append(records | f"ToSourceLine[{topic}]"
+                         >> beam.Map(to_source_line).with_output_types(tuple[str, str]))
+        if len(reads) == 1:
+            return reads[0]
+        return tuple(reads) | "AllTopics" >> beam.Flatten()
 
 
 class WriteLinesToKafka(beam.PTransform):

@@ -13,7 +13,9 @@ import json
 import os
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
 from schemas.records import Statistic, TIME_FIELDS, arrow_schema, to_json_dict
@@ -85,22 +87,50 @@ def _statistic_row(stat: Statistic) -> dict:
     return row
 
 
+class _HourTable(beam.DoFn):
+    """One file window's rows -> one Arrow table, kept in that window at its own timestamp."""
+
+    def __init__(self, schema):
+        self._schema = schema
+
+    def process(self, keyed_rows):
+        _key, rows = keyed_rows
+        yield pa.Table.from_pylist(list(rows), schema=self._schema)
+
+
 class WriteMarketingParquet(beam.PTransform):
-    """Released statistics -> the ``marketing/`` Parquet dataset."""
+    """Released statistics -> the ``marketing/`` Parquet dataset.
+
+    Streaming builds one Arrow table per file window itself and writes it with
+    ``WriteToParquetBatched``. ``WriteToParquet``'s unbounded path batches rows in
+    ``_RowDictionariesToArrowTable``, whose ``finish_bundle`` stamps each table at
+    its window's *end*, one millisecond past the window's last timestamp. Prism
+    (Beam 2.77) then advances the writer's GroupByKey past that window (its
+    allowed lateness is 0), garbage-collects the window's trigger state while the
+    table is still pending, and panics (``assignment to entry in nil map``,
+    elementmanager.go:2107). A GroupByKey output stays inside its window.
+    """
 
     def __init__(self, folder: str, streaming: bool):
         super().__init__()
         self._folder, self._streaming = folder, streaming
 
     def expand(self, statistics):
+        schema = arrow_schema(Statistic)
+        rows = _windowable(statistics, self._streaming) | "ToRow" >> beam.Map(_statistic_row)
+        prefix = os.path.join(self._folder, "part")
+        if not self._streaming:
+            return rows | "Write" >> beam.io.WriteToParquet(prefix, schema=schema, file_name_suffix=".parquet")
         return (
-            _windowable(statistics, self._streaming)
-            | "ToRow" >> beam.Map(_statistic_row)
-            | "Write" >> beam.io.WriteToParquet(
-                os.path.join(self._folder, "part"),
-                schema=arrow_schema(Statistic),
-                file_name_suffix=".parquet",
-                triggering_frequency=STREAMING_FILE_WINDOW_S if self._streaming else None))
+            rows
+            # the writer's own file windows (fixed, on time, no lateness), grouped here
+            | "FileWindows" >> beam.WindowInto(window.FixedWindows(STREAMING_FILE_WINDOW_S))
+            | "KeyAll" >> beam.Map(lambda row: (None, row))
+            | "GroupWindow" >> beam.GroupByKey()
+            | "ToTable" >> beam.ParDo(_HourTable(schema))
+            | "Write" >> beam.io.WriteToParquetBatched(
+                prefix, schema=schema, file_name_suffix=".parquet",
+                triggering_frequency=STREAMING_FILE_WINDOW_S))
 
 
 def count_jsonl_lines(folder: str) -> int:

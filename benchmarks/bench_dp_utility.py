@@ -17,7 +17,8 @@ once each (L0 = K, Linf = 1); ours also caps a single hour at
 * ours: ``transforms.dp_*`` with every share on footfall (``share_footfall=1``)
   so that both spend the whole budget on the one metric (equal privacy); the
   pure core (no runner) against PipelineDP's LocalBackend, and with ``--beam``
-  ``ReleaseDpStatistics`` on the FnApiRunner against PipelineDP's BeamBackend.
+  ``ReleaseDpStatistics`` on the FnApiRunner against PipelineDP's BeamBackend,
+  both starting from the same in-memory records (mapping to cells included).
   The default configuration (four metrics sharing the budget) is reported too.
 * PipelineDP 0.3.1: ``PRIVACY_ID_COUNT``, Gaussian noise, the public
   partitions (every hour x every public cell), privacy unit (user, JST day).
@@ -189,14 +190,25 @@ def ours_beam(users, records, params):
     return released
 
 
-def pipeline_dp_beam(contributions, partitions, cells_per_day):
+def pipeline_dp_beam(users, records, partitions, cells_per_day):
+    """PipelineDP on Beam from the same in-memory records as ``ours_beam`` (same mapping to cells)."""
     import apache_beam as beam
     import pipeline_dp
     from apache_beam.testing.test_pipeline import TestPipeline
     p = TestPipeline(runner="FnApiRunner")
     accountant = pipeline_dp.NaiveBudgetAccountant(total_epsilon=EPSILON, total_delta=DELTA)
     engine = pipeline_dp.DPEngine(accountant, pipeline_dp.BeamBackend())
-    col = p | "Create" >> beam.Create(contributions)
+    consenting = frozenset(u for u, record in users.items() if not record.stats_opt_out)
+    public = frozenset(public_cells(RES))
+    max_accuracy_m = DpParams().max_accuracy_m
+
+    def to_contribution(r):
+        kind = bnd.TWEET if isinstance(r, Tweet) else bnd.TOUCH if isinstance(r, TapReport) else bnd.PING
+        c = bnd.contribution_of(r, kind, RES, public, max_accuracy_m)
+        if not isinstance(c, str) and c.user_id in consenting:
+            yield c
+
+    col = p | "Create" >> beam.Create(records) | "ToContributions" >> beam.FlatMap(to_contribution)
     result = engine.aggregate(col, _pipeline_dp_params(cells_per_day), _pipeline_dp_extractors(),
                               public_partitions=p | "Partitions" >> beam.Create(partitions))
     accountant.compute_budgets()
@@ -297,7 +309,7 @@ def main(argv=None) -> int:
                 ("ours, footfall only (Beam FnApiRunner)", sigma_ours,
                  lambda: ours_beam(b_users, b_records, footfall_only)),
                 ("PipelineDP BeamBackend (FnApiRunner)", sigma_pdp,
-                 lambda: pipeline_dp_beam(b_contributions, b_partitions, cells))):
+                 lambda: pipeline_dp_beam(b_users, b_records, b_partitions, cells))):
             started = time.perf_counter()
             released = run()
             secs = time.perf_counter() - started
@@ -305,16 +317,18 @@ def main(argv=None) -> int:
             assert not missing, f"{name} did not release {len(missing)} public partitions"
             error = (median_relative_error(released, b_truth)
                      if any(n >= DENSE for n in b_truth.values()) else float("nan"))
-            rows.append((name + ("" if not args.beam_users else f", {len(keep)} users"), sigma, error, secs,
+            dense_here = sum(1 for n in b_truth.values() if n >= DENSE)
+            rows.append((name + (f", {len(keep)} users, {dense_here} dense" if args.beam_users else ""),
+                         sigma, error, secs,
                          len(b_contributions), b_truth))
             print(f"  done: {name}", flush=True)
 
     print(f"\nfootfall at epsilon {EPSILON:g}, delta {DELTA:g} per user-day; bounds: {cells} (hour, cell) "
           f"partitions per user-day (and {args.max_cells_per_hour} per hour for ours), 1 per partition; {len(partitions)} public partitions; "
           f"median over {dense} cell-hours with >= {DENSE} users")
-    print(f"{'engine':<50}{'sigma':>8}{'theory':>9}{'measured':>10}{'seconds':>9}{'presences/s':>13}")
+    print(f"{'engine':<62}{'sigma':>8}{'theory':>9}{'measured':>10}{'seconds':>9}{'presences/s':>13}")
     for name, sigma, error, secs, n, counts in rows:
-        print(f"{name:<50}{sigma:>8.2f}{theoretical(sigma, counts):>9.2%}{error:>10.2%}"
+        print(f"{name:<62}{sigma:>8.2f}{theoretical(sigma, counts):>9.2%}{error:>10.2%}"
               f"{secs:>9.2f}{n / secs:>13,.0f}")
     return 0
 

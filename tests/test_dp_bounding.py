@@ -159,3 +159,15 @@ def test_a_day_never_exceeds_its_hours_or_cells(raw, max_hours, max_cells_per_da
         flags = [h.window_start in kept_starts for h in sorted(hours, key=lambda h: h.window_start)
                  if bnd.day_of(h.window_start) == d]
         assert flags == sorted(flags, reverse=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([A, B, C, D]), min_size=1, max_size=4, unique=True),
+       st.integers(0, 3), st.integers(0, 5), st.integers(0, 5), st.integers(1, 4), st.integers(1, 6))
+def test_an_earlier_hour_known_by_its_use_spends_what_the_whole_hour_spends(cells, hours, presence, tweets,
+                                                                           max_hours, max_cells):
+    # the day-so-far windows carry earlier hours as HourUse only: the arithmetic must agree
+    user_hour = _hour(T, cells, [(c, 1) for c in cells[:2]])
+    used = bnd.DayUse(hours, presence, tweets, 0)
+    _, expected, _ = bnd.spend_day(user_hour, used, max_hours, max_cells)
+    assert bnd.spend_earlier(used, bnd.hour_use(user_hour), max_hours, max_cells) == expected

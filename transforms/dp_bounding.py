@@ -175,6 +175,29 @@ class DayUse(NamedTuple):
     touches: int = 0
 
 
+class HourUse(NamedTuple):
+    """What an hour would take from its day: enough for a later hour's decision."""
+    window_start: float
+    presence: int
+    tweets: int
+    touches: int
+
+
+def hour_use(user_hour: UserHour) -> HourUse:
+    return HourUse(user_hour.window_start, len(user_hour.presence_cells),
+                   len(user_hour.tweet_counts), len(user_hour.touch_counts))
+
+
+def spend_earlier(used: DayUse, earlier: HourUse, max_hours: int, max_cells_per_day: int) -> DayUse:
+    """``spend_day``'s new use for an hour known only by its ``HourUse`` (same arithmetic)."""
+    if used.hours >= max_hours:
+        return used
+    def spent(so_far, wanted):
+        return so_far + min(wanted, max(0, max_cells_per_day - so_far))
+    return DayUse(used.hours + 1, spent(used.presence, earlier.presence), spent(used.tweets, earlier.tweets),
+                  spent(used.touches, earlier.touches))
+
+
 def spend_day(user_hour: UserHour, used: DayUse, max_hours: int,
               max_cells_per_day: int) -> Tuple[Optional[UserHour], DayUse, Dropped]:
     """Fit one user-hour into what is left of the user's day; hours must come in time order.

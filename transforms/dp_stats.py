@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -70,7 +70,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 import h3
 
 from schemas import service_area
-from schemas.records import Ping, Statistic, TapReport, Tweet
+from schemas.records import Statistic
 from transforms import dp_accounting as acct
 from transforms import dp_bounding as bnd
 from transforms.dp_noise import SecureGaussianNoise, ci95_halfwidth
@@ -277,24 +277,37 @@ class BoundUserHourFn(beam.DoFn):
 
 
 class DaySoFarWindows(window.NonMergingWindowFn):
-    """A user-hour of hour g goes to every window [JST day start, h end) with h >= g.
+    """Windows [JST day start, h end): each holds a user's day up to hour h, decided at h's end.
 
-    The window ending at hour h's end holds all of a user's hours of the day up
-    to h, and fires (default trigger) when the watermark passes h: exactly what
-    deciding hour h "first in time" needs, with no state or timers. Timers
-    would do it with one copy instead of up to 24, but the direct runner does
-    not hold the watermark for user timers, so their output could arrive late
-    at the release; a grouping's output is always on time.
+    A user-hour of hour g goes, whole, to its own window [day start, g end)
+    and, as its small ``HourUse``, to every later window of the day. The window
+    ending at hour h's end thus holds everything that deciding hour h "first
+    in time" needs, and fires (default trigger) when the watermark passes h.
+    Timers would need one copy instead of up to 24, but the direct runner does
+    not hold the watermark for user timers, so their output could reach the
+    release late; a grouping's output is always on time.
     """
 
     def assign(self, context):
+        _, value = context.element
         start = acct.hour_start(float(context.timestamp))
         day_start = acct.day_end(start) - acct.HOURS_PER_DAY * acct.HOUR_S
-        ends = range(int(start) + acct.HOUR_S, int(day_start) + acct.HOURS_PER_DAY * acct.HOUR_S + 1, acct.HOUR_S)
-        return [window.IntervalWindow(day_start, end) for end in ends]
+        first_end = int(start) + acct.HOUR_S
+        if isinstance(value, bnd.UserHour):
+            return [window.IntervalWindow(day_start, first_end)]
+        day_end = int(day_start) + acct.HOURS_PER_DAY * acct.HOUR_S
+        return [window.IntervalWindow(day_start, end)
+                for end in range(first_end + acct.HOUR_S, day_end + 1, acct.HOUR_S)]
 
     def get_window_coder(self):
         return beam.coders.coders.IntervalWindowCoder()
+
+
+def _with_hour_use(element):
+    """(user, UserHour) -> itself, and (user, HourUse) for the day's later windows."""
+    user_id, user_hour = element
+    yield element
+    yield user_id, bnd.hour_use(user_hour)
 
 
 class _CollectHoursFn(beam.CombineFn):
@@ -303,8 +316,8 @@ class _CollectHoursFn(beam.CombineFn):
     def create_accumulator(self):
         return []
 
-    def add_input(self, acc, user_hour):
-        acc.append(user_hour)
+    def add_input(self, acc, item):
+        acc.append(item)
         return acc
 
     def merge_accumulators(self, accs):
@@ -319,7 +332,7 @@ class _CollectHoursFn(beam.CombineFn):
 
 
 class SpendUserDayFn(beam.DoFn):
-    """(user, that user's hours of the day so far) -> the last hour, fitted into the day's bounds."""
+    """(user, [this hour's UserHour, earlier hours' HourUse]) -> this hour within the day's bounds."""
 
     def __init__(self, max_hours: int, max_cells_per_day: int):
         self._max_hours, self._max_cells = max_hours, max_cells_per_day
@@ -328,23 +341,23 @@ class SpendUserDayFn(beam.DoFn):
         self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
         self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
 
-    def process(self, element, win=beam.DoFn.WindowParam):
-        _, user_hours = element
-        current = win.end.micros / 1_000_000 - acct.HOUR_S
+    def process(self, element):
+        _, items = element
+        current = [h for h in items if isinstance(h, bnd.UserHour)]
+        if not current:
+            return  # the user had earlier hours today but none in this window's hour
+        (user_hour,) = current
         day_use = bnd.DayUse()
-        for user_hour in sorted(user_hours, key=lambda h: h.window_start):
-            if user_hour.window_start > current:
-                break
-            kept, day_use, dropped = bnd.spend_day(user_hour, day_use, self._max_hours, self._max_cells)
-            if user_hour.window_start == current:
-                # only this window's hour is decided here; earlier hours were decided in theirs
-                self._presence.inc(dropped.presence)
-                self._tweets.inc(dropped.tweets)
-                self._touches.inc(dropped.touches)
-                if kept is None:
-                    self._hours.inc()
-                else:
-                    yield kept
+        for earlier in sorted((h for h in items if isinstance(h, bnd.HourUse)), key=lambda h: h.window_start):
+            day_use = bnd.spend_earlier(day_use, earlier, self._max_hours, self._max_cells)
+        kept, _, dropped = bnd.spend_day(user_hour, day_use, self._max_hours, self._max_cells)
+        self._presence.inc(dropped.presence)
+        self._tweets.inc(dropped.tweets)
+        self._touches.inc(dropped.touches)
+        if kept is None:
+            self._hours.inc()
+        else:
+            yield kept
 
 
 class BoundUserHours(beam.PTransform):
@@ -377,6 +390,7 @@ class BoundUserHours(beam.PTransform):
                   | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users))
         # col : UserHour within the day's bounds, stamped at its hour's end, in the day-so-far window
         return (hourly
+                | "WithHourUse" >> beam.FlatMap(_with_hour_use)
                 | "DaySoFar" >> beam.WindowInto(DaySoFarWindows())
                 | "GroupUserDay" >> beam.CombinePerKey(_CollectHoursFn())
                 | "SpendUserDay" >> beam.ParDo(SpendUserDayFn(p.max_hours_per_day, p.cells_per_day())))

@@ -11,7 +11,9 @@ cross-language KafkaIO the Flink deployment uses:
   world's true follows. The privacy ledger and dead letters match too.
 * batch: the same pipeline from files on Prism writes exactly what DirectRunner writes.
 
-Each test checks in Prism's job service that its job ran there. The pipeline runs in
+Streaming on Prism runs with ``--experiments=prism_disable_sdf_split``, which
+``pipelines.run`` adds (see ``PRISM_NO_SPLIT`` there: Prism's dynamic splits of a
+Kafka read made data late). Each test checks in Prism's job service that its job ran there. The pipeline runs in
 a subprocess, as a user runs it (LOOPBACK: the Python worker lives in that process).
 The standard topics are deleted and recreated first: ``pipelines.run`` reads and
 writes those names, and the broker is shared by the whole session.
@@ -27,10 +29,12 @@ import time
 import grpc
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
 from apache_beam.portability.api import beam_job_api_pb2 as job_api
 from apache_beam.portability.api import beam_job_api_pb2_grpc as job_grpc
 
 from pipelines import kafka_tools
+from pipelines.run import PRISM_NO_SPLIT, add_runner_experiments
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
 from transforms.alerts import apply_retractions
@@ -258,3 +262,17 @@ def test_batch_from_files_on_prism_equals_direct_runner(infra, prism, world, dir
             _canonical(read_jsonl_folder(os.path.join(direct_batch, folder))), folder
     assert _marketing_keys(out) == _marketing_keys(direct_batch)
     print(f"batch on Prism: {elapsed:.1f}s including interpreter start")
+
+
+@pytest.mark.parametrize("args, disabled", [
+    (["--runner=PortableRunner", "--streaming"], True),
+    (["--runner=PrismRunner", "--streaming", "--experiments=prism_disable_sdf_split"], True),
+    (["--runner=PortableRunner"], False),  # bounded: a split cannot make data late
+    (["--runner=DirectRunner", "--streaming"], False),
+    (["--runner=FlinkRunner", "--streaming"], False),
+])
+def test_streaming_on_prism_asks_for_no_dynamic_splits(args, disabled):
+    options = PipelineOptions(args)
+    add_runner_experiments(options)
+    experiments = options.view_as(DebugOptions).experiments or []
+    assert experiments.count(PRISM_NO_SPLIT) == (1 if disabled else 0), experiments

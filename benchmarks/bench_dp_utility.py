@@ -181,6 +181,11 @@ def ours_beam(users, records, params):
      | beam.Map(lambda s: json.dumps([s.window_start, s.h3_cell, s.value]))
      | beam.io.WriteToText(os.path.join(path, "footfall")))
     p.run().wait_until_finish()
+    return _read_released(path)
+
+
+def _read_released(path: str) -> dict:
+    """{(window_start, cell): value} from the JSON lines a Beam run wrote under ``path``."""
     released = {}
     for name in os.listdir(path):
         with open(os.path.join(path, name)) as handle:
@@ -216,13 +221,7 @@ def pipeline_dp_beam(users, records, partitions, cells_per_day):
     (result | beam.Map(lambda kv: json.dumps([kv[0][0], kv[0][1], kv[1].privacy_id_count]))
      | beam.io.WriteToText(os.path.join(path, "footfall")))
     p.run().wait_until_finish()
-    released = {}
-    for name in os.listdir(path):
-        with open(os.path.join(path, name)) as handle:
-            for line in handle:
-                start, cell, value = json.loads(line)
-                released[(start, cell)] = value
-    return released
+    return _read_released(path)
 
 
 def median_relative_error(released, true_counts):

@@ -754,6 +754,15 @@ class World:
             lang=("en" if text.isascii() else "ja"), hashtags=hashtags, coords=coords, place=place,
             retweet_of=retweet_of, api="v1" if rng.random() < 0.5 else "v2", client=rng.randrange(3))
 
+    def _event_geotag(self, rng, lat, lng, place, precise_share: float, force_precise: bool = False):
+        """An event tweet's location: precise (share or forced), the venue's place only (to 0.8), or none."""
+        roll = rng.random()
+        if force_precise or roll < precise_share:
+            return self._geotag(rng, lat, lng, 10.0), place
+        if roll < 0.8:
+            return None, place
+        return None, None
+
     def _geotag(self, rng: random.Random, lat: float, lng: float, sigma_m: float) -> tuple:
         plat, plng = geo.offset(lat, lng, rng.gauss(0.0, sigma_m), rng.gauss(0.0, sigma_m))
         if not contains(plat, plng):
@@ -821,13 +830,7 @@ class World:
                     if not t0 <= t < t1:
                         continue
                     text, tags = self._event_text(rng, h, p, with_tag=is_core or rng.random() < 0.85)
-                    roll = rng.random()
-                    if is_core or roll < 0.55:
-                        coords, place = self._geotag(rng, lat, lng, 10.0), h.venue.place
-                    elif roll < 0.8:
-                        coords, place = None, h.venue.place
-                    else:
-                        coords, place = None, None
+                    coords, place = self._event_geotag(rng, lat, lng, h.venue.place, 0.55, force_precise=is_core)
                     spec = self._spec(rng, t, p, text, tags, coords, place)
                     specs.append(spec)
                     h.event_tweet_ids.append(spec.tweet_id)
@@ -843,13 +846,7 @@ class World:
                 t = rng.uniform(max(h.start, t0), min(h.end, t1))
                 lat, lng = geo.scatter(rng, h.venue.lat, h.venue.lng, h.radius_m * 0.3)
                 text, tags = self._event_text(rng, h, p, with_tag=rng.random() < 0.7)
-                roll = rng.random()
-                if roll < 0.5:
-                    coords, place = self._geotag(rng, lat, lng, 10.0), h.venue.place
-                elif roll < 0.8:
-                    coords, place = None, h.venue.place
-                else:
-                    coords, place = None, None
+                coords, place = self._event_geotag(rng, lat, lng, h.venue.place, 0.5)
                 spec = self._spec(rng, t, p, text, tags, coords, place)
                 specs.append(spec)
                 h.event_tweet_ids.append(spec.tweet_id)

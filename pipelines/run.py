@@ -22,6 +22,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from pipelines import sinks, sources
 from pipelines.errors import ConfigError
@@ -211,7 +212,14 @@ def run(argv=None) -> int:
     pipeline = beam.Pipeline(options=options)
     origins = build(pipeline, cfg)
     result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    except Exception:  # noqa: BLE001 -- re-raised unless the job was cancelled
+        # Cancelling is how an unbounded job ends (Prism and Flink report it as a failed
+        # wait): say so and write the summary of what it did, rather than a traceback.
+        if result.state != PipelineState.CANCELLED:
+            raise
+        print("pipelines.run: the job was cancelled", file=sys.stderr)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if cfg.source == "files":
         lines_read = {kind: sum(sum(1 for _ in sources.read_lines(path)) for path in paths)

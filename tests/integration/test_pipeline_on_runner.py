@@ -236,6 +236,14 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
     print(f"streaming on Prism: {len(follows)} follows, {len(alerts)} alert messages, "
           f"outputs complete {outputs_s:.1f}s after launch")
 
+    # a cancelled streaming job ends the CLI cleanly, with the summary of what it did
+    assert proc.returncode == 0, log_tail()
+    with open(os.path.join(out, "run_summary.json"), encoding="utf-8") as handle:
+        summary = json.load(handle)
+    assert (summary["state"], summary["runner"], summary["mode"]) == ("CANCELLED", "PortableRunner", "streaming")
+    assert summary["counters"]["emitted.follows"] == len(follows)
+    assert summary["counters"]["emitted.alerts"] == len(alerts)
+
     assert _canonical(follows) == _canonical(truth)
     assert _canonical(follows) == _canonical(expected["follows"])
     assert _canonical(_kept_alerts(alerts)) == _canonical(expected["alerts"])

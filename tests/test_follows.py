@@ -318,3 +318,24 @@ def test_generated_world_in_streaming_shuffled_equals_truth(generated_world):
     assert_that(out["follows"], equal_to(truth), label="Follows")
     assert_that(out["dead_letters"], equal_to([]), label="DeadLetters")
     p.run().wait_until_finish()
+
+
+def test_a_pairs_later_touch_confirmed_first_does_not_become_its_edge():
+    """Parallel runners confirm touches in any order (Prism did, on a 600-user world, where two
+    pairs got their later touch as the edge): the earlier touch of a pair must still be its
+    follow, as in batch. Here the later touch's two reports arrive, and fire its early pane,
+    before the earlier touch's reports."""
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms.window import TimestampedValue
+    from schemas.touch import follow_for_touch
+    from tests.test_pairing import A, B, T0, touch
+
+    first, later = touch(A, B, T0, 1), touch(B, A, T0 + 300, 2)
+    stream = (TestStream().advance_watermark_to(T0 - 60)
+              .add_elements([TimestampedValue(r, r.ts) for r in later])
+              .add_elements([TimestampedValue(r, r.ts) for r in first])
+              .advance_watermark_to_infinity())
+    p, out = streaming_pipeline(stream)
+    assert_that(out["follows"], equal_to([follow_for_touch(*first)]), label="Follows")
+    p.run().wait_until_finish()

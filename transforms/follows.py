@@ -45,9 +45,16 @@ Here instead:
 4. ``KeepFirstFollowPerPair`` (keyed by user pair, global window): an
    already-followed pair tapping again is a repeat touch, counted, never a
    second edge. On a bounded input a ``GroupByKey`` sees all of a pair's
-   touches and keeps the earliest; on an unbounded one a stateful DoFn holds
-   the follow graph itself (one entry per followed pair, kept for good), and
-   the first touch confirmed is the edge.
+   touches and keeps the earliest; on an unbounded one a pair's confirmed
+   touches are grouped in their deadline windows (fired when the watermark
+   passes, and once per late touch), and a stateful DoFn holds the follow graph
+   itself (one entry per followed pair, kept for good): the earliest touch in
+   the first group is the edge. Grouping first matters on parallel runners,
+   where early panes confirm a pair's touches in any order. The price is
+   latency: in streaming a follow is written when the watermark passes its
+   touch's deadline (``pending_expiry_s`` after the touch, 10 minutes by
+   default), not when the second phone reports; that is what makes streaming
+   equal batch and the truth (the earliest touch of a pair is its edge).
 
 Event time, lateness and bounded memory
 ---------------------------------------
@@ -291,12 +298,12 @@ class _KeepFirstFollowOfGroupFn(beam.DoFn):
 
 
 class _KeepFirstFollowPerPairFn(beam.DoFn):
-    """Unbounded input: the follow graph as state; the first touch confirmed for a pair is its edge.
+    """Unbounded input: the follow graph as state; the earliest touch of a pair's first group is its edge.
 
-    Touches are confirmed in event-time order (each when the watermark passes
-    its pairing time), so "first confirmed" is "earliest" except for a touch
-    confirmed late (its partner arrived behind the watermark) after a later
-    touch of the same pair: that one then counts as the repeat.
+    A pair's touches come grouped per deadline window, each group when the
+    watermark passes its window, so "first group" is "earliest" except for a
+    touch confirmed late (its partner arrived behind the watermark) after a
+    later touch of the same pair: that one then counts as the repeat.
     """
     EDGE = ReadModifyWriteStateSpec("edge", PickleCoder())
 
@@ -304,8 +311,8 @@ class _KeepFirstFollowPerPairFn(beam.DoFn):
         self._counters = _Counters()
 
     def process(self, element, edge=beam.DoFn.StateParam(EDGE)):
-        _pair, follow = element
-        current, emitted, repeats = pairing.keep_first_follow(edge.read(), [follow])
+        _pair, follows = element
+        current, emitted, repeats = pairing.keep_first_follow(edge.read(), list(follows))
         if emitted is not None:
             edge.write(current)
             self._counters.inc("follows_emitted")
@@ -317,16 +324,32 @@ class _KeepFirstFollowPerPairFn(beam.DoFn):
 class KeepFirstFollowPerPair(beam.PTransform):
     """('["user_a","user_b"]', Follow) -> Follow: one edge per user pair, ever; repeats are counted."""
 
+    def __init__(self, lateness_s: float = FollowParams.replay_memory_s):
+        super().__init__()
+        self._lateness_s = lateness_s
+
     def expand(self, confirmed):
-        confirmed = confirmed | "IntoFollowGraph" >> beam.WindowInto(window.GlobalWindows())
         if confirmed.is_bounded:
             # A global-window GroupByKey fires once, with all of a pair's touches: exact and stateless.
             return (confirmed
+                    | "IntoFollowGraph" >> beam.WindowInto(window.GlobalWindows())
                     | "GroupTouchesByPair" >> beam.GroupByKey()
                     | "KeepEarliestTouch" >> beam.ParDo(_KeepFirstFollowOfGroupFn()).with_output_types(Follow))
+        # Early panes of different touches are judged independently, so on a parallel runner
+        # (Prism, Flink) a pair's later touch can be confirmed before its earlier one. Grouped
+        # per pair in the deadline windows, fired when the watermark passes them (and once per
+        # late touch), a pair's touches reach the follow graph in event-time order: the
+        # GroupByKey holds the watermark until it fires.
         return (confirmed
+                | "ByPairAtDeadline" >> beam.WindowInto(
+                    window.FixedWindows(DEADLINE_GRANULE_S),
+                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                    allowed_lateness=Duration(seconds=self._lateness_s))
+                | "GroupTouchesByPair" >> beam.GroupByKey()
+                | "IntoFollowGraph" >> beam.WindowInto(window.GlobalWindows())
                 | "KeepFirstConfirmedTouch" >> beam.ParDo(_KeepFirstFollowPerPairFn())
-                .with_input_types(Tuple[str, Follow]).with_output_types(Follow))
+                .with_input_types(Tuple[str, Iterable[Follow]]).with_output_types(Follow))
 
 
 class ResolveMutualFollows(beam.PTransform):
@@ -346,7 +369,7 @@ class ResolveMutualFollows(beam.PTransform):
         # checked.ok : (nonce, CheckedTap) at the touch's deadline
         judged = checked.ok | "PairReportsByNonce" >> PairReportsByNonce(p)
         # judged.confirmed : ('["user_a","user_b"]', Follow)
-        follows = judged.confirmed | "KeepFirstFollowPerPair" >> KeepFirstFollowPerPair()
+        follows = judged.confirmed | "KeepFirstFollowPerPair" >> KeepFirstFollowPerPair(self._params.replay_memory_s)
         dead_letters = (
             (checked[DEAD],
              judged[DEAD] | "JudgedDeadLettersToGlobal" >> beam.WindowInto(window.GlobalWindows()))

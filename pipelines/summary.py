@@ -82,6 +82,12 @@ def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, st
                   wall_time_s: float) -> dict:
     stages = stage_counts(cfg.output_dir, lines_read, origins)
     counters_exact = not (cfg.streaming and "direct" in runner.lower())
+    counters = counters_of(result) if counters_exact else None
+    if cfg.alerts_sink == "kafka":
+        # Follows and alerts went to Kafka topics, not folders: their counts come from the counters.
+        for name in ("follows", "alerts"):
+            del stages["emitted"][name]
+            stages["emitted"][f"kafka:{name}"] = (counters or {}).get(f"emitted.{name}")
     ledger = read_jsonl_folder(os.path.join(cfg.output_dir, "privacy_ledger"))
     summary = {
         "state": str(result.state),
@@ -91,7 +97,7 @@ def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, st
         "input": cfg.input_dir,
         "output": cfg.output_dir,
         "stages": stages,
-        "counters": counters_of(result) if counters_exact else None,
+        "counters": counters,
         "privacy": dict(privacy_spent(ledger),
                         budget_epsilon_per_user_day=cfg.dp.epsilon_per_user_day,
                         budget_delta_per_user_day=cfg.dp.delta_per_user_day),
@@ -111,7 +117,8 @@ def print_summary(summary: dict, stream=sys.stdout) -> None:
               file=stream)
     print(f"\n{'output':<16}{'records':>10}", file=stream)
     for name, value in stages["emitted"].items():
-        print(f"{name + '/':<16}{value:>10}", file=stream)
+        label = name if name.startswith("kafka:") else name + "/"
+        print(f"{label:<16}{'?' if value is None else value:>10}", file=stream)
     if stages["dead_letters_by_source"]:
         print("dead letters by source: " + ", ".join(
             f"{source} {n}" for source, n in stages["dead_letters_by_source"].items()), file=stream)

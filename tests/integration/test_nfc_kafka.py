@@ -1,4 +1,4 @@
-"""The Kafka hand-off against a real broker at 127.0.0.1:9092 (those tests skip when none is up).
+"""The Kafka hand-off against a real broker at 127.0.0.1:9092 (started by the ``infra`` session fixture).
 
 Each test writes to its own fresh topics, and simulates the one crash that
 matters: the batch reached Kafka but the gateway died before committing that
@@ -31,7 +31,8 @@ def broker_up() -> bool:
         return False
 
 
-needs_broker = pytest.mark.skipif(not broker_up(), reason="no Kafka broker at 127.0.0.1:9092")
+# The broker is the one infra/up.sh starts (the session fixture ``infra`` in conftest.py).
+needs_broker = pytest.mark.flink
 
 
 def read_topic(topic: str, expect: int, timeout: float = 20.0) -> list:
@@ -76,7 +77,7 @@ def drop_test_topics():
 
 
 @needs_broker
-def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path):
+def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path, infra):
     topic = fresh("taps")
     gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS, kafka_bootstrap=BOOTSTRAP,
                                taps_topic=topic, device_rate=1000, device_burst=1000, instance_id="gw-a")).start()
@@ -113,7 +114,7 @@ def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path):
 
 
 @needs_broker
-def test_firehose_reaches_kafka_exactly_once_after_a_lost_commit(tmp_path):
+def test_firehose_reaches_kafka_exactly_once_after_a_lost_commit(tmp_path, infra):
     topic = fresh("tweets")
     source = tmp_path / "firehose.jsonl"
     lines = [json.dumps({"id_str": str(i), "text": f"t{i}"}).encode() for i in range(3000)]

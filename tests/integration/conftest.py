@@ -65,6 +65,17 @@ class Infra:
         return args + (["--streaming"] if streaming else [])
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 def _run(script: str, timeout: int = 600) -> str:
     out = subprocess.run(["bash", os.path.join(INFRA, script)], capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:

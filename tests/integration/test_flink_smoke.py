@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
 from pipelines import kafka_io, kafka_tools
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.flink
 TOPICS = {"taps", "tweets", "pings", "users", "alerts", "follows"}
@@ -34,14 +35,9 @@ def _topic(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+
 def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_for(predicate, timeout, what, interval)
 
 
 def _pings(n: int, start_s: int = 0, phase: str = "pre") -> list[str]:

@@ -65,15 +65,8 @@ def drop_test_topics():
     """The broker is shared: leave no test topics behind."""
     yield
     if CREATED and broker_up():
-        from kafka.admin import KafkaAdminClient
-        admin = KafkaAdminClient(bootstrap_servers=[BOOTSTRAP])
-        try:
-            existing = set(admin.list_topics())
-            doomed = [t for t in CREATED if t in existing]
-            if doomed:
-                admin.delete_topics(doomed)
-        finally:
-            admin.close()
+        from pipelines.kafka_tools import delete_topics
+        delete_topics(CREATED, BOOTSTRAP)
 
 
 @needs_broker

@@ -37,6 +37,7 @@ from pipelines import kafka_tools
 from pipelines.run import PRISM_NO_SPLIT, add_runner_experiments
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
+from tests.integration.conftest import wait_for
 from transforms.alerts import apply_retractions
 
 pytestmark = pytest.mark.flink
@@ -78,14 +79,9 @@ def _marketing_hours_written(out: str, hours: set[str]):
     return keys if {k[0] for k in keys} == hours else None
 
 
+
 def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return wait_for(predicate, timeout, what, interval)
 
 
 class PrismJobs:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from nfc_gateway.spool import fsync_dir
+
 log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -35,14 +37,6 @@ class DeliveryResult:
     status: Optional[int]       # last HTTP status, None if the gateway was never reached
     attempts: int
     detail: str
-
-
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -66,7 +60,7 @@ class Outbox:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def done(self, tap_id: str):
         self._path(tap_id).unlink(missing_ok=True)

@@ -998,7 +998,7 @@ def true_follows(reports: list) -> list:
 def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT_HOURS,
                 seed: int = DEFAULT_SEED, start: str | float = DEFAULT_START,
                 progress: Optional[Callable[[str], None]] = None, adversarial: bool = False,
-                compress: bool = False) -> dict:
+                compress: bool = False, firehose: Optional[Callable[[list], None]] = None) -> dict:
     """Generate a world into ``out_dir``; returns line counts per file (paths relative to out_dir).
 
     ``adversarial`` adds hostile tap reports and unparseable lines on top of the
@@ -1007,6 +1007,9 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
     OSError when out_dir cannot be written, before any generation work.
     ``compress`` writes the four input files as ``NAME.jsonl.gz`` (deterministic
     gzip: no name or time in the header); truth files stay plain.
+    ``firehose``, when given, receives the firehose lines (exactly those
+    ``tweets.jsonl`` would hold) instead of that file, once everything else,
+    truth included, is written: the generator's live mode (``synthetic.live``).
     """
     start_s = check_params(users, hours, seed, start)
     prepare_output_dir(out_dir)
@@ -1033,17 +1036,20 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
     hostile = world.rng("adversary") if adversarial else None
     invalid_labels: list = []
 
-    def write_input(source: str, lines: list) -> None:
+    def write_input(source: str, lines: list, live: bool = False) -> list:
         if hostile is not None:
             lines, labels = adversary.malformed_lines(
                 hostile, source, lines, max(len(adversary.MALFORMED[source]), len(lines) // 2000))
             invalid_labels.extend({"file": f"{source}.jsonl", **label} for label in labels)
         name = f"{source}.jsonl"
-        # A reader takes NAME.jsonl and NAME.jsonl.gz alike: never leave the other variant behind.
-        stale = os.path.join(out_dir, name if compress else name + ".gz")
-        if os.path.exists(stale):
-            os.remove(stale)
-        write(name + ".gz" if compress else name, lines)
+        # A reader takes NAME.jsonl and NAME.jsonl.gz alike: never leave the other variant behind
+        # (nor either one when the lines go live instead).
+        for stale in ((name, name + ".gz") if live else (name if compress else name + ".gz",)):
+            if os.path.exists(os.path.join(out_dir, stale)):
+                os.remove(os.path.join(out_dir, stale))
+        if not live:
+            write(name + ".gz" if compress else name, lines)
+        return lines
 
     write_input("users", [_DUMPS({"user_id": p.user_id, "pubkey": p.pubkey, "alerts_opt_in": p.alerts_opt_in,
                                   "stats_opt_out": p.stats_opt_out, **({"age_band": p.age_band} if p.age_band else {})})
@@ -1066,9 +1072,13 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
 
     tweets, deleted = world.build_tweets()
     progress(f"tweets: {len(tweets)}")
-    write_input("tweets", tweets)
+    live_lines = write_input("tweets", tweets, live=firehose is not None)
     del tweets
-    progress("tweets: written")
+    if firehose is None:
+        live_lines = None
+        progress("tweets: written")
+    else:
+        counts["tweets (live)"] = len(live_lines)
 
     write("truth/follows.jsonl", (_DUMPS(to_json_dict(f)) for f in true_follows(reports)))
     write("truth/happenings.jsonl", (_DUMPS({
@@ -1101,4 +1111,6 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
     }
     with open(os.path.join(out_dir, "truth", "manifest.json"), "w", encoding="utf-8", newline="\n") as fh:
         fh.write(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+    if live_lines is not None:
+        firehose(live_lines)
     return counts

@@ -86,3 +86,21 @@ class TapFollowOptions(PipelineOptions):
         parser.add_argument("--world_start", default="2026-11-20T12:00:00+09:00")
         for prefix, params_cls in _step_params():
             add_params_arguments(parser, prefix, params_cls)
+
+
+def help_text() -> str:
+    """``python -m pipelines.run --help``: the project's options, with the defaults of every
+    step's parameters, and the Beam options most runs use (Beam's own parser would list
+    nothing: it only learns an options class when a view of it is asked for)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.run", add_help=False,
+        usage="python -m pipelines.run [--input DIR] [--output DIR] [project options] [Beam options]",
+        description="The unified pipeline: tap-to-follow, geofenced alerts and DP statistics, batch or "
+                    "streaming. With no --input it runs a synthetic world generated in-process.",
+        epilog="Every other Beam option (--flink_master, --environment_type, --job_endpoint, "
+               "--setup_file, ...) passes through unchanged; see README.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    TapFollowOptions._add_argparse_args(parser.add_argument_group("project options"))
+    StandardOptions._add_argparse_args(parser.add_argument_group("Beam options (a few of many)"))
+    return parser.format_help()

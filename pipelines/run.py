@@ -26,7 +26,7 @@ from apache_beam.runners.runner import PipelineState
 
 from pipelines import sinks, sources
 from pipelines.errors import ConfigError
-from pipelines.options import TapFollowOptions, params_from
+from pipelines.options import TapFollowOptions, help_text, params_from
 from pipelines.summary import counters_of, print_summary, write_summary
 from schemas.records import DeadLetter
 from transforms.alerts import AlertParams, FanOutGeofencedAlerts
@@ -193,6 +193,10 @@ def ensure_default_world(options: PipelineOptions) -> None:
 
 def run(argv=None) -> int:
     started = time.time()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text(), end="")
+        return 0
     options = PipelineOptions(argv)
     try:
         project = options.view_as(TapFollowOptions)

@@ -45,3 +45,15 @@ def test_streaming_from_files_is_refused_on_flink(tmp_path):
                    "--streaming", "--runner", "FlinkRunner")
     assert done.returncode == 2
     assert "use --source kafka" in done.stderr
+
+
+def test_help_lists_project_step_and_beam_options_and_runs_nothing(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("usage: python -m pipelines.run [--input DIR] [--output DIR]")
+    for flag in ("--input", "--source {files,kafka}", "--world_users", "--follows_replay_memory_s",
+                 "--alerts_allowed_lateness_s", "--dp_epsilon_per_user_day", "--runner", "--streaming"):
+        assert flag in text, flag
+    assert "DpParams.epsilon_per_user_day (default 1.0)" in " ".join(text.split())
+    assert list(tmp_path.iterdir()) == []            # no world generated, no output written

@@ -22,6 +22,10 @@ from schemas.records import Statistic, TIME_FIELDS, arrow_schema, to_json_dict
 from transforms.parse_inputs import METRICS_NAMESPACE
 
 STREAMING_FILE_WINDOW_S = 3600
+# Streaming shards are named by their window in UTC, e.g.
+# part-[2026-11-20T03-00-00, 2026-11-20T04-00-00)-00000-of-00001.jsonl (Beam's default
+# template prints the window's bounds as epoch floats).
+STREAMING_SHARD_NAME_TEMPLATE = "-V-SSSSS-of-NNNNN"
 
 
 def to_json_line(record) -> str:
@@ -77,6 +81,7 @@ class WriteJsonl(beam.PTransform):
             | "Write" >> beam.io.WriteToText(
                 os.path.join(self._folder, "part"),
                 file_name_suffix=".jsonl",
+                shard_name_template=STREAMING_SHARD_NAME_TEMPLATE if self._streaming else None,
                 triggering_frequency=STREAMING_FILE_WINDOW_S if self._streaming else None))
 
 
@@ -130,6 +135,7 @@ class WriteMarketingParquet(beam.PTransform):
             | "ToTable" >> beam.ParDo(_HourTable(schema))
             | "Write" >> beam.io.WriteToParquetBatched(
                 prefix, schema=schema, file_name_suffix=".parquet",
+                shard_name_template=STREAMING_SHARD_NAME_TEMPLATE,
                 triggering_frequency=STREAMING_FILE_WINDOW_S))
 
 

@@ -8,6 +8,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import shutil
 
 import pyarrow.parquet as pq
@@ -130,3 +131,8 @@ def test_streaming_gives_the_same_outputs_as_batch(world, batch_out, tmp_path):
     assert _marketing_keys(out) == _marketing_keys(batch_out[0])
     ledger = lambda o: _canonical(read_jsonl_folder(os.path.join(o, "privacy_ledger")))  # noqa: E731
     assert ledger(out) == ledger(batch_out[0])
+    # one set of shards per hour of event time, named by the hour in UTC
+    shard = re.compile(r"part-\[(\d{4}-\d\d-\d\dT\d\d)-00-00, \d{4}-\d\d-\d\dT\d\d-00-00\)-\d{5}-of-\d{5}\.(jsonl|parquet)")
+    for folder in ("follows", "alerts", "marketing", "privacy_ledger"):
+        names = os.listdir(os.path.join(out, folder))
+        assert names and all(shard.fullmatch(name) for name in names), (folder, names)

@@ -17,7 +17,7 @@ INSTALL_REQUIRES = [
     "nfcpy==1.0.4",
     "pipeline-dp==0.3.1",
     "python-dp==1.1.5",
-    "kafka-python>=2.0.2",
+    "confluent-kafka>=2.16,<3",   # librdkafka: the gateway's producer, tools and tests
 ]
 
 TEST_REQUIRES = [

@@ -173,12 +173,8 @@ def main(argv=None) -> int:
             sink = KafkaTweetSink(str(work / "kafka-out"), "127.0.0.1:9092", topic, "bench")
             kafka = bench_firehose(kafka_source, kafka_size, args.kafka_records, sink, f"kafka:{topic}")
             summary["firehose_kafka"] = kafka
-            from kafka.admin import KafkaAdminClient
-            admin = KafkaAdminClient(bootstrap_servers=["127.0.0.1:9092"])
-            try:
-                admin.delete_topics([topic])      # the broker is shared: leave nothing behind
-            finally:
-                admin.close()
+            from pipelines.kafka_tools import delete_topics
+            delete_topics([topic], "127.0.0.1:9092")      # the broker is shared: leave nothing behind
             print(f"firehose -> Kafka topic {topic}: {kafka['records_per_s']} records/s ({kafka['mb_per_s']} MB/s)", flush=True)
         else:
             print("firehose -> Kafka: skipped (no broker at 127.0.0.1:9092)", flush=True)

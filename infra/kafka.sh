@@ -91,7 +91,7 @@ start() {
 
 topics() {
   ready || die "kafka is not running"
-  # fast path: one Python process (kafka-python) instead of one JVM per topic
+  # fast path: one Python process (confluent-kafka) instead of one JVM per topic
   local py="${PYTHON:-$INFRA_DIR/../.venv/bin/python}"
   if [[ -x "$py" ]] && (cd "$INFRA_DIR/.." && "$py" -m pipelines.kafka_tools --bootstrap "$KAFKA_BOOTSTRAP" \
         create-topics --partitions "${KAFKA_PARTITIONS:-1}" $KAFKA_TOPICS 2>/dev/null | sed 's/^/kafka: /'); then

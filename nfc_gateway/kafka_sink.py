@@ -1,6 +1,6 @@
 """Handing records to Kafka without losing or repeating one across a restart.
 
-The producer is idempotent with ``acks=all`` (no broker-side duplicates from its
+The producer (confluent-kafka, i.e. librdkafka) is idempotent with ``acks=all`` (no broker-side duplicates from its
 own retries), and progress is committed to a local state file only after
 ``flush()`` returned, i.e. after every record of the batch is acknowledged by
 all in-sync replicas. That alone is at-least-once: a crash between the flush
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from nfc_gateway.sinks import STATE_DIR
+from pipelines.kafka_tools import client_config, consumer, partitions_of, produce_all, read_partitions
 from schemas.parse import parse_line
 from nfc_gateway.spool import DurableLog, read_lines, write_json_atomic
 
@@ -41,62 +42,46 @@ H_GATEWAY, H_SOURCE, H_POS = "tf-gateway", "tf-source", "tf-pos"
 # the uncommitted window (one batch) plus whatever other producers wrote since.
 TAIL_SCAN_RECORDS = 20_000
 BATCH_RECORDS = 1000
+# A record is retried for this long, then fails. A batch is waited for longer than that, so when
+# the wait ends every record of it has landed or failed for good: the tail scan that follows a
+# failure sees all that will ever land, and the retry cannot race a late original.
+MESSAGE_TIMEOUT_S = 120
 
 
 def make_producer(bootstrap: str):
-    from kafka import KafkaProducer
-    return KafkaProducer(
-        bootstrap_servers=bootstrap.split(","),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        compression_type=None,
-        max_in_flight_requests_per_connection=5,   # the most idempotence keeps ordered
-        retries=2_147_483_647,
-        delivery_timeout_ms=120_000,
-    )
+    from confluent_kafka import Producer
+    return Producer(client_config(bootstrap, **{
+        "acks": "all",
+        "enable.idempotence": True,               # also caps in-flight requests at 5, order kept
+        "linger.ms": 5,
+        "message.timeout.ms": MESSAGE_TIMEOUT_S * 1000,   # retried until then, then a delivery error
+    }))
 
 
 def landed_positions(bootstrap: str, topic: str, gateway: str, source: str, after: int,
                      scan: int = TAIL_SCAN_RECORDS) -> set[int]:
     """Positions > ``after`` of records this gateway already wrote for ``source``."""
-    from kafka import KafkaConsumer, TopicPartition
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=2000)
+    from confluent_kafka import TopicPartition
+    client = consumer(bootstrap)
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            return set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
-        begins = consumer.beginning_offsets(tps)
-        pending = {}
-        for tp in tps:
-            start = max(begins[tp], ends[tp] - scan)
-            if start < ends[tp]:
-                consumer.seek(tp, start)
-                pending[tp] = ends[tp]
-            else:
-                consumer.pause(tp)
+        starts, ends = {}, {}
+        for p in partitions_of(client, topic):
+            begin, end = client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            starts[p], ends[p] = max(begin, end - scan), end
+        want_gateway, want_source = gateway.encode(), source.encode()
         found: set[int] = set()
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    headers = {k: v for k, v in (record.headers or [])}
-                    if (headers.get(H_GATEWAY) == gateway.encode() and headers.get(H_SOURCE) == source.encode()):
-                        pos = int(headers[H_POS])
-                        if pos > after:
-                            found.add(pos)
-                if records and records[-1].offset + 1 >= pending.get(tp, 0):
-                    pending.pop(tp, None)
-                    consumer.pause(tp)
-        if pending:
-            raise RuntimeError(f"could not read the tail of {topic} to recover; refusing to risk duplicates")
+        try:
+            for msg in read_partitions(client, topic, starts, ends, time.monotonic() + 60):
+                headers = dict(msg.headers() or ())
+                if headers.get(H_GATEWAY) == want_gateway and headers.get(H_SOURCE) == want_source:
+                    pos = int(headers[H_POS])
+                    if pos > after:
+                        found.add(pos)
+        except TimeoutError:
+            raise RuntimeError(f"could not read the tail of {topic} to recover; refusing to risk duplicates") from None
         return found
     finally:
-        consumer.close()
+        client.close()
 
 
 def _headers(gateway: str, source: str, pos: int):
@@ -125,12 +110,9 @@ def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], b
     """
     while not stop.is_set():
         try:
-            futures = [producer.send(topic, key=key, value=value, headers=_headers(gateway, source, pos),
-                                     timestamp_ms=timestamp_ms)
-                       for key, value, pos, timestamp_ms in records if pos not in skip]
-            producer.flush(timeout=60)
-            for future in futures:
-                future.get(timeout=0)      # raises the delivery error of a failed record
+            produce_all(producer, topic, ((key, value, timestamp_ms, _headers(gateway, source, pos))
+                                          for key, value, pos, timestamp_ms in records if pos not in skip),
+                        timeout_s=MESSAGE_TIMEOUT_S + 10)
             return True
         except Exception as exc:  # noqa: BLE001 - any Kafka error: find what landed, retry the rest
             log.error("Kafka %s: batch not fully acknowledged (%s: %s); retrying", topic, type(exc).__name__, exc)
@@ -151,12 +133,8 @@ def connect(bootstrap: str, topic: str, gateway: str, source: str, committed: in
     wait = 0.5
     while not stop.is_set():
         try:
-            producer = make_producer(bootstrap)
-            try:
-                return producer, landed_positions(bootstrap, topic, gateway, source, committed)
-            except Exception:
-                producer.close(timeout=1)
-                raise
+            landed = landed_positions(bootstrap, topic, gateway, source, committed)  # fails while the broker is away
+            return make_producer(bootstrap), landed
         except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts, metadata errors
             log.error("Kafka at %s not usable yet (%s: %s); retrying in %.1f s", bootstrap, type(exc).__name__, exc, wait)
             stop.wait(wait)
@@ -224,7 +202,7 @@ class KafkaTapSink:
         # still connecting: nothing was forwarded, and the daemon thread ends on its own
         self._thread.join(10 if self.producer is not None else 1)
         if self.producer is not None:
-            self.producer.close(timeout=10)
+            self.producer.flush(10)
         self.wal.close()
 
 
@@ -269,4 +247,4 @@ class KafkaTweetSink:
     def close(self):
         self._stop.set()
         if self.producer is not None:
-            self.producer.close(timeout=10)
+            self.producer.flush(10)

@@ -1,4 +1,4 @@
-"""Plain-Python Kafka helpers (kafka-python) for tests, tools and the pipeline's launch.
+"""Plain-Python Kafka helpers (confluent-kafka, i.e. librdkafka) for tests, tools and the pipeline's launch.
 
 No Beam here: these talk to the broker directly.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import os
 import sys
 import time
@@ -104,26 +105,56 @@ def timestamped(lines: Iterable[str]) -> Iterator[tuple[str, int | None]]:
         yield early, None
 
 
+def client_config(bootstrap: str, **extra) -> dict:
+    """librdkafka settings every client here shares: its log lines go to Python's logging
+    (logger ``librdkafka``) instead of straight to stderr."""
+    return {"bootstrap.servers": bootstrap, "logger": logging.getLogger("librdkafka"), **extra}
+
+
 def _producer(bootstrap: str):
-    from kafka import KafkaProducer
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
-                         retries=5, max_in_flight_requests_per_connection=1)
+    from confluent_kafka import Producer
+    return Producer(client_config(bootstrap, **{"acks": "all", "enable.idempotence": True, "linger.ms": 20}))
+
+
+def produce_all(producer, topic: str, items: Iterable[tuple], timeout_s: float = 60.0) -> int:
+    """Send ``(key, value, timestamp_ms, headers)`` items and wait until every one is
+    acknowledged; raises ``RuntimeError`` naming the first delivery error. Returns the count.
+
+    A full local queue is drained by serving delivery reports, so memory stays
+    bounded however many items come. ``timestamp_ms`` None means the broker's now.
+    """
+    errors: list = []
+
+    def delivered(err, _msg):
+        if err is not None and len(errors) < 1:
+            errors.append(err)
+
+    n = 0
+    for key, value, timestamp_ms, headers in items:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, timestamp=timestamp_ms or 0,
+                                 headers=headers, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+        if n % 10_000 == 0:
+            producer.poll(0)
+    left = producer.flush(timeout_s)
+    if errors:
+        raise RuntimeError(f"Kafka {topic}: delivery failed: {errors[0]}")
+    if left:
+        raise RuntimeError(f"Kafka {topic}: {left} records not acknowledged within {timeout_s:g} s")
+    return n
 
 
 def produce_lines(topic: str, lines: Iterable[str], bootstrap: str = DEFAULT_BOOTSTRAP,
                   with_event_time: bool = True) -> int:
     """Send each line as one message (UTF-8 value, no key); returns the count sent."""
-    producer = _producer(bootstrap)
-    n = 0
-    try:
-        items = timestamped(lines) if with_event_time else ((line, None) for line in lines)
-        for line, ms in items:
-            producer.send(topic, value=line.encode("utf-8", errors="surrogateescape"), timestamp_ms=ms)
-            n += 1
-        producer.flush(timeout=60)
-    finally:
-        producer.close(timeout=10)
-    return n
+    items = timestamped(lines) if with_event_time else ((line, None) for line in lines)
+    return produce_all(_producer(bootstrap), topic,
+                       ((None, line.encode("utf-8", errors="surrogateescape"), ms, None) for line, ms in items))
 
 
 def produce_jsonl(path: str, topic: str, bootstrap: str = DEFAULT_BOOTSTRAP) -> int:
@@ -151,94 +182,115 @@ def load_world(directory: str, bootstrap: str = DEFAULT_BOOTSTRAP,
     return counts
 
 
+def consumer(bootstrap: str, **extra):
+    """A consumer for explicit partition assignment: no group offsets committed, ever."""
+    from confluent_kafka import Consumer
+    return Consumer(client_config(bootstrap, **{
+        "group.id": "tapfollow-tools", "enable.auto.commit": False, "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest", **extra}))
+
+
+def partitions_of(client, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """The partition ids of ``topic`` (empty if it does not exist)."""
+    meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []
+    return sorted(meta.partitions)
+
+
+def read_partitions(client, topic: str, starts: dict[int, int], ends: dict[int, int], deadline: float) -> Iterator:
+    """Every message of ``topic`` at offsets [starts[p], ends[p]) per partition p, from an
+    assigned consumer; ``TimeoutError`` if the broker does not deliver them by ``deadline``."""
+    from confluent_kafka import TopicPartition
+    remaining = {p for p in ends if ends[p] > starts[p]}
+    if not remaining:
+        return
+    client.assign([TopicPartition(topic, p, starts[p]) for p in sorted(remaining)])
+    while remaining:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic!r}: partitions {sorted(remaining)} not read to their end in time")
+        for msg in client.consume(500, 0.5):
+            if msg.error() is not None:
+                continue      # e.g. partition EOF; real errors show as the deadline
+            p = msg.partition()
+            if p in remaining and msg.offset() < ends[p]:
+                yield msg
+            if p in remaining and msg.offset() + 1 >= ends[p]:
+                remaining.discard(p)
+
+
 def consume(topic: str, bootstrap: str = DEFAULT_BOOTSTRAP, max_messages: int | None = None,
             timeout_s: float = 30.0, from_beginning: bool = True) -> list[tuple[int, str]]:
     """(timestamp_ms, value) pairs from ``topic`` until ``max_messages`` or ``timeout_s``."""
-    from kafka import KafkaConsumer, TopicPartition
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest" if from_beginning else "latest",
-                             consumer_timeout_ms=500)
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+    client = consumer(bootstrap)
     out: list[tuple[int, str]] = []
     try:
         deadline = time.monotonic() + timeout_s
-        partitions = None
-        while partitions is None and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(topic)
-            if parts:
-                partitions = [TopicPartition(topic, p) for p in sorted(parts)]
-            else:
+        parts: list[int] = []
+        while not parts and time.monotonic() < deadline:
+            parts = partitions_of(client, topic)
+            if not parts:
                 time.sleep(0.2)
-        if not partitions:
+        if not parts:
             return out
-        consumer.assign(partitions)
-        if from_beginning:
-            consumer.seek_to_beginning(*partitions)
+        client.assign([TopicPartition(topic, p, OFFSET_BEGINNING if from_beginning else OFFSET_END) for p in parts])
         while time.monotonic() < deadline and (max_messages is None or len(out) < max_messages):
-            batch = consumer.poll(timeout_ms=250)
-            for records in batch.values():
-                for rec in records:
-                    out.append((rec.timestamp, rec.value.decode("utf-8", errors="replace")))
+            for msg in client.consume(500, 0.25):
+                if msg.error() is None:
+                    out.append((msg.timestamp()[1], (msg.value() or b"").decode("utf-8", errors="replace")))
     finally:
-        consumer.close()
+        client.close()
     return out if max_messages is None else out[:max_messages]
 
 
 def snapshot_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[str]:
     """Every value ``topic`` holds now (up to its end offsets at call time), in partition order."""
-    from kafka import KafkaConsumer, TopicPartition
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+    from confluent_kafka import TopicPartition
+    client = consumer(bootstrap)
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        partitions = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if end[tp] > consumer.position(tp)}
-        lines: list[str] = []
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"snapshot of topic {topic!r} incomplete after {timeout_s}s")
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for rec in records:
-                    if rec.offset < end[tp]:
-                        lines.append(rec.value.decode("utf-8", errors="replace"))
-                if consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-        return lines
+        starts, ends = {}, {}
+        for p in partitions_of(client, topic):
+            starts[p], ends[p] = client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        by_partition: dict[int, list[str]] = {p: [] for p in ends}
+        for msg in read_partitions(client, topic, starts, ends, time.monotonic() + timeout_s):
+            by_partition[msg.partition()].append((msg.value() or b"").decode("utf-8", errors="replace"))
+        return [line for p in sorted(by_partition) for line in by_partition[p]]
     finally:
-        consumer.close()
+        client.close()
+
+
+def _admin(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+    return AdminClient(client_config(bootstrap))
+
+
+def list_topics(bootstrap: str = DEFAULT_BOOTSTRAP, timeout_s: float = 10.0) -> set[str]:
+    return set(_admin(bootstrap).list_topics(timeout=timeout_s).topics)
 
 
 def create_topics(names: Iterable[str], bootstrap: str = DEFAULT_BOOTSTRAP,
                   partitions: int = 1) -> list[str]:
     """Create missing topics; returns the names created."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        existing = set(admin.list_topics())
-        new = [NewTopic(n, num_partitions=partitions, replication_factor=1)
-               for n in names if n not in existing]
-        if new:
-            admin.create_topics(new)
-        return [t.name for t in new]
-    finally:
-        admin.close()
+    from confluent_kafka.admin import NewTopic
+    admin = _admin(bootstrap)
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [n for n in dict.fromkeys(names) if n not in existing]
+    if new:
+        futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in new],
+                                      operation_timeout=30)
+        for future in futures.values():
+            future.result()
+    return new
 
 
 def delete_topics(names: Iterable[str], bootstrap: str = DEFAULT_BOOTSTRAP) -> None:
-    from kafka.admin import KafkaAdminClient
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        existing = set(admin.list_topics())
-        doomed = [n for n in names if n in existing]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
+    admin = _admin(bootstrap)
+    existing = set(admin.list_topics(timeout=10).topics)
+    doomed = [n for n in dict.fromkeys(names) if n in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=30).values():
+            future.result()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, TimeoutError) as exc:
         print(f"kafka_tools: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # kafka.errors.* (no broker, ...)
+    except Exception as exc:  # KafkaException (no broker, ...)
         print(f"kafka_tools: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

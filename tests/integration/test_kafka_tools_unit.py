@@ -2,6 +2,8 @@
 import gzip
 import json
 
+import pytest
+
 from pipelines import kafka_io, kafka_tools
 
 BASE = 1793534400000  # 2026-11-01T12:00:00Z
@@ -57,3 +59,49 @@ def test_read_raw_rejects_bad_topic_maps():
         kafka_io.ReadRawFromKafka({})
     with pytest.raises(ValueError):
         kafka_io.ReadRawFromKafka({"taps": "t", "pings": "t"})
+
+
+class FakeProducer:
+    """librdkafka's contract as produce_all sees it: a bounded local queue (BufferError when
+    full, drained by poll), delivery callbacks, flush returning what is still queued."""
+
+    def __init__(self, capacity=3, fail=None, stuck=0):
+        self.capacity, self.fail, self.stuck = capacity, fail, stuck
+        self.queue, self.sent, self.polls = [], [], 0
+
+    def produce(self, topic, value=None, key=None, timestamp=0, headers=None, on_delivery=None):
+        if len(self.queue) >= self.capacity:
+            raise BufferError("Local: Queue full")
+        self.queue.append((topic, key, value, timestamp, headers, on_delivery))
+
+    def poll(self, timeout=0):
+        self.polls += 1
+        self._deliver(len(self.queue))
+        return 0
+
+    def flush(self, timeout=None):
+        self._deliver(len(self.queue) - self.stuck)
+        return len(self.queue)
+
+    def _deliver(self, n):
+        for item in self.queue[:max(n, 0)]:
+            err = self.fail if self.fail and item[2] == b"bad" else None
+            if err is None:
+                self.sent.append(item[:5])
+            item[5](err, None)
+        del self.queue[:max(n, 0)]
+
+
+def test_produce_all_waits_out_a_full_queue_and_sends_everything_in_order():
+    producer = FakeProducer(capacity=3)
+    items = [(b"k%d" % i, b"v%d" % i, 1000 + i if i % 2 else None, [("h", b"x")]) for i in range(10)]
+    assert kafka_tools.produce_all(producer, "t", items) == 10
+    assert producer.polls >= 3                                  # the full queue was drained, not dropped
+    assert producer.sent == [("t", k, v, ts or 0, h) for k, v, ts, h in items]   # None -> 0: the broker's now
+
+
+def test_produce_all_raises_on_a_delivery_error_or_an_unacknowledged_record():
+    with pytest.raises(RuntimeError, match="delivery failed: boom"):
+        kafka_tools.produce_all(FakeProducer(fail="boom"), "t", [(None, b"ok", None, None), (None, b"bad", None, None)])
+    with pytest.raises(RuntimeError, match="1 records not acknowledged within 5 s"):
+        kafka_tools.produce_all(FakeProducer(stuck=1), "t", [(None, b"a", None, None)], timeout_s=5)

@@ -10,6 +10,7 @@ import json
 import socket
 import time
 import uuid
+from typing import NamedTuple
 
 import pytest
 
@@ -35,19 +36,29 @@ def broker_up() -> bool:
 needs_broker = pytest.mark.flink
 
 
-def read_topic(topic: str, expect: int, timeout: float = 20.0) -> list:
-    from kafka import KafkaConsumer
-    consumer = KafkaConsumer(topic, bootstrap_servers=[BOOTSTRAP], auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=1500)
-    records, deadline = [], time.monotonic() + timeout
+class Record(NamedTuple):
+    key: bytes | None
+    value: bytes
+    timestamp: int
+
+
+def read_topic(topic: str, expect: int, timeout: float = 20.0) -> list[Record]:
+    """Every record of ``topic`` once ``expect`` arrived, plus any that follow within 1.5 s
+    (a duplicate would show there)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    from pipelines.kafka_tools import consumer, partitions_of
+    client = consumer(BOOTSTRAP)
+    records, deadline, quiet_until = [], time.monotonic() + timeout, None
     try:
-        while time.monotonic() < deadline:
-            records.extend(consumer)            # stops after 1.5 s without new records
-            if len(records) >= expect:
-                records.extend(consumer)        # and anything beyond (a duplicate would show here)
-                break
+        client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions_of(client, topic)])
+        while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
+            for msg in client.consume(500, 0.25):
+                if msg.error() is None:
+                    records.append(Record(msg.key(), msg.value(), msg.timestamp()[1]))
+            if quiet_until is None and len(records) >= expect:
+                quiet_until = time.monotonic() + 1.5
     finally:
-        consumer.close()
+        client.close()
     return records
 
 

@@ -141,13 +141,8 @@ def prism(infra):
 
 def _reset_topics(bootstrap: str) -> None:
     """Delete and recreate the standard topics (deletion is asynchronous in Kafka)."""
-    from kafka.admin import KafkaAdminClient
     kafka_tools.delete_topics(STANDARD_TOPICS, bootstrap)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        _wait(lambda: not set(STANDARD_TOPICS) & set(admin.list_topics()), 60, "topic deletion", 0.5)
-    finally:
-        admin.close()
+    _wait(lambda: not set(STANDARD_TOPICS) & kafka_tools.list_topics(bootstrap), 60, "topic deletion", 0.5)
 
     def created():
         try:

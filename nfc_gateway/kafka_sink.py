@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from nfc_gateway.sinks import STATE_DIR
-from pipelines.kafka_tools import client_config, consumer, partitions_of, produce_all, read_partitions
-from schemas.parse import parse_line
+from pipelines.kafka_tools import client_config, consumer, partitions_of, produce_all, read_partitions, record_time_ms
 from nfc_gateway.spool import DurableLog, read_lines, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -86,19 +85,6 @@ def landed_positions(bootstrap: str, topic: str, gateway: str, source: str, afte
 
 def _headers(gateway: str, source: str, pos: int):
     return [(H_GATEWAY, gateway.encode()), (H_SOURCE, source.encode()), (H_POS, str(pos).encode())]
-
-
-def event_time_ms(kind: str, line: bytes) -> Optional[int]:
-    """The record's own event time for the Kafka timestamp, None (= now) if it has none.
-
-    The pipeline's Kafka source takes CreateTime as event time, so a replayed
-    firehose must carry each tweet's time, not the moment of the replay. A line
-    that does not parse keeps the broker's time; the pipeline dead-letters it.
-    """
-    try:
-        return int(round(parse_line(kind, line).ts * 1000))
-    except Exception:  # noqa: BLE001 - any unparsable line: not ours to judge here
-        return None
 
 
 def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], bytes, int, Optional[int]]], gateway: str,
@@ -184,7 +170,7 @@ class KafkaTapSink:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            records = [(json.loads(line)["tap_id"].encode(), line, end, event_time_ms("taps", line)) for end, line in batch]
+            records = [(json.loads(line)["tap_id"].encode(), line, end, record_time_ms("taps", line)) for end, line in batch]
             if not publish_exactly(self.producer, self.topic, records, self.gateway, "taps-wal", self.bootstrap,
                                    self.committed, self._skip, self._stop):
                 return
@@ -235,7 +221,7 @@ class KafkaTweetSink:
             if connected is None:
                 raise RuntimeError("stopped before Kafka was reachable")
             self.producer = connected[0]
-        records = [(None, line, end, event_time_ms("tweets", line)) for line, end in zip(lines, ends)]
+        records = [(None, line, end, record_time_ms("tweets", line)) for line, end in zip(lines, ends)]
         committed = int(self.state["sources"].get(source, 0)) if source else 0
         if not publish_exactly(self.producer, self.topic, records, self.gateway, source or "-", self.bootstrap,
                                committed, self._skip, self._stop):

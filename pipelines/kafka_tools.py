@@ -4,14 +4,15 @@ No Beam here: these talk to the broker directly.
 
 * :func:`produce_jsonl` sends a JSON Lines file (``.jsonl`` or ``.jsonl.gz``) to a topic,
   one message per line, the message timestamp (Kafka CreateTime) set to the record's
-  event time so that a Beam read with ``create_time_policy`` sees event time.
+  event time so that a Beam read with ``create_time_policy`` sees event time -- for the
+  pipeline's inputs read exactly as the pipeline reads them (:func:`record_time_ms`).
 * :func:`consume` reads a topic from the beginning until N messages or a timeout.
 * :func:`snapshot_topic` reads everything a topic holds right now (bounded).
 * :func:`create_topics` creates topics if missing.
 
 Command line::
 
-    python -m pipelines.kafka_tools produce --topic taps world/taps.jsonl
+    python -m pipelines.kafka_tools produce --topic taps world/taps.jsonl   # [--kind taps]
     python -m pipelines.kafka_tools load-world world/         # users/pings/taps/tweets -> same-named topics
     python -m pipelines.kafka_tools consume --topic alerts --max 10 --timeout 30
     python -m pipelines.kafka_tools create-topics taps tweets pings users alerts follows
@@ -56,15 +57,39 @@ def parse_time_ms(value) -> int | None:
 
 
 def event_time_ms(record) -> int | None:
-    """The event time of one input record: ``ts``; tweets ``created_at`` / ``data.created_at``."""
+    """The event time of any JSON record, by its usual fields: ``ts``; tweets ``created_at`` /
+    ``data.created_at``; a compliance message's ``timestamp_ms``. For the contract's inputs,
+    :func:`record_time_ms` is exact."""
     if not isinstance(record, dict):
         return None
+    notice = next((v for v in record.values() if isinstance(v, dict) and "timestamp_ms" in v), None) \
+        if len(record) == 1 else None
+    if notice is not None:
+        return parse_time_ms(_digits(notice["timestamp_ms"]))
     for candidate in (record.get("ts"), record.get("created_at"),
                       (record.get("data") or {}).get("created_at") if isinstance(record.get("data"), dict) else None):
         ms = parse_time_ms(candidate)
         if ms is not None:
             return ms
     return None
+
+
+def _digits(value):
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def record_time_ms(kind: str, line) -> int | None:
+    """The event time the pipeline will give this input line (``schemas.parse``), in epoch
+    ms, or None if the pipeline will reject it (or, like a user, it has no time)."""
+    from schemas.errors import InvalidRecord
+    from schemas.parse import parse_line  # imports Beam (the records' coders): only when asked
+    try:
+        ts = getattr(parse_line(kind, line), "ts", None)
+    except InvalidRecord:
+        return None
+    except Exception:  # noqa: BLE001 - a parser bug: the pipeline dead-letters the line, no time here
+        return None
+    return None if ts is None else int(round(ts * 1000))
 
 
 def read_lines(path: str) -> Iterator[str]:
@@ -76,8 +101,11 @@ def read_lines(path: str) -> Iterator[str]:
                 yield line
 
 
-def timestamped(lines: Iterable[str]) -> Iterator[tuple[str, int | None]]:
+def timestamped(lines: Iterable[str], kind: str | None = None) -> Iterator[tuple[str, int | None]]:
     """(line, timestamp_ms): the record's event time, else the previous record's.
+
+    ``kind`` (``pings``, ``taps``, ``tweets``) reads it as the pipeline will
+    (:func:`record_time_ms`); without one, by the usual fields (:func:`event_time_ms`).
 
     Lines before the first datable record get the first event time found (so a file
     that opens with a compliance message still replays in event time); unparseable
@@ -86,10 +114,13 @@ def timestamped(lines: Iterable[str]) -> Iterator[tuple[str, int | None]]:
     pending: list[str] = []
     last: int | None = None
     for line in lines:
-        try:
-            ms = event_time_ms(json.loads(line))
-        except (ValueError, RecursionError):
-            ms = None
+        if kind is not None:
+            ms = record_time_ms(kind, line)
+        else:
+            try:
+                ms = event_time_ms(json.loads(line))
+            except (ValueError, RecursionError):
+                ms = None
         if ms is None:
             ms = last
         else:
@@ -150,16 +181,18 @@ def produce_all(producer, topic: str, items: Iterable[tuple], timeout_s: float =
 
 
 def produce_lines(topic: str, lines: Iterable[str], bootstrap: str = DEFAULT_BOOTSTRAP,
-                  with_event_time: bool = True) -> int:
-    """Send each line as one message (UTF-8 value, no key); returns the count sent."""
-    items = timestamped(lines) if with_event_time else ((line, None) for line in lines)
+                  with_event_time: bool = True, kind: str | None = None) -> int:
+    """Send each line as one message (UTF-8 value, no key); returns the count sent.
+    ``kind``: read event times as the pipeline reads that input (see :func:`timestamped`)."""
+    items = timestamped(lines, kind) if with_event_time else ((line, None) for line in lines)
     return produce_all(_producer(bootstrap), topic,
                        ((None, line.encode("utf-8", errors="surrogateescape"), ms, None) for line, ms in items))
 
 
-def produce_jsonl(path: str, topic: str, bootstrap: str = DEFAULT_BOOTSTRAP) -> int:
-    """Produce a JSONL(.gz) file's lines into ``topic``, timestamped with event time."""
-    return produce_lines(topic, read_lines(path), bootstrap)
+def produce_jsonl(path: str, topic: str, bootstrap: str = DEFAULT_BOOTSTRAP, kind: str | None = None) -> int:
+    """Produce a JSONL(.gz) file's lines into ``topic``, timestamped with event time
+    (read as the pipeline reads ``kind``, when given)."""
+    return produce_lines(topic, read_lines(path), bootstrap, kind=kind)
 
 
 def find_input(directory: str, kind: str) -> str | None:
@@ -178,7 +211,7 @@ def load_world(directory: str, bootstrap: str = DEFAULT_BOOTSTRAP,
     for kind, topic in topics.items():
         path = find_input(directory, kind)
         if path:
-            counts[topic] = produce_jsonl(path, topic, bootstrap)
+            counts[topic] = produce_jsonl(path, topic, bootstrap, kind=kind)
     return counts
 
 
@@ -299,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("produce", help="produce a JSONL(.gz) file into a topic with event-time timestamps")
     p.add_argument("--topic", required=True)
+    p.add_argument("--kind", choices=WORLD_KINDS,
+                   help="read event times as the pipeline reads this input (default: the topic's name, if a kind)")
     p.add_argument("path")
     p = sub.add_parser("load-world", help="produce users/pings/taps/tweets of a world directory")
     p.add_argument("directory")
@@ -312,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "produce":
-            print(f"{args.topic}: {produce_jsonl(args.path, args.topic, args.bootstrap)} messages")
+            kind = args.kind or (args.topic if args.topic in WORLD_KINDS else None)
+            print(f"{args.topic}: {produce_jsonl(args.path, args.topic, args.bootstrap, kind)} messages")
         elif args.cmd == "load-world":
             for topic, n in load_world(args.directory, args.bootstrap).items():
                 print(f"{topic}: {n} messages")

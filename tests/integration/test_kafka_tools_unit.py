@@ -105,3 +105,25 @@ def test_produce_all_raises_on_a_delivery_error_or_an_unacknowledged_record():
         kafka_tools.produce_all(FakeProducer(fail="boom"), "t", [(None, b"ok", None, None), (None, b"bad", None, None)])
     with pytest.raises(RuntimeError, match="1 records not acknowledged within 5 s"):
         kafka_tools.produce_all(FakeProducer(stuck=1), "t", [(None, b"a", None, None)], timeout_s=5)
+
+
+def test_compliance_notices_carry_their_own_time():
+    notice = {"delete": {"status": {"id_str": "1", "user_id_str": "2"}, "timestamp_ms": str(BASE + 7)}}
+    assert kafka_tools.event_time_ms(notice) == BASE + 7
+    assert kafka_tools.event_time_ms({"delete": {"status": {}}, "other": 1}) is None
+
+
+def test_with_a_kind_times_are_read_exactly_as_the_pipeline_reads_them():
+    v1 = json.dumps({"id_str": "1", "created_at": "Sun Nov 01 12:00:03 +0000 2026", "text": "hi",
+                     "user": {"id_str": "9"}})
+    v2 = json.dumps({"data": {"id": "2", "author_id": "9", "created_at": "2026-11-01T12:00:04.500Z", "text": "hi"}})
+    notice = json.dumps({"delete": {"status": {"id_str": "1", "user_id_str": "9"}, "timestamp_ms": str(BASE + 6000)}})
+    broken = '{"data": {"id": "3"'
+    lines = [v1, v2, broken, notice]
+    assert [ms for _, ms in kafka_tools.timestamped(lines, kind="tweets")] == [BASE + 3000, BASE + 4500, BASE + 4500,
+                                                                              BASE + 6000]
+    assert kafka_tools.record_time_ms("tweets", broken) is None
+    assert kafka_tools.record_time_ms("pings", json.dumps({"user_id": "1", "ts": "2026-11-01T12:00:00Z",
+                                                           "lat": 35.6, "lng": 139.7})) == BASE
+    assert kafka_tools.record_time_ms("pings", json.dumps({"user_id": "1", "ts": "2026-11-01T12:00:00Z",
+                                                           "lat": 91, "lng": 139.7})) is None   # rejected

@@ -187,6 +187,24 @@ def test_batch_release_counts_exactly_what_the_bounds_allow():
     assert json.loads(json.dumps(ledger)) == ledger
 
 
+def test_batch_spends_each_jst_day_of_a_user_in_time_order():
+    """max_hours_per_day=2: of 1001's three hours on one JST day the last is dropped; the next
+    JST day (from 15:00 UTC) starts afresh. Hours arrive out of order."""
+    params = DpParams(max_hours_per_day=2, **STREAM_PARAMS)
+    day2 = acct.day_end(T0) - T0 + 600                       # 10 min into the next JST day
+    world = {"pings": [ping("1001", 2 * 3600 + 5, A), ping("1001", day2, B), ping("1001", 5, A),
+                       ping("1001", 3600 + 5, B), ping("1002", 2 * 3600 + 9, B)],
+             "tweets": [], "taps": []}
+    out, counters = run_batch(world, params)
+    hour2 = acct.hour_start(T0 + day2)
+    assert nonzero(out["statistics"]) == {
+        (T0, "footfall", A7): 1.0, (T0 + 3600, "footfall", B7): 1.0,
+        (T0 + 2 * 3600, "footfall", B7): 1.0,               # 1002's only hour; 1001's third is dropped
+        (hour2, "footfall", B7): 1.0}                        # a new day
+    assert counters["dp_bounded_hours_dropped"] == 1
+    assert counters["dp_bounded_presence_dropped"] == 1
+
+
 def test_opted_out_users_change_nothing():
     with_opted_out = {k: WORLD[k] + OPTED_OUT[k] for k in WORLD}
     out_with, counters = run_batch(with_opted_out, DpParams())

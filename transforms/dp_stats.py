@@ -2,7 +2,7 @@
 
 ``{'pings', 'tweets', 'taps', 'users'} | ReleaseDpStatistics(DpParams())`` returns
 ``{'statistics': PCollection[Statistic], 'ledger': PCollection[dict]}``. The
-chain, the same in batch and streaming:
+chain, the same in batch and streaming except where step 2 says:
 
 1. ``ToContributions``: every ping, NFC touch report and precisely located
    tweet becomes a ``Contribution`` (user, time, public H3 cell, kind);
@@ -22,6 +22,10 @@ chain, the same in batch and streaming:
    (``DaySoFarWindows``), then fits each hour, in time order, into what is
    left of the user's day (``max_hours_per_day`` hours, ``max_cells_per_day``
    cell-hours per metric), deciding each hour when the watermark passes it.
+   Bounded input takes a shorter road to the same result: one grouping per
+   user over all time, and ``spend_days`` walks each JST day in hour order
+   (one element per user-hour instead of up to 24 day-so-far copies; the
+   batch = streaming tests compare the two with zero noise).
 3. ``SumPerCell`` + ``ReleaseHour``: one histogram per hour; every public
    partition of every enabled metric is released, data or not, with Gaussian
    noise from Google's DP library; the hour's ledger rows go out beside them.
@@ -65,6 +69,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 import h3
@@ -360,6 +365,30 @@ class SpendUserDayFn(beam.DoFn):
             yield kept
 
 
+class SpendWholeDaysFn(beam.DoFn):
+    """Bounded input: (user, [every UserHour]) -> each hour within its day's bounds, stamped at
+    its hour's end (``spend_days``: the same arithmetic as ``SpendUserDayFn``, hour by hour)."""
+
+    def __init__(self, max_hours: int, max_cells_per_day: int):
+        self._max_hours, self._max_cells = max_hours, max_cells_per_day
+        self._hours = Metrics.counter(_NS, "dp_bounded_hours_dropped")
+        self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
+        self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
+        self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
+
+    def process(self, element):
+        _, hours = element
+        hours = list(hours)
+        kept, dropped = bnd.spend_days(hours, self._max_hours, self._max_cells)
+        self._hours.inc(len(hours) - len(kept))
+        self._presence.inc(dropped.presence)
+        self._tweets.inc(dropped.tweets)
+        self._touches.inc(dropped.touches)
+        for user_hour in kept:
+            hour_end_us = (int(user_hour.window_start) + acct.HOUR_S) * 1_000_000
+            yield window.TimestampedValue(user_hour, Timestamp(micros=hour_end_us - 1))
+
+
 class BoundUserHours(beam.PTransform):
     """Contributions -> bounded UserHours (no user id), each in its hourly window.
 
@@ -372,7 +401,8 @@ class BoundUserHours(beam.PTransform):
 
     def expand(self, contributions):
         p, users = self._params, self._registry
-        if contributions.pipeline.options.view_as(StandardOptions).streaming:
+        streaming = contributions.pipeline.options.view_as(StandardOptions).streaming
+        if streaming:
             # Late firings exist only so late data can be counted; they are never released.
             hourly_windows = beam.WindowInto(
                 window.FixedWindows(acct.HOUR_S),
@@ -388,6 +418,13 @@ class BoundUserHours(beam.PTransform):
                   | "GroupUserHour" >> beam.GroupByKey()
                   # col : (user_id, UserHour), stamped at the hour's end
                   | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users))
+        if not streaming:
+            # Bounded input: a user's whole history is at hand, so each day is spent in one pass
+            # (one element per user-hour, not up to 24 copies in day-so-far windows).
+            return (hourly
+                    | "AllHours" >> beam.WindowInto(window.GlobalWindows())
+                    | "GroupUserHours" >> beam.GroupByKey()
+                    | "SpendWholeDays" >> beam.ParDo(SpendWholeDaysFn(p.max_hours_per_day, p.cells_per_day())))
         # col : UserHour within the day's bounds, stamped at its hour's end, in the day-so-far window
         return (hourly
                 | "WithHourUse" >> beam.FlatMap(_with_hour_use)

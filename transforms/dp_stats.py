@@ -336,8 +336,8 @@ class _CollectHoursFn(beam.CombineFn):
         return acc
 
 
-class SpendUserDayFn(beam.DoFn):
-    """(user, [this hour's UserHour, earlier hours' HourUse]) -> this hour within the day's bounds."""
+class _SpendDayFn(beam.DoFn):
+    """What both ways of fitting hours into a user's day share: the bounds and the counters."""
 
     def __init__(self, max_hours: int, max_cells_per_day: int):
         self._max_hours, self._max_cells = max_hours, max_cells_per_day
@@ -345,6 +345,16 @@ class SpendUserDayFn(beam.DoFn):
         self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
         self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
         self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
+
+    def _count(self, hours_dropped: int, dropped: bnd.Dropped) -> None:
+        self._hours.inc(hours_dropped)
+        self._presence.inc(dropped.presence)
+        self._tweets.inc(dropped.tweets)
+        self._touches.inc(dropped.touches)
+
+
+class SpendUserDayFn(_SpendDayFn):
+    """(user, [this hour's UserHour, earlier hours' HourUse]) -> this hour within the day's bounds."""
 
     def process(self, element):
         _, items = element
@@ -356,34 +366,20 @@ class SpendUserDayFn(beam.DoFn):
         for earlier in sorted((h for h in items if isinstance(h, bnd.HourUse)), key=lambda h: h.window_start):
             day_use = bnd.spend_earlier(day_use, earlier, self._max_hours, self._max_cells)
         kept, _, dropped = bnd.spend_day(user_hour, day_use, self._max_hours, self._max_cells)
-        self._presence.inc(dropped.presence)
-        self._tweets.inc(dropped.tweets)
-        self._touches.inc(dropped.touches)
-        if kept is None:
-            self._hours.inc()
-        else:
+        self._count(int(kept is None), dropped)
+        if kept is not None:
             yield kept
 
 
-class SpendWholeDaysFn(beam.DoFn):
+class SpendWholeDaysFn(_SpendDayFn):
     """Bounded input: (user, [every UserHour]) -> each hour within its day's bounds, stamped at
     its hour's end (``spend_days``: the same arithmetic as ``SpendUserDayFn``, hour by hour)."""
-
-    def __init__(self, max_hours: int, max_cells_per_day: int):
-        self._max_hours, self._max_cells = max_hours, max_cells_per_day
-        self._hours = Metrics.counter(_NS, "dp_bounded_hours_dropped")
-        self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
-        self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
-        self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
 
     def process(self, element):
         _, hours = element
         hours = list(hours)
         kept, dropped = bnd.spend_days(hours, self._max_hours, self._max_cells)
-        self._hours.inc(len(hours) - len(kept))
-        self._presence.inc(dropped.presence)
-        self._tweets.inc(dropped.tweets)
-        self._touches.inc(dropped.touches)
+        self._count(len(hours) - len(kept), dropped)
         for user_hour in kept:
             hour_end_us = (int(user_hour.window_start) + acct.HOUR_S) * 1_000_000
             yield window.TimestampedValue(user_hour, Timestamp(micros=hour_end_us - 1))

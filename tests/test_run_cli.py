@@ -57,3 +57,12 @@ def test_help_lists_project_step_and_beam_options_and_runs_nothing(tmp_path):
         assert flag in text, flag
     assert "DpParams.epsilon_per_user_day (default 1.0)" in " ".join(text.split())
     assert list(tmp_path.iterdir()) == []            # no world generated, no output written
+    assert result.stderr == ""                       # not even Beam's "apitools not found" (schemas/quiet.py)
+
+
+def test_the_import_noise_filter_drops_that_one_message_only():
+    code = ("import logging, schemas, apache_beam; "
+            "logging.warning('apitools not found, and bigquery client libraries are not available (again)'); "
+            "logging.warning('a real warning')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "WARNING:root:a real warning\n", result.stderr

@@ -18,3 +18,5 @@ taken when the job starts), element timestamp MIN, global window. All other
 inputs carry their event time (``ts``) as the element timestamp, in the global
 window; each step windows as its logic needs.
 """
+
+import schemas  # noqa: F401,E402 -- installs the Beam import-noise filter first (schemas/quiet.py)

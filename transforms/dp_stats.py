@@ -360,7 +360,8 @@ class SpendUserDayFn(_SpendDayFn):
         _, items = element
         current = [h for h in items if isinstance(h, bnd.UserHour)]
         if not current:
-            return  # the user had earlier hours today but none in this window's hour
+            # the user had earlier hours today but none in this window's hour
+            return
         (user_hour,) = current
         day_use = bnd.DayUse()
         for earlier in sorted((h for h in items if isinstance(h, bnd.HourUse)), key=lambda h: h.window_start):

@@ -306,6 +306,12 @@ class _Server(ThreadingHTTPServer):
             try:
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                # Read what already arrived (never wait: this is the accept loop) so the close
+                # below is less likely to reset the connection before the client reads the 503.
+                request.setblocking(False)
+                for _ in range(16):                    # at most 1 MiB, then close regardless
+                    if not request.recv(65536):
+                        break
             except OSError:
                 pass
             self.shutdown_request(request)

@@ -4,7 +4,10 @@ Beam's Flink job server is not reachable here (infra/README.md), so the runner i
 Beam's Prism job service from ``infra/up.sh``, with Kafka in and out through the
 cross-language KafkaIO the Flink deployment uses:
 
-* streaming: a generated world is produced into the input topics, the pipeline runs
+* streaming: a generated world is fed into the input topics -- taps and tweets through
+  the NFC gateway (``nfc_gateway serve`` with a broker: every tap report POSTed as a
+  phone would, the firehose replayed from the file), users and pings with
+  ``kafka_tools`` -- the pipeline runs
   ``--source kafka --streaming --alerts_sink kafka`` on Prism, and what reaches the
   ``follows`` and ``alerts`` topics (alerts after applying retractions) is exactly
   the DirectRunner batch run's output on the same files; follows are exactly the
@@ -153,6 +156,40 @@ def _reset_topics(bootstrap: str) -> None:
     _wait(created, 60, "fresh topics", 1.0)
 
 
+def _feed_through_gateway(world: str, bootstrap: str, workdir) -> dict[str, int]:
+    """Taps and tweets of ``world`` into their topics the way production feeds them: through
+    ``nfc_gateway serve`` (tap reports POSTed one by one, the firehose file replayed); users
+    and pings (which the gateway does not carry) with ``kafka_tools``. Returns the counts."""
+    from nfc_gateway.testing import get, post
+    produced = {kind: kafka_tools.produce_jsonl(os.path.join(world, f"{kind}.jsonl"), kind, bootstrap, kind=kind)
+                for kind in ("users", "pings")}
+    taps = [json.loads(line) for line in open(os.path.join(world, "taps.jsonl"), encoding="utf-8")]
+    with open(os.path.join(world, "tweets.jsonl"), "rb") as handle:
+        tweets = sum(1 for line in handle if line.strip())
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "nfc_gateway", "serve", "--port", "0", "--output", str(workdir / "gateway"),
+         "--users", os.path.join(world, "users.jsonl"), "--kafka-bootstrap", bootstrap,
+         "--firehose", os.path.join(world, "tweets.jsonl"), "--rate", "0",
+         "--device-rate", "100000", "--device-burst", "100000"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(json.loads(gateway.stdout.readline())["url"].rsplit(":", 1)[1])
+        statuses = [post(port, report)[0] for report in taps]      # in file (= time) order, like the phones
+        assert statuses == [201] * len(taps), sorted(set(statuses))
+
+        def forwarded():
+            health = get(port, "/healthz")[1]
+            assert health["status"] == "ok", health
+            return health["taps"]["forwarded"] == len(taps) and health["firehose"]["done"] \
+                and health["firehose"]["written"] == tweets
+        _wait(forwarded, 120, f"the gateway to forward {len(taps)} taps and {tweets} tweets to Kafka", 0.5)
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+    produced.update(taps=len(taps), tweets=tweets)
+    return produced
+
+
 def _topic_rows(topic: str, bootstrap: str) -> list[dict]:
     return [json.loads(value) for _ts, value in kafka_tools.consume(topic, bootstrap, None, timeout_s=2)]
 
@@ -162,14 +199,16 @@ def _kept_alerts(rows: list[dict]) -> list[dict]:
 
 
 def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_batch, tmp_path):
-    """Kafka -> the whole streaming pipeline on Prism -> Kafka gives the batch outputs exactly."""
+    """Gateway -> Kafka -> the whole streaming pipeline on Prism -> Kafka gives the batch outputs exactly."""
     expected = {folder: read_jsonl_folder(os.path.join(direct_batch, folder)) for folder in COMPARED}
     truth = [json.loads(line) for line in open(os.path.join(world, "truth", "follows.jsonl"), encoding="utf-8")]
 
     _reset_topics(infra.bootstrap)
     # The whole backlog before the job starts: a caught-up partition's watermark jumps to now.
-    produced = kafka_tools.load_world(world, infra.bootstrap)
+    produced = _feed_through_gateway(world, infra.bootstrap, tmp_path)
     assert produced["taps"] and produced["tweets"] and produced["pings"], produced
+    assert [len(kafka_tools.snapshot_topic(infra.bootstrap, kind)) for kind in ("users", "pings", "taps", "tweets")] \
+        == [produced[kind] for kind in ("users", "pings", "taps", "tweets")]        # each record once
 
     out, log_path = str(tmp_path / "out"), tmp_path / "pipeline.log"
     args = [sys.executable, "-m", "pipelines.run", "--source", "kafka", "--streaming", "--alerts_sink", "kafka",

@@ -2,9 +2,11 @@
 # the environment.
 INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 INFRA_CACHE="${INFRA_CACHE:-$INFRA_DIR/.cache}"
-RUN_DIR="$INFRA_CACHE/run"      # pid files
-LOG_DIR="$INFRA_CACHE/logs"
-DATA_DIR="$INFRA_CACHE/data"    # kafka log dirs, flink checkpoints
+# A second, throw-away instance of a service (a test's own broker, say) sets these and
+# its own ports; the installed binaries stay shared.
+RUN_DIR="${INFRA_RUN_DIR:-$INFRA_CACHE/run}"      # pid files
+LOG_DIR="${INFRA_LOG_DIR:-$INFRA_CACHE/logs}"
+DATA_DIR="${INFRA_DATA_DIR:-$INFRA_CACHE/data}"   # kafka log dirs, flink checkpoints
 
 # Flink: the distribution shipped inside the apache-flink(-libraries) PyPI wheels.
 FLINK_VERSION="${FLINK_VERSION:-2.2.1}"

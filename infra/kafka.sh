@@ -12,7 +12,7 @@ source "$HERE/env.sh"
 source "$HERE/lib.sh"
 
 KDATA="$DATA_DIR/kafka"
-KCONF="$INFRA_CACHE/conf/kafka"
+KCONF="$DATA_DIR/kafka-conf"     # written anew on every start
 PIDF="$RUN_DIR/kafka.pid"
 LOGF="$LOG_DIR/kafka.log"
 CP="$KAFKA_LIB/*"

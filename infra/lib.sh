@@ -6,7 +6,9 @@ pid_alive() {
   local f="$1" pid
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f" 2>/dev/null)"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # A killed process its parent has not reaped yet (here often init) is a zombie: not running.
+  ! grep -qs '^State:[[:space:]]*Z' "/proc/$pid/status"
 }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }

@@ -7,9 +7,14 @@ fact. After the restart every record is in the topic exactly once.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import time
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
@@ -20,6 +25,7 @@ from nfc_gateway.service import Gateway, GatewayConfig
 from nfc_gateway.spool import write_json_atomic
 from nfc_gateway.testing import PUBKEYS, post, signed_report
 from schemas.timefmt import parse_rfc3339
+from tests.integration.conftest import wait_for
 
 BOOTSTRAP = "127.0.0.1:9092"
 
@@ -42,12 +48,12 @@ class Record(NamedTuple):
     timestamp: int
 
 
-def read_topic(topic: str, expect: int, timeout: float = 20.0) -> list[Record]:
+def read_topic(topic: str, expect: int, timeout: float = 20.0, bootstrap: str = BOOTSTRAP) -> list[Record]:
     """Every record of ``topic`` once ``expect`` arrived, plus any that follow within 1.5 s
     (a duplicate would show there)."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
     from pipelines.kafka_tools import consumer, partitions_of
-    client = consumer(BOOTSTRAP)
+    client = consumer(bootstrap)
     records, deadline, quiet_until = [], time.monotonic() + timeout, None
     try:
         client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions_of(client, topic)])
@@ -151,3 +157,59 @@ def test_taps_are_accepted_while_kafka_is_unreachable(tmp_path):
         assert health["connected"] is False and health["forwarded"] == 0 and health["spool_bytes"] > 0
     finally:
         gw.stop()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def own_broker(tmp_path, infra):
+    """A second KRaft broker for this test alone (own ports, data, pid file; infra's jars),
+    so that killing it disturbs no other test."""
+    env = dict(os.environ, KAFKA_PORT="19092", KAFKA_CONTROLLER_PORT="19093",
+               INFRA_RUN_DIR=str(tmp_path / "run"), INFRA_DATA_DIR=str(tmp_path / "data"),
+               INFRA_LOG_DIR=str(tmp_path / "logs"))
+
+    def kafka(*args):
+        return subprocess.run(["bash", str(REPO / "infra" / "kafka.sh"), *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    started = kafka("start")
+    assert started.returncode == 0, started.stderr
+    pid_file = tmp_path / "run" / "kafka.pid"
+
+    def kill9():
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
+                 30, "the broker to die", 0.1)
+
+    yield SimpleNamespace(bootstrap="127.0.0.1:19092", kill9=kill9, start=lambda: kafka("start"))
+    kafka("stop")
+
+
+@needs_broker
+def test_taps_survive_a_broker_killed_mid_stream_exactly_once(tmp_path, own_broker):
+    """kill -9 of the broker while the gateway forwards; the gateway keeps accepting (spool),
+    the broker comes back, and the topic holds every acknowledged report exactly once."""
+    topic = "taps-broker-kill"
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path / "gw"), public_keys=PUBKEYS,
+                               kafka_bootstrap=own_broker.bootstrap, taps_topic=topic, device_rate=100000,
+                               device_burst=100000, instance_id="gw-kill")).start()
+    reports = [signed_report("1001", "1002", seq=i) for i in range(600)]
+    try:
+        first, rest = reports[:300], reports[300:]
+        assert {post(gw.port, r)[0] for r in first} == {201}
+        wait_for(lambda: gw.health()["taps"]["forwarded"] >= 100, 60, "some forwarding", 0.05)
+        own_broker.kill9()
+        assert {post(gw.port, r)[0] for r in rest} == {201}         # accepted while the broker is dead
+        assert gw.health()["taps"]["forwarded"] < len(reports)
+        restarted = own_broker.start()
+        assert restarted.returncode == 0, restarted.stderr
+        wait_for(lambda: gw.health()["taps"]["forwarded"] == len(reports), 180, "every report forwarded", 0.2)
+    finally:
+        gw.stop()
+    records = read_topic(topic, len(reports), timeout=60, bootstrap=own_broker.bootstrap)
+    assert sorted(r.key.decode() for r in records) == sorted(r["tap_id"] for r in reports)   # each once
+    by_id = {r["tap_id"]: r for r in reports}
+    assert all(json.loads(r.value) == by_id[r.key.decode()] for r in records)

@@ -248,8 +248,10 @@ def read_partitions(client, topic: str, starts: dict[int, int], ends: dict[int, 
             p = msg.partition()
             if p in remaining and msg.offset() < ends[p]:
                 yield msg
-            if p in remaining and msg.offset() + 1 >= ends[p]:
-                remaining.discard(p)
+        # by position, not by the last message seen: offsets may skip (transaction markers)
+        for tp in client.position([TopicPartition(topic, p) for p in sorted(remaining)]):
+            if tp.offset >= ends[tp.partition]:
+                remaining.discard(tp.partition)
 
 
 def consume(topic: str, bootstrap: str = DEFAULT_BOOTSTRAP, max_messages: int | None = None,

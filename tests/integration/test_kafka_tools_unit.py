@@ -127,3 +127,56 @@ def test_with_a_kind_times_are_read_exactly_as_the_pipeline_reads_them():
                                                            "lat": 35.6, "lng": 139.7})) == BASE
     assert kafka_tools.record_time_ms("pings", json.dumps({"user_id": "1", "ts": "2026-11-01T12:00:00Z",
                                                            "lat": 91, "lng": 139.7})) is None   # rejected
+
+
+class FakeMessage:
+    def __init__(self, partition, offset):
+        self._p, self._o = partition, offset
+
+    def error(self):
+        return None
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+
+class FakeConsumer:
+    """Partition 0 holds messages at offsets 0-1 and then two transaction markers (2, 3):
+    no message shows offset 3, only the position moves to 4."""
+
+    def __init__(self):
+        self.assigned, self._batches, self._position = None, [[FakeMessage(0, 0), FakeMessage(0, 1)], []], 0
+
+    def assign(self, tps):
+        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in tps]
+
+    def consume(self, num, timeout):
+        batch = self._batches.pop(0) if self._batches else []
+        self._position = 2 if batch else 4
+        return batch
+
+    def position(self, tps):
+        from confluent_kafka import TopicPartition
+        return [TopicPartition(tp.topic, tp.partition, self._position) for tp in tps]
+
+
+def test_read_partitions_ends_by_position_even_when_the_last_offsets_are_markers():
+    import time
+    client = FakeConsumer()
+    got = list(kafka_tools.read_partitions(client, "t", {0: 0, 1: 5}, {0: 4, 1: 5}, time.monotonic() + 5))
+    assert [m.offset() for m in got] == [0, 1]
+    assert client.assigned == [("t", 0, 0)]          # partition 1 is empty in range: not even assigned
+
+
+def test_read_partitions_gives_up_at_the_deadline():
+    import time
+
+    class Stuck(FakeConsumer):
+        def position(self, tps):
+            from confluent_kafka import TopicPartition
+            return [TopicPartition(tp.topic, tp.partition, 1) for tp in tps]
+    with pytest.raises(TimeoutError, match=r"partitions \[0\] not read to their end"):
+        list(kafka_tools.read_partitions(Stuck(), "t", {0: 0}, {0: 4}, time.monotonic() + 0.2))

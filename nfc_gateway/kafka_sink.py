@@ -1,15 +1,19 @@
 """Handing records to Kafka without losing or repeating one across a restart.
 
-The producer (confluent-kafka, i.e. librdkafka) is idempotent with ``acks=all`` (no broker-side duplicates from its
-own retries), and progress is committed to a local state file only after
-``flush()`` returned, i.e. after every record of the batch is acknowledged by
-all in-sync replicas. That alone is at-least-once: a crash between the flush
-and the commit would send the batch again. So every record carries headers
+Each batch goes out in one Kafka transaction (confluent-kafka, i.e. librdkafka:
+``acks=all``, idempotent, ``transactional.id`` per gateway instance, topic and
+source), and progress is committed to a local state file only after the
+transaction is committed. Readers use ``read_committed`` (the pipeline's
+KafkaIO read and ``pipelines.kafka_tools`` set it), so an aborted batch is never
+read. Idempotence alone would not do: a broker that dies with a batch in
+flight can end up holding it twice (librdkafka #4953; the broker-kill test
+below found exactly that). A crash between the Kafka commit and the local
+commit would still send the batch again, so every record carries headers
 ``tf-gateway`` (this instance), ``tf-source`` and ``tf-pos`` (its position in
-the source), and on start the gateway reads the tail of every partition of the
-topic and skips exactly the records of the uncommitted window that already
-landed -- a set, not a high-water mark, because a half-flushed batch may have
-landed out of order across partitions.
+the source), and on start -- after the new producer has fenced its former
+self, whose open transaction the broker then aborts -- the gateway reads the
+committed tail of every partition and skips exactly the records of the
+uncommitted window that already landed.
 
 * Taps: the HTTP intake confirms a report once it is fsynced in the write-ahead
   spool ``OUT/spool/taps.wal.jsonl`` (so senders are not held hostage by a slow
@@ -18,7 +22,7 @@ landed out of order across partitions.
 * Every record's Kafka timestamp is its event time (the report's ``ts``, the
   tweet's ``created_at``/``timestamp_ms``): the pipeline reads CreateTime as
   event time, so a replayed firehose lands in the right windows.
-* Tweets: each firehose batch is produced and flushed before the source offset
+* Tweets: each firehose batch is committed in Kafka before the source offset
   is committed; records are keyed by nothing (the broker spreads them).
 """
 from __future__ import annotations
@@ -47,14 +51,25 @@ BATCH_RECORDS = 1000
 MESSAGE_TIMEOUT_S = 120
 
 
-def make_producer(bootstrap: str):
+def transactional_id(gateway: str, topic: str, source: str) -> str:
+    """One per gateway instance, topic and source: a restarted gateway fences its former self
+    (whose open transaction the broker then aborts)."""
+    return f"tapfollow-gw:{gateway}:{topic}:{source}"
+
+
+def make_producer(bootstrap: str, txn_id: str):
+    """A transactional producer, initialised (raises while the broker is away)."""
     from confluent_kafka import Producer
-    return Producer(client_config(bootstrap, **{
+    producer = Producer(client_config(bootstrap, **{
         "acks": "all",
         "enable.idempotence": True,               # also caps in-flight requests at 5, order kept
+        "transactional.id": txn_id,
         "linger.ms": 5,
         "message.timeout.ms": MESSAGE_TIMEOUT_S * 1000,   # retried until then, then a delivery error
+        "transaction.timeout.ms": (MESSAGE_TIMEOUT_S + 60) * 1000,
     }))
+    producer.init_transactions(30)
+    return producer
 
 
 def landed_positions(bootstrap: str, topic: str, gateway: str, source: str, after: int,
@@ -87,21 +102,30 @@ def _headers(gateway: str, source: str, pos: int):
     return [(H_GATEWAY, gateway.encode()), (H_SOURCE, source.encode()), (H_POS, str(pos).encode())]
 
 
-def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], bytes, int, Optional[int]]], gateway: str,
-                    source: str, bootstrap: str, committed: int, skip: set[int], stop: threading.Event) -> bool:
-    """Send ``(key, value, pos, timestamp_ms)`` records not in ``skip``; wait until all are acknowledged.
+def publish_exactly(sender: "TxnSender", topic: str, records: list[tuple[Optional[bytes], bytes, int, Optional[int]]],
+                    gateway: str, source: str, bootstrap: str, committed: int, skip: set[int],
+                    stop: threading.Event) -> bool:
+    """Send ``(key, value, pos, timestamp_ms)`` records not in ``skip`` in one transaction;
+    return once it is committed. Returns False only when stopping.
 
-    On a failure some records may have landed; the topic's tail is read again so
-    the retry sends exactly the missing ones. Returns False only when stopping.
+    Idempotence alone is not enough: when a broker dies with a batch in flight, librdkafka
+    may bump the producer epoch and send it again, and the broker keeps both copies
+    (librdkafka #4953; seen here in tests/integration/test_nfc_kafka.py). In a transaction
+    the first copy is aborted, invisible to ``read_committed`` readers (the pipeline's). On
+    any failure the transaction is aborted (or the producer replaced, which fences it), the
+    topic's committed tail is read, and exactly the missing records are sent again.
     """
     while not stop.is_set():
         try:
-            produce_all(producer, topic, ((key, value, timestamp_ms, _headers(gateway, source, pos))
-                                          for key, value, pos, timestamp_ms in records if pos not in skip),
+            sender.producer.begin_transaction()
+            produce_all(sender.producer, topic, ((key, value, timestamp_ms, _headers(gateway, source, pos))
+                                                 for key, value, pos, timestamp_ms in records if pos not in skip),
                         timeout_s=MESSAGE_TIMEOUT_S + 10)
+            sender.producer.commit_transaction(MESSAGE_TIMEOUT_S)
             return True
         except Exception as exc:  # noqa: BLE001 - any Kafka error: find what landed, retry the rest
-            log.error("Kafka %s: batch not fully acknowledged (%s: %s); retrying", topic, type(exc).__name__, exc)
+            log.error("Kafka %s: batch not committed (%s: %s); retrying", topic, type(exc).__name__, exc)
+            sender.reset()
             stop.wait(1.0)
             try:
                 skip |= landed_positions(bootstrap, topic, gateway, source, committed)
@@ -110,8 +134,35 @@ def publish_exactly(producer, topic: str, records: list[tuple[Optional[bytes], b
     return False
 
 
+class TxnSender:
+    """The transactional producer of one (gateway, topic, source), replaced when it breaks."""
+
+    def __init__(self, bootstrap: str, txn_id: str, stop: threading.Event):
+        self.bootstrap, self.txn_id, self.stop = bootstrap, txn_id, stop
+        self.producer = make_producer(bootstrap, txn_id)
+
+    def reset(self):
+        """Abort the open transaction; if the producer cannot, make a new one (same id: the
+        broker fences the old producer and aborts its transaction)."""
+        try:
+            self.producer.abort_transaction(30)
+            return
+        except Exception as exc:  # noqa: BLE001 - fatal or not abortable: replace the producer
+            log.error("Kafka: abort failed (%s); replacing the producer", exc)
+        while not self.stop.is_set():
+            try:
+                self.producer = make_producer(self.bootstrap, self.txn_id)
+                return
+            except Exception as exc:  # noqa: BLE001 - broker away: wait
+                log.error("Kafka: producer %s not ready yet (%s)", self.txn_id, exc)
+                self.stop.wait(2.0)
+
+    def close(self):
+        self.producer.flush(10)
+
+
 def connect(bootstrap: str, topic: str, gateway: str, source: str, committed: int, stop: threading.Event):
-    """(producer, positions already landed) once the broker answers; None if stopped first.
+    """(TxnSender, positions already landed) once the broker answers; None if stopped first.
 
     The gateway keeps accepting (and spooling) while the broker is away, so a
     broker that is down at start is waited for, not a reason to refuse to start.
@@ -119,8 +170,10 @@ def connect(bootstrap: str, topic: str, gateway: str, source: str, committed: in
     wait = 0.5
     while not stop.is_set():
         try:
-            landed = landed_positions(bootstrap, topic, gateway, source, committed)  # fails while the broker is away
-            return make_producer(bootstrap), landed
+            # the producer first: initialising it fences (and so aborts) a former self's open
+            # transaction, after which the committed tail is final
+            sender = TxnSender(bootstrap, transactional_id(gateway, topic, source), stop)
+            return sender, landed_positions(bootstrap, topic, gateway, source, committed)
         except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts, metadata errors
             log.error("Kafka at %s not usable yet (%s: %s); retrying in %.1f s", bootstrap, type(exc).__name__, exc, wait)
             stop.wait(wait)
@@ -188,7 +241,7 @@ class KafkaTapSink:
         # still connecting: nothing was forwarded, and the daemon thread ends on its own
         self._thread.join(10 if self.producer is not None else 1)
         if self.producer is not None:
-            self.producer.flush(10)
+            self.producer.close()
         self.wal.close()
 
 
@@ -233,4 +286,4 @@ class KafkaTweetSink:
     def close(self):
         self._stop.set()
         if self.producer is not None:
-            self.producer.flush(10)
+            self.producer.close()

@@ -84,7 +84,10 @@ def resolve_expansion_service(expansion_service=None, start_if_missing: bool = T
 
 
 def _consumer_config(bootstrap_servers: str, group_id: Optional[str], extra: Optional[Mapping[str, str]]):
-    config = {"bootstrap.servers": bootstrap_servers, "auto.offset.reset": "earliest"}
+    # read_committed: the gateway writes in transactions; an aborted batch (a broker crash
+    # mid-write, re-sent after) must not be read twice
+    config = {"bootstrap.servers": bootstrap_servers, "auto.offset.reset": "earliest",
+              "isolation.level": "read_committed"}
     if group_id:
         config["group.id"] = group_id
     config.update(extra or {})

@@ -220,7 +220,7 @@ def consumer(bootstrap: str, **extra):
     from confluent_kafka import Consumer
     return Consumer(client_config(bootstrap, **{
         "group.id": "tapfollow-tools", "enable.auto.commit": False, "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest", **extra}))
+        "auto.offset.reset": "earliest", "isolation.level": "read_committed", **extra}))
 
 
 def partitions_of(client, topic: str, timeout_s: float = 10.0) -> list[int]:

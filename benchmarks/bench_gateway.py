@@ -20,7 +20,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nfc_gateway.testing import signed_report, users_jsonl  # noqa: E402
+from nfc_gateway.testing import signed_report, start_gateway, users_jsonl  # noqa: E402
+from pipelines.kafka_tools import port_open  # noqa: E402
 
 PAIRS = [("1001", "1002"), ("1002", "1001"), ("1003", "1004"), ("1004", "1003")]
 
@@ -46,14 +46,8 @@ def bench_taps(n: int, clients: int, seconds: float, workdir: Path) -> dict:
     users_jsonl(users)
     bodies = make_reports(n)
     out = workdir / "taps-out"
-    proc = subprocess.Popen([sys.executable, "-m", "nfc_gateway", "--log-level", "ERROR", "serve", "--port", "0",
-                             "--output", str(out), "--users", str(users),
-                             "--device-rate", "1000000000", "--device-burst", "1000000000"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = proc.stdout.readline()
-    if not first:
-        raise RuntimeError(f"gateway did not start: {proc.stderr.read()[-500:]}")
-    port = int(json.loads(first)["url"].rsplit(":", 1)[1])
+    proc, port = start_gateway(out, "--users", str(users), "--device-rate", "1000000000",
+                               "--device-burst", "1000000000", stderr=subprocess.PIPE, log_level="ERROR")
     next_index = iter(range(n))
     lock = threading.Lock()
     accepted = [0]
@@ -129,14 +123,6 @@ def bench_firehose(path: Path, size: int, n: int, sink, label: str) -> dict:
             "records_per_s": round(replay.written / elapsed, 1), "mb_per_s": round(size / elapsed / 1e6, 1)}
 
 
-def kafka_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 9092), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reports", type=int, default=20000)
@@ -165,7 +151,7 @@ def main(argv=None) -> int:
         summary["firehose_file"] = files
         print(f"firehose -> tweets.jsonl: {files['records_per_s']} records/s ({files['mb_per_s']} MB/s)", flush=True)
 
-        if not args.no_kafka and kafka_up():
+        if not args.no_kafka and port_open("127.0.0.1:9092"):
             from nfc_gateway.kafka_sink import KafkaTweetSink
             topic = f"nfcgw-bench-{uuid.uuid4().hex[:8]}"
             kafka_source = work / "firehose-kafka.jsonl"

@@ -102,7 +102,34 @@ def _headers(gateway: str, source: str, pos: int):
     return [(H_GATEWAY, gateway.encode()), (H_SOURCE, source.encode()), (H_POS, str(pos).encode())]
 
 
-def publish_exactly(sender: "TxnSender", topic: str, records: list[tuple[Optional[bytes], bytes, int, Optional[int]]],
+class TxnSender:
+    """The transactional producer of one (gateway, topic, source), replaced when it breaks."""
+
+    def __init__(self, bootstrap: str, txn_id: str, stop: threading.Event):
+        self.bootstrap, self.txn_id, self.stop = bootstrap, txn_id, stop
+        self.producer = make_producer(bootstrap, txn_id)
+
+    def reset(self):
+        """Abort the open transaction; if the producer cannot, make a new one (same id: the
+        broker fences the old producer and aborts its transaction)."""
+        try:
+            self.producer.abort_transaction(30)
+            return
+        except Exception as exc:  # noqa: BLE001 - fatal or not abortable: replace the producer
+            log.error("Kafka: abort failed (%s); replacing the producer", exc)
+        while not self.stop.is_set():
+            try:
+                self.producer = make_producer(self.bootstrap, self.txn_id)
+                return
+            except Exception as exc:  # noqa: BLE001 - broker away: wait
+                log.error("Kafka: producer %s not ready yet (%s)", self.txn_id, exc)
+                self.stop.wait(2.0)
+
+    def close(self):
+        self.producer.flush(10)
+
+
+def publish_exactly(sender: TxnSender, topic: str, records: list[tuple[Optional[bytes], bytes, int, Optional[int]]],
                     gateway: str, source: str, bootstrap: str, committed: int, skip: set[int],
                     stop: threading.Event) -> bool:
     """Send ``(key, value, pos, timestamp_ms)`` records not in ``skip`` in one transaction;
@@ -132,33 +159,6 @@ def publish_exactly(sender: "TxnSender", topic: str, records: list[tuple[Optiona
             except Exception as scan_exc:  # noqa: BLE001 - broker still away: wait and try again
                 log.error("Kafka %s: cannot read the tail yet (%s)", topic, scan_exc)
     return False
-
-
-class TxnSender:
-    """The transactional producer of one (gateway, topic, source), replaced when it breaks."""
-
-    def __init__(self, bootstrap: str, txn_id: str, stop: threading.Event):
-        self.bootstrap, self.txn_id, self.stop = bootstrap, txn_id, stop
-        self.producer = make_producer(bootstrap, txn_id)
-
-    def reset(self):
-        """Abort the open transaction; if the producer cannot, make a new one (same id: the
-        broker fences the old producer and aborts its transaction)."""
-        try:
-            self.producer.abort_transaction(30)
-            return
-        except Exception as exc:  # noqa: BLE001 - fatal or not abortable: replace the producer
-            log.error("Kafka: abort failed (%s); replacing the producer", exc)
-        while not self.stop.is_set():
-            try:
-                self.producer = make_producer(self.bootstrap, self.txn_id)
-                return
-            except Exception as exc:  # noqa: BLE001 - broker away: wait
-                log.error("Kafka: producer %s not ready yet (%s)", self.txn_id, exc)
-                self.stop.wait(2.0)
-
-    def close(self):
-        self.producer.flush(10)
 
 
 def connect(bootstrap: str, topic: str, gateway: str, source: str, committed: int, stop: threading.Event):
@@ -192,7 +192,7 @@ class KafkaTapSink:
         (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
         self.state_path = out / STATE_DIR / f"kafka-{topic}.json"
         self.committed = json.loads(self.state_path.read_text())["wal_offset"] if self.state_path.exists() else 0
-        self.producer = None          # connected by the forwarder, so intake never waits for Kafka
+        self.sender: Optional[TxnSender] = None   # connected by the forwarder, so intake never waits for Kafka
         self._skip: set[int] = set()
         self.forwarded = 0
         self._wake = threading.Event()
@@ -212,7 +212,7 @@ class KafkaTapSink:
         connected = connect(self.bootstrap, self.topic, self.gateway, "taps-wal", self.committed, self._stop)
         if connected is None:
             return
-        self.producer, self._skip = connected
+        self.sender, self._skip = connected
         while not self._stop.is_set():
             batch = []
             for end, line in read_lines(self.wal_path, self.committed):
@@ -224,7 +224,7 @@ class KafkaTapSink:
                 self._wake.clear()
                 continue
             records = [(json.loads(line)["tap_id"].encode(), line, end, record_time_ms("taps", line)) for end, line in batch]
-            if not publish_exactly(self.producer, self.topic, records, self.gateway, "taps-wal", self.bootstrap,
+            if not publish_exactly(self.sender, self.topic, records, self.gateway, "taps-wal", self.bootstrap,
                                    self.committed, self._skip, self._stop):
                 return
             self.committed = batch[-1][0]
@@ -232,16 +232,16 @@ class KafkaTapSink:
             self.forwarded += len(batch)
 
     def health(self) -> dict:
-        return {"sink": "kafka", "topic": self.topic, "connected": self.producer is not None,
+        return {"sink": "kafka", "topic": self.topic, "connected": self.sender is not None,
                 "spool_bytes": self.wal.size, "forwarded_bytes": self.committed, "forwarded": self.forwarded}
 
     def close(self):
         self._stop.set()
         self._wake.set()
         # still connecting: nothing was forwarded, and the daemon thread ends on its own
-        self._thread.join(10 if self.producer is not None else 1)
-        if self.producer is not None:
-            self.producer.close()
+        self._thread.join(10 if self.sender is not None else 1)
+        if self.sender is not None:
+            self.sender.close()
         self.wal.close()
 
 
@@ -254,7 +254,7 @@ class KafkaTweetSink:
         out.mkdir(parents=True, exist_ok=True)
         self.state_path = out / f"kafka-{topic}.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"sources": {}}
-        self.producer = None          # connected when the replay starts (on its own thread)
+        self.sender: Optional[TxnSender] = None   # connected when the replay starts (on its own thread)
         self._skip: set[int] = set()
         self._stop = threading.Event()
 
@@ -263,20 +263,20 @@ class KafkaTweetSink:
         connected = connect(self.bootstrap, self.topic, self.gateway, source, committed, self._stop)
         if connected is None:
             raise RuntimeError("stopped before Kafka was reachable")
-        self.producer, self._skip = connected
+        self.sender, self._skip = connected
         if self._skip:
             log.info("firehose: %d records after the last commit already in %s; skipping them", len(self._skip), self.topic)
         return committed
 
     def write_batch(self, source: Optional[str], lines: list[bytes], ends: list[int]):
-        if self.producer is None:      # stdin: no offsets to resume, but a producer all the same
+        if self.sender is None:      # stdin: no offsets to resume, but a producer all the same
             connected = connect(self.bootstrap, self.topic, self.gateway, "-", 0, self._stop)
             if connected is None:
                 raise RuntimeError("stopped before Kafka was reachable")
-            self.producer = connected[0]
+            self.sender = connected[0]
         records = [(None, line, end, record_time_ms("tweets", line)) for line, end in zip(lines, ends)]
         committed = int(self.state["sources"].get(source, 0)) if source else 0
-        if not publish_exactly(self.producer, self.topic, records, self.gateway, source or "-", self.bootstrap,
+        if not publish_exactly(self.sender, self.topic, records, self.gateway, source or "-", self.bootstrap,
                                committed, self._skip, self._stop):
             raise RuntimeError("stopped before the batch was acknowledged")
         if source is not None:
@@ -285,5 +285,5 @@ class KafkaTweetSink:
 
     def close(self):
         self._stop.set()
-        if self.producer is not None:
-            self.producer.close()
+        if self.sender is not None:
+            self.sender.close()

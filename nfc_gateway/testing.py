@@ -1,9 +1,14 @@
-"""Test support for nfc_gateway: users with fixed keys, signed tap reports, a tiny HTTP client."""
+"""Test support for nfc_gateway: users with fixed keys, signed tap reports, a tiny HTTP client,
+and the gateway as a process of its own (tests and benchmark)."""
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 
 from schemas.proofs import make_nonce, new_keypair, sign_claim
 from schemas.timefmt import format_rfc3339
@@ -66,3 +71,25 @@ def raw_request(port: int, data: bytes) -> bytes:
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_gateway(out, *flags: str, stdin=None, stderr=subprocess.DEVNULL,
+                  log_level: str | None = None) -> tuple[subprocess.Popen, int]:
+    """``python -m nfc_gateway serve --port 0 --output OUT FLAGS…`` as its own process;
+    (process, port) once it has printed its address."""
+    cmd = [sys.executable, "-m", "nfc_gateway", *(("--log-level", log_level) if log_level else ()),
+           "serve", "--port", "0", "--output", str(out), *flags]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    line = proc.stdout.readline()
+    if not line:
+        detail = proc.stderr.read()[-500:] if proc.stderr else ""
+        raise RuntimeError(f"gateway did not start {detail}".strip())
+    return proc, int(json.loads(line)["url"].rsplit(":", 1)[1])
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import subprocess
 from typing import Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
 
-from pipelines.kafka_tools import snapshot_topic  # re-exported for pipelines.run  # noqa: F401
+from pipelines.kafka_tools import port_open, snapshot_topic  # snapshot_topic: re-exported for pipelines.run  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFRA_DIR = os.path.join(REPO_ROOT, "infra")
@@ -32,15 +31,6 @@ INFRA_CACHE = os.environ.get("INFRA_CACHE", os.path.join(INFRA_DIR, ".cache"))
 DEFAULT_EXPANSION_ADDRESS = os.environ.get("BEAM_KAFKA_EXPANSION_SERVICE", "127.0.0.1:8097")
 JAVA_WORKER_ADDRESS = os.environ.get("BEAM_JAVA_WORKER_POOL", "127.0.0.1:8099")
 _BYTES = "org.apache.kafka.common.serialization.ByteArraySerializer"
-
-
-def _port_open(address: str, timeout: float = 0.5) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def expansion_service_jar(cache_dir: str = INFRA_CACHE) -> Optional[str]:
@@ -72,11 +62,11 @@ def resolve_expansion_service(expansion_service=None, start_if_missing: bool = T
             extra_args=["{{PORT}}", "--defaultEnvironmentType=EXTERNAL",
                         f"--defaultEnvironmentConfig={JAVA_WORKER_ADDRESS}"])
     address = expansion_service or DEFAULT_EXPANSION_ADDRESS
-    if _port_open(address):
+    if port_open(address):
         return address
     if expansion_service is None and start_if_missing and os.path.exists(os.path.join(INFRA_DIR, "xlang.sh")):
         subprocess.run(["bash", os.path.join(INFRA_DIR, "xlang.sh"), "start"], check=True)
-        if _port_open(address):
+        if port_open(address):
             return address
     raise RuntimeError(
         f"no Beam expansion service at {address}: run `bash infra/install.sh && bash infra/xlang.sh start` "

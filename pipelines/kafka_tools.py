@@ -24,6 +24,7 @@ import gzip
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -65,17 +66,14 @@ def event_time_ms(record) -> int | None:
     notice = next((v for v in record.values() if isinstance(v, dict) and "timestamp_ms" in v), None) \
         if len(record) == 1 else None
     if notice is not None:
-        return parse_time_ms(_digits(notice["timestamp_ms"]))
+        ms = notice["timestamp_ms"]
+        return parse_time_ms(int(ms) if isinstance(ms, str) and ms.isdigit() else ms)
     for candidate in (record.get("ts"), record.get("created_at"),
                       (record.get("data") or {}).get("created_at") if isinstance(record.get("data"), dict) else None):
         ms = parse_time_ms(candidate)
         if ms is not None:
             return ms
     return None
-
-
-def _digits(value):
-    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def record_time_ms(kind: str, line) -> int | None:
@@ -134,6 +132,16 @@ def timestamped(lines: Iterable[str], kind: str | None = None) -> Iterator[tuple
         yield line, ms
     for early in pending:
         yield early, None
+
+
+def port_open(address: str, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` (a broker, a service)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def client_config(bootstrap: str, **extra) -> dict:

@@ -68,10 +68,18 @@ def decode_json_object(line) -> dict:
 
 # ---- field validators, shared with schemas.tweets -------------------------------------
 
-def req(obj: dict, field: str):
-    if field not in obj or obj[field] is None:
-        raise InvalidRecord(f"missing required field {field!r}")
-    return obj[field]
+def req(obj: dict, field: str, where: str = ""):
+    """``obj[field]``; a missing or null field is an error naming its path (``where`` + field)."""
+    value = obj.get(field)
+    if value is None:
+        raise InvalidRecord(f"missing required field '{where}{field}'")
+    return value
+
+
+def as_object(value, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidRecord(f"{field}: expected an object, got {type(value).__name__}")
+    return value
 
 
 def as_str(value, field: str, max_len: int = 256) -> str:

@@ -36,7 +36,7 @@ import reprlib
 import unicodedata
 
 from schemas.errors import InvalidRecord
-from schemas.parse import as_lat_lng, as_str, as_user_id
+from schemas.parse import as_lat_lng, as_object, as_str, as_user_id, req
 from schemas.records import Tweet, TweetDelete
 from schemas.timefmt import check_epoch, parse_rfc3339, parse_twitter_v1
 
@@ -99,14 +99,14 @@ def snowflake_time(tweet_id: str) -> float:
 # ---- v1.1 compliance: delete ---------------------------------------------------------
 
 def _parse_delete(notice) -> TweetDelete:
-    notice = _as_object(notice, "delete")
+    notice = as_object(notice, "delete")
     status = notice.get("status")
     if status is None:
         for other in notice:
             if other != "timestamp_ms":
                 raise InvalidRecord(f"unsupported firehose message 'delete.{str(other)[:40]}'")
         raise InvalidRecord("missing required field 'delete.status'")
-    status = _as_object(status, "delete.status")
+    status = as_object(status, "delete.status")
     tweet_id = _id_of(status, "id_str", "id", "delete.status.")
     author_id = _id_of(status, "user_id_str", "user_id", "delete.status.")
     millis = notice.get("timestamp_ms")
@@ -130,15 +130,15 @@ def _as_millis(value, field: str) -> int:
 
 def _parse_v1(status: dict) -> Tweet:
     tweet_id = _id_of(status, "id_str", "id", "")
-    author_id = _id_of(_as_object(_required(status, "user", ""), "user"), "id_str", "id", "user.")
-    ts = parse_twitter_v1(_required(status, "created_at", ""), "created_at")
+    author_id = _id_of(as_object(req(status, "user"), "user"), "id_str", "id", "user.")
+    ts = parse_twitter_v1(req(status, "created_at"), "created_at")
     lang = _lang(status.get("lang"), "lang")
     original = status.get("retweeted_status")
     if original is None:
         retweet_of = None
         text, hashtags = _v1_text_and_hashtags(status, "")
     else:
-        original = _as_object(original, "retweeted_status")
+        original = as_object(original, "retweeted_status")
         retweet_of = _id_of(original, "id_str", "id", "retweeted_status.")
         text, hashtags = _v1_text_and_hashtags(original, "retweeted_status.")
     lat, lng, coarse, place_id = _v1_location(status)
@@ -152,8 +152,8 @@ def _v1_text_and_hashtags(status: dict, where: str) -> tuple[str, list]:
     if extended is not None:
         # Streaming "compatibility mode": the top-level text is cut at 140 chars
         # and its entities miss whatever was cut; the whole tweet lives here.
-        extended = _as_object(extended, f"{where}extended_tweet")
-        text = _as_text(_required(extended, "full_text", f"{where}extended_tweet."),
+        extended = as_object(extended, f"{where}extended_tweet")
+        text = _as_text(req(extended, "full_text", f"{where}extended_tweet."),
                         f"{where}extended_tweet.full_text")
         if extended.get("entities") is not None:
             return text, _hashtags(extended["entities"], "text", f"{where}extended_tweet.entities")
@@ -161,7 +161,7 @@ def _v1_text_and_hashtags(status: dict, where: str) -> tuple[str, list]:
     if status.get("full_text") is not None:  # REST tweet_mode=extended
         text = _as_text(status["full_text"], f"{where}full_text")
     else:
-        text = _as_text(_required(status, "text", where), f"{where}text")
+        text = _as_text(req(status, "text", where), f"{where}text")
     return text, _hashtags(status.get("entities"), "text", f"{where}entities")
 
 
@@ -189,12 +189,12 @@ def _v1_place(place):
     """(place_id, (lng_a, lng_b, south, north) or None) of a v1.1 ``place``."""
     if place is None:
         return None, None
-    place = _as_object(place, "place")
-    place_id = as_str(_required(place, "id", "place."), "place.id", 64)
+    place = as_object(place, "place")
+    place_id = as_str(req(place, "id", "place."), "place.id", 64)
     bbox = place.get("bounding_box")
     if bbox is None:
         return place_id, None
-    bbox = _as_object(bbox, "place.bounding_box")
+    bbox = as_object(bbox, "place.bounding_box")
     if bbox.get("type") != "Polygon":
         raise InvalidRecord(f"place.bounding_box.type: expected 'Polygon', got {_show(bbox.get('type'))}")
     rings = bbox.get("coordinates")
@@ -218,12 +218,12 @@ def _parse_v2(obj: dict) -> Tweet:
     data = obj["data"]
     if isinstance(data, list):
         raise InvalidRecord("data: a list of tweets (a lookup response), not one stream message")
-    data = _as_object(data, "data")
+    data = as_object(data, "data")
     includes = obj.get("includes")
-    includes = {} if includes is None else _as_object(includes, "includes")
-    tweet_id = _as_id(_required(data, "id", "data."), "data.id")
-    author_id = _as_id(_required(data, "author_id", "data."), "data.author_id")
-    ts = parse_rfc3339(_required(data, "created_at", "data."), "data.created_at")
+    includes = {} if includes is None else as_object(includes, "includes")
+    tweet_id = _as_id(req(data, "id", "data."), "data.id")
+    author_id = _as_id(req(data, "author_id", "data."), "data.author_id")
+    ts = parse_rfc3339(req(data, "created_at", "data."), "data.created_at")
     lang = _lang(data.get("lang"), "data.lang")
     retweet_of = _v2_retweet_of(data.get("referenced_tweets"))
     content, where = data, "data."
@@ -244,9 +244,9 @@ def _v2_retweet_of(references):
     if not isinstance(references, list):
         raise InvalidRecord(f"data.referenced_tweets: expected a list, got {type(references).__name__}")
     for i, reference in enumerate(references):
-        reference = _as_object(reference, f"data.referenced_tweets[{i}]")
+        reference = as_object(reference, f"data.referenced_tweets[{i}]")
         if reference.get("type") == "retweeted":
-            return _as_id(_required(reference, "id", f"data.referenced_tweets[{i}]."),
+            return _as_id(req(reference, "id", f"data.referenced_tweets[{i}]."),
                           f"data.referenced_tweets[{i}].id")
     return None
 
@@ -256,12 +256,12 @@ def _v2_text_and_hashtags(tweet: dict, where: str) -> tuple[str, list]:
     if note is not None:
         # A long ("note") tweet: data.text is cut at 280 chars, the whole text and
         # its entities are in note_tweet.
-        note = _as_object(note, f"{where}note_tweet")
-        text = _as_text(_required(note, "text", f"{where}note_tweet."), f"{where}note_tweet.text")
+        note = as_object(note, f"{where}note_tweet")
+        text = _as_text(req(note, "text", f"{where}note_tweet."), f"{where}note_tweet.text")
         if note.get("entities") is not None:
             return text, _hashtags(note["entities"], "tag", f"{where}note_tweet.entities")
         return text, _hashtags(tweet.get("entities"), "tag", f"{where}entities")
-    text = _as_text(_required(tweet, "text", where), f"{where}text")
+    text = _as_text(req(tweet, "text", where), f"{where}text")
     return text, _hashtags(tweet.get("entities"), "tag", f"{where}entities")
 
 
@@ -269,7 +269,7 @@ def _v2_location(geo, includes: dict):
     """(lat, lng, coarse, place_id) from v2 ``data.geo`` and ``includes.places``."""
     if geo is None:
         return None, None, False, None
-    geo = _as_object(geo, "data.geo")
+    geo = as_object(geo, "data.geo")
     point = _point(geo.get("coordinates"), "data.geo.coordinates", lng_first=True)
     place_id = geo.get("place_id")
     if place_id is not None:
@@ -282,7 +282,7 @@ def _v2_location(geo, includes: dict):
     if place is None or place.get("geo") is None:
         return None, None, False, place_id
     where = f"includes.places[{index}].geo"
-    bbox = _as_object(place["geo"], where).get("bbox")
+    bbox = as_object(place["geo"], where).get("bbox")
     if bbox is None:
         return None, None, False, place_id
     if not isinstance(bbox, list) or len(bbox) != 4:
@@ -303,7 +303,7 @@ def _find_included(includes: dict, key: str, wanted_id: str):
     if not isinstance(items, list):
         raise InvalidRecord(f"includes.{key}: expected a list, got {type(items).__name__}")
     for i, item in enumerate(items):
-        item = _as_object(item, f"includes.{key}[{i}]")
+        item = as_object(item, f"includes.{key}[{i}]")
         if item.get("id") == wanted_id:
             return i, item
     return None, None
@@ -323,7 +323,7 @@ def _point(value, field: str, lng_first: bool):
     """(lat, lng) of a GeoJSON-like Point, or None when absent."""
     if value is None:
         return None
-    value = _as_object(value, field)
+    value = as_object(value, field)
     if value.get("type") != "Point":
         raise InvalidRecord(f"{field}.type: expected 'Point', got {_show(value.get('type'))}")
     coords = value.get("coordinates")
@@ -338,7 +338,7 @@ def _point(value, field: str, lng_first: bool):
 def _hashtags(entities, key: str, where: str) -> list:
     if entities is None:
         return []
-    entities = _as_object(entities, where)
+    entities = as_object(entities, where)
     tags = entities.get("hashtags")
     if tags is None:
         return []
@@ -347,7 +347,7 @@ def _hashtags(entities, key: str, where: str) -> list:
     out = []
     for i, tag in enumerate(tags):
         field = f"{where}.hashtags[{i}].{key}"
-        value = _as_object(tag, f"{where}.hashtags[{i}]").get(key)
+        value = as_object(tag, f"{where}.hashtags[{i}]").get(key)
         if not isinstance(value, str):
             raise InvalidRecord(f"{field}: expected a string, got {type(value).__name__}")
         normal = normalize_hashtag(value)
@@ -402,19 +402,6 @@ def _as_id(value, field: str) -> str:
         # A JSON float has 53 bits of mantissa: tweet ids above 2**53 arrive altered.
         raise InvalidRecord(f"{field}: {value!r} is a float; ids lose precision as floats, send the id as a string")
     raise InvalidRecord(f"{field}: expected an id string, got {type(value).__name__}")
-
-
-def _required(obj: dict, field: str, where: str):
-    value = obj.get(field)
-    if value is None:
-        raise InvalidRecord(f"missing required field '{where}{field}'")
-    return value
-
-
-def _as_object(value, field: str) -> dict:
-    if not isinstance(value, dict):
-        raise InvalidRecord(f"{field}: expected an object, got {type(value).__name__}")
-    return value
 
 
 _SHORT_REPR = reprlib.Repr()

@@ -15,8 +15,7 @@ from schemas.timefmt import parse_rfc3339, parse_twitter_v1
 from synthetic.live import line_millis, paced, stream_lines
 from synthetic.world import write_world
 
-from tests.test_nfc_durability import kill9
-from nfc_gateway.testing import get
+from nfc_gateway.testing import get, kill9, start_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 START = "2026-11-26T10:00:00+09:00"
@@ -168,12 +167,9 @@ def test_the_gateway_hands_on_the_live_stream_unchanged_and_in_event_time(file_w
     out = tmp_path / "gw"
     gen = _generate("--output", str(tmp_path / "world"), "--users", "40", "--hours", "1", "--seed", "9",
                     "--start", START, "--adversarial", "--live", "--speed", str(speed), "--quiet")
-    gateway = subprocess.Popen([sys.executable, "-m", "nfc_gateway", "serve", "--port", "0", "--output", str(out),
-                                "--firehose", "-", "--rate", "0"], cwd=ROOT, stdin=gen.stdout,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    gateway, port = start_gateway(out, "--firehose", "-", "--rate", "0", stdin=gen.stdout)
     gen.stdout.close()                        # the gateway holds the only reading end
     try:
-        port = int(json.loads(gateway.stdout.readline())["url"].rsplit(":", 1)[1])
         deadline = time.monotonic() + 120
         first_line_at = None
         while True:

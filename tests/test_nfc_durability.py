@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,23 +19,8 @@ from nfc_gateway.firehose import FirehoseReplay
 from nfc_gateway.ratelimit import TokenBuckets, retry_after_header
 from nfc_gateway.sinks import FileTweetSink, FirehoseState
 from nfc_gateway.spool import DurableLog, read_lines, repair_tail
-from nfc_gateway.testing import get, post, signed_report, users_jsonl
+from nfc_gateway.testing import get, kill9, post, signed_report, start_gateway, users_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def start_gateway(out: Path, *extra: str) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "nfc_gateway", "serve", "--port", "0", "--output", str(out), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    assert line, "gateway did not start"
-    event = json.loads(line)
-    return proc, int(event["url"].rsplit(":", 1)[1])
-
-
-def kill9(proc: subprocess.Popen):
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
 
 
 def test_reports_survive_a_kill_9_exactly_once(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -24,18 +23,11 @@ from nfc_gateway.kafka_sink import KafkaTapSink, KafkaTweetSink
 from nfc_gateway.service import Gateway, GatewayConfig
 from nfc_gateway.spool import write_json_atomic
 from nfc_gateway.testing import PUBKEYS, post, signed_report
+from pipelines.kafka_tools import port_open
 from schemas.timefmt import parse_rfc3339
 from tests.integration.conftest import wait_for
 
 BOOTSTRAP = "127.0.0.1:9092"
-
-
-def broker_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 9092), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 # The broker is the one infra/up.sh starts (the session fixture ``infra`` in conftest.py).
@@ -81,7 +73,7 @@ def fresh(name: str) -> str:
 def drop_test_topics():
     """The broker is shared: leave no test topics behind."""
     yield
-    if CREATED and broker_up():
+    if CREATED and port_open(BOOTSTRAP):
         from pipelines.kafka_tools import delete_topics
         delete_topics(CREATED, BOOTSTRAP)
 
@@ -105,7 +97,7 @@ def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path, i
     sink = KafkaTapSink(str(tmp_path), BOOTSTRAP, topic, "gw-a")
     try:
         deadline = time.monotonic() + 20
-        while sink.producer is None:
+        while sink.sender is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert len(sink._skip) == len(reports)

@@ -160,20 +160,17 @@ def _feed_through_gateway(world: str, bootstrap: str, workdir) -> dict[str, int]
     """Taps and tweets of ``world`` into their topics the way production feeds them: through
     ``nfc_gateway serve`` (tap reports POSTed one by one, the firehose file replayed); users
     and pings (which the gateway does not carry) with ``kafka_tools``. Returns the counts."""
-    from nfc_gateway.testing import get, post
+    from nfc_gateway.testing import get, post, start_gateway
     produced = {kind: kafka_tools.produce_jsonl(os.path.join(world, f"{kind}.jsonl"), kind, bootstrap, kind=kind)
                 for kind in ("users", "pings")}
     taps = [json.loads(line) for line in open(os.path.join(world, "taps.jsonl"), encoding="utf-8")]
     with open(os.path.join(world, "tweets.jsonl"), "rb") as handle:
         tweets = sum(1 for line in handle if line.strip())
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "nfc_gateway", "serve", "--port", "0", "--output", str(workdir / "gateway"),
-         "--users", os.path.join(world, "users.jsonl"), "--kafka-bootstrap", bootstrap,
-         "--firehose", os.path.join(world, "tweets.jsonl"), "--rate", "0",
-         "--device-rate", "100000", "--device-burst", "100000"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    gateway, port = start_gateway(
+        workdir / "gateway", "--users", os.path.join(world, "users.jsonl"), "--kafka-bootstrap", bootstrap,
+        "--firehose", os.path.join(world, "tweets.jsonl"), "--rate", "0",
+        "--device-rate", "100000", "--device-burst", "100000")
     try:
-        port = int(json.loads(gateway.stdout.readline())["url"].rsplit(":", 1)[1])
         statuses = [post(port, report)[0] for report in taps]      # in file (= time) order, like the phones
         assert statuses == [201] * len(taps), sorted(set(statuses))
 

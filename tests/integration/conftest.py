@@ -65,8 +65,23 @@ class Infra:
         return args + (["--streaming"] if streaming else [])
 
 
+# Deadlines are sized for an idle machine and multiplied by this factor: CI's 2 cores
+# may be shared with other jobs, and a JVM or a Beam job starts several times slower
+# then. Waiting longer costs nothing when the condition comes true early.
+SLOW_MACHINE_FACTOR = float(os.environ.get("TAPFOLLOW_DEADLINE_FACTOR", "4"))
+
+
+def slow_machine(seconds: float) -> float:
+    """A deadline of ``seconds`` on an idle machine, stretched for a busy one."""
+    return seconds * SLOW_MACHINE_FACTOR
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
+    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout.
+
+    ``timeout`` is the idle-machine figure; the wait allows ``slow_machine(timeout)``.
+    """
+    timeout = slow_machine(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

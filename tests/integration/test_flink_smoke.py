@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
 from pipelines import kafka_io, kafka_tools
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import slow_machine, wait_for
 
 pytestmark = pytest.mark.flink
 TOPICS = {"taps", "tweets", "pings", "users", "alerts", "follows"}
@@ -65,7 +65,7 @@ def test_produce_uses_event_time(infra, tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert kafka_tools.produce_jsonl(str(path), topic, infra.bootstrap) == 4
-    got = kafka_tools.consume(topic, infra.bootstrap, max_messages=4, timeout_s=30)
+    got = kafka_tools.consume(topic, infra.bootstrap, max_messages=4, timeout_s=slow_machine(30))
     base = 1793534400000  # 2026-11-01T12:00:00Z
     assert [ts for ts, _ in got] == [base, base + 5000, base + 7000, base + 7000]
     assert [json.loads(v) for _, v in got] == records
@@ -216,7 +216,7 @@ def _submit_sql(infra, tmp_path, name: str) -> str:
     env = dict(os.environ, FLINK_CONF_DIR=infra.flink_conf_dir,
                FLINK_LOG_DIR=os.path.join(os.path.dirname(infra.flink_conf_dir), "..", "logs", "flink"))
     out = subprocess.run([os.path.join(infra.flink_home, "bin", "sql-client.sh"), "-f", str(script)],
-                         capture_output=True, text=True, env=env, timeout=180)
+                         capture_output=True, text=True, env=env, timeout=slow_machine(180))
     match = re.search(r"Job ID: ([0-9a-f]{32})", out.stdout)
     assert match, out.stdout[-2000:] + out.stderr[-2000:]
     return match.group(1)

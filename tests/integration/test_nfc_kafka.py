@@ -25,7 +25,7 @@ from nfc_gateway.spool import write_json_atomic
 from nfc_gateway.testing import PUBKEYS, post, signed_report
 from pipelines.kafka_tools import port_open
 from schemas.timefmt import parse_rfc3339
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import slow_machine, wait_for
 
 BOOTSTRAP = "127.0.0.1:9092"
 
@@ -46,7 +46,7 @@ def read_topic(topic: str, expect: int, timeout: float = 20.0, bootstrap: str = 
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
     from pipelines.kafka_tools import consumer, partitions_of
     client = consumer(bootstrap)
-    records, deadline, quiet_until = [], time.monotonic() + timeout, None
+    records, deadline, quiet_until = [], time.monotonic() + slow_machine(timeout), None
     try:
         client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions_of(client, topic)])
         while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
@@ -86,7 +86,7 @@ def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path, i
     reports = [signed_report("1001", "1002", seq=i) for i in range(30)]
     try:
         assert {post(gw.port, r)[0] for r in reports} == {201}
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + slow_machine(20)
         while gw.tap_sink.forwarded < len(reports):
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -96,12 +96,12 @@ def test_taps_reach_kafka_exactly_once_even_when_the_commit_was_lost(tmp_path, i
     write_json_atomic(tmp_path / ".gateway" / f"kafka-{topic}.json", {"wal_offset": 0})
     sink = KafkaTapSink(str(tmp_path), BOOTSTRAP, topic, "gw-a")
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + slow_machine(20)
         while sink.sender is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert len(sink._skip) == len(reports)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + slow_machine(20)
         while sink.forwarded < len(reports):
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -164,7 +164,7 @@ def own_broker(tmp_path, infra):
 
     def kafka(*args):
         return subprocess.run(["bash", str(REPO / "infra" / "kafka.sh"), *args], env=env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=slow_machine(120))
 
     started = kafka("start")
     assert started.returncode == 0, started.stderr

@@ -40,7 +40,7 @@ from pipelines import kafka_tools
 from pipelines.run import PRISM_NO_SPLIT, add_runner_experiments
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import slow_machine, wait_for
 from transforms.alerts import apply_retractions
 
 pytestmark = pytest.mark.flink
@@ -58,7 +58,7 @@ TERMINAL = {job_api.JobState.DONE, job_api.JobState.FAILED, job_api.JobState.CAN
 
 def _cli(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
-                         text=True, timeout=timeout)
+                         text=True, timeout=slow_machine(timeout))
     assert out.returncode == 0, f"{module} {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
@@ -256,10 +256,10 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
             prism.cancel(job)
             _wait(lambda: prism.state(job) in TERMINAL, 60, "the job to be cancelled")
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=slow_machine(30))
         except subprocess.TimeoutExpired:
             proc.terminate()
-            proc.wait(timeout=30)
+            proc.wait(timeout=slow_machine(30))
     print(f"streaming on Prism: {len(follows)} follows, {len(alerts)} alert messages, "
           f"outputs complete {outputs_s:.1f}s after launch")
 

@@ -23,38 +23,38 @@ import argparse
 import gzip
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
-from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 WORLD_KINDS = ("users", "pings", "taps", "tweets")
 
-_V11_FORMAT = "%a %b %d %H:%M:%S %z %Y"  # Wed Oct 10 20:19:24 +0000 2018
-
-
 def parse_time_ms(value) -> int | None:
-    """Epoch milliseconds from an RFC 3339 string, a Twitter v1.1 date, or epoch s/ms."""
+    """Epoch milliseconds from an RFC 3339 string, a Twitter v1.1 date, or epoch s/ms.
+
+    Strings are read by the pipeline's own strict parsers (``schemas.timefmt``), so a
+    timestamp the pipeline would reject (``2026-W47-4T15:00:00Z``, full-width digits …)
+    gives no Kafka time here either."""
+    from schemas.errors import InvalidRecord
+    from schemas.timefmt import parse_rfc3339, parse_twitter_v1
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            return None
         return int(value if value > 1e11 else value * 1000)
     if not isinstance(value, str) or not value.strip():
         return None
-    text = value.strip()
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+    for parser in (parse_rfc3339, parse_twitter_v1):
         try:
-            dt = datetime.strptime(text, _V11_FORMAT)
-        except ValueError:
-            return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+            return int(round(parser(value) * 1000))
+        except InvalidRecord:
+            continue
+    return None
 
 
 def event_time_ms(record) -> int | None:

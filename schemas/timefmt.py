@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 
 from schemas.errors import InvalidRecord
 
@@ -17,27 +18,58 @@ _EARLIEST = _dt.datetime(2006, 3, 21, tzinfo=_UTC).timestamp()  # Twitter's firs
 _LATEST = _dt.datetime(2100, 1, 1, tzinfo=_UTC).timestamp()
 
 
+# RFC 3339 section 5.6, exactly: full-date "T" full-time, ASCII digits only (Python's
+# int() and fromisoformat also take full-width or Arabic-Indic digits, ISO week dates,
+# basic format and hour-only times; none of those is RFC 3339). "T" and "Z" may be
+# lower case (ABNF literals are case-insensitive) and, as section 5.6's note allows, a
+# space may stand for "T". Offsets are within +-23:59.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII)
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?", re.ASCII)
+
+
 def parse_rfc3339(value, field: str = "ts") -> float:
-    """RFC 3339 string (``Z`` or numeric offset) -> epoch seconds, UTC."""
+    """RFC 3339 string (``Z`` or numeric offset) -> epoch seconds, UTC.
+
+    The one parser of RFC 3339 in the project (records, the generator's ``--start``,
+    Kafka timestamps): strict, see ``_RFC3339``.
+    """
     if not isinstance(value, str):
         raise InvalidRecord(f"{field}: expected an RFC 3339 string, got {type(value).__name__}")
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
+    match = _RFC3339.fullmatch(value) if len(value) <= 64 else None
+    if match is None:
+        if len(value) <= 64 and _DATE_ONLY.fullmatch(value):
+            raise InvalidRecord(f"{field}: {value!r} has no UTC offset (RFC 3339 requires one)")
+        raise InvalidRecord(f"{field}: {_shown(value)} is not an RFC 3339 timestamp")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    if second == "60":
+        raise InvalidRecord(f"{field}: {value!r} is a leap second, which UTC epoch time cannot represent")
+    if not zulu and (int(off_h) > 23 or int(off_m) > 59):
+        raise InvalidRecord(f"{field}: {value!r} has an offset outside -23:59..+23:59")
     try:
-        moment = _dt.datetime.fromisoformat(text)
-    except ValueError:
+        moment = _dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                              tzinfo=_UTC)
+    except ValueError:  # February 30th, hour 24 ...
         raise InvalidRecord(f"{field}: {value!r} is not an RFC 3339 timestamp") from None
-    if moment.tzinfo is None:
-        raise InvalidRecord(f"{field}: {value!r} has no UTC offset (RFC 3339 requires one)")
-    return check_epoch(moment.timestamp(), field)
+    whole = int(moment.timestamp())
+    if not zulu:
+        offset_s = (int(off_h) * 60 + int(off_m)) * 60
+        whole -= offset_s if sign == "+" else -offset_s
+    # One division, so "…24.123Z" gives exactly millis / 1000, as format_rfc3339 wrote it.
+    seconds = (whole * 10 ** len(fraction) + int(fraction)) / 10 ** len(fraction) if fraction else float(whole)
+    return check_epoch(seconds, field)
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 64 else f"{value[:40]!r}... ({len(value)} chars)"
 
 
 # v1.1 dates use English names whatever the process locale; strptime's %a/%b
 # would follow LC_TIME (and costs ~8 us a call on the firehose's hot path).
 _V1_MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
-_V1_WEEKDAYS = frozenset(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"))
+_V1_WEEKDAYS = {name: number for number, name in enumerate(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"))}
 
 
 def parse_twitter_v1(value, field: str = "created_at") -> float:
@@ -56,8 +88,11 @@ def parse_twitter_v1(value, field: str = "created_at") -> float:
         offset_minutes = int(offset[1:3]) * 60 + int(offset[3:5])
         if int(offset[3:5]) >= 60 or offset_minutes >= 24 * 60:
             raise ValueError(value)
-        local = _dt.datetime(int(year), _V1_MONTHS[month], int(day), int(hour), int(minute), int(second),
-                             tzinfo=_UTC).timestamp()
+        local_moment = _dt.datetime(int(year), _V1_MONTHS[month], int(day), int(hour), int(minute), int(second),
+                                    tzinfo=_UTC)
+        if local_moment.weekday() != _V1_WEEKDAYS[weekday]:  # "Mon Oct 10 … 2018" was a Wednesday
+            raise ValueError(value)
+        local = local_moment.timestamp()
     except (ValueError, KeyError):
         raise InvalidRecord(
             f"{field}: {value!r} is not a v1.1 date like 'Wed Oct 10 20:19:24 +0000 2018'"

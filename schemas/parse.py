@@ -10,7 +10,7 @@ import json
 import math
 
 from schemas.errors import InvalidRecord
-from schemas.proofs import check_nonce
+from schemas.proofs import MAX_ACCURACY_M, check_nonce, decode_pubkey
 from schemas.records import Ping, TapReport, User
 from schemas.timefmt import parse_rfc3339
 
@@ -133,7 +133,7 @@ def parse_user(obj: dict) -> User:
         age_band = as_str(age_band, "age_band", 16)
     return User(
         user_id=as_user_id(req(obj, "user_id")),
-        pubkey=as_str(req(obj, "pubkey"), "pubkey", 64),
+        pubkey=as_pubkey(req(obj, "pubkey")),
         alerts_opt_in=as_bool(req(obj, "alerts_opt_in"), "alerts_opt_in"),
         stats_opt_out=as_bool(req(obj, "stats_opt_out"), "stats_opt_out"),
         age_band=age_band,
@@ -160,9 +160,30 @@ def parse_ping(obj: dict) -> Ping:
     )
 
 
+def as_pubkey(value) -> str:
+    """A registered key must be usable: canonical base64 of a sound Ed25519 point (``schemas.proofs``)."""
+    value = as_str(value, "pubkey", 64)
+    decode_pubkey(value)  # InvalidRecord names the reason (encoding, off-curve, small order, torsion)
+    return value
+
+
 def parse_tap(obj: dict) -> TapReport:
-    """Shape checks only; signatures are checked where the users' keys are known."""
+    """Shape checks only; signatures are checked where the users' keys are known.
+
+    ``accuracy_m`` (integer metres, 0..MAX_ACCURACY_M) and ``report_sig`` are the
+    project's own fields (``schemas.proofs``); both are optional here so a report
+    without them is dead-lettered by the pairing with its own reason, and counted.
+    """
     lat, lng = as_lat_lng(req(obj, "lat"), req(obj, "lng"))
+    accuracy = obj.get("accuracy_m")
+    if accuracy is not None:
+        if isinstance(accuracy, bool) or not isinstance(accuracy, int):
+            raise InvalidRecord(f"accuracy_m: expected an integer number of metres, got {type(accuracy).__name__}")
+        if not 0 <= accuracy <= MAX_ACCURACY_M:
+            raise InvalidRecord(f"accuracy_m: {str(accuracy)[:24]} outside 0..{MAX_ACCURACY_M}")
+    report_sig = obj.get("report_sig")
+    if report_sig is not None:
+        report_sig = as_str(report_sig, "report_sig", 128)
     return TapReport(
         tap_id=as_str(req(obj, "tap_id"), "tap_id", 128),
         user_id=as_user_id(req(obj, "user_id")),
@@ -173,4 +194,6 @@ def parse_tap(obj: dict) -> TapReport:
         lng=lng,
         proof=as_str(req(obj, "proof"), "proof", 128),
         peer_proof=as_str(req(obj, "peer_proof"), "peer_proof", 128),
+        accuracy_m=accuracy,
+        report_sig=report_sig,
     )

@@ -48,6 +48,10 @@ class TapReport(NamedTuple):
     lng: float
     proof: str                   # base64 Ed25519 signature by user_id over the claim
     peer_proof: str              # base64 Ed25519 signature by peer_user_id over the claim
+    # The project's own fields (CONTRACTS.md allows them; see schemas.proofs). Optional only so
+    # that a report without them parses and is dead-lettered with its specific reason.
+    accuracy_m: Optional[int] = None   # the reporter's position accuracy, whole metres (signed)
+    report_sig: Optional[str] = None   # base64 Ed25519 signature by user_id over the whole report
 
 
 class Tweet(NamedTuple):

@@ -221,8 +221,10 @@ def test_garbage_keys_and_signatures_verify_false_without_raising(keys, pubkey, 
 
 
 def test_decode_pubkey_rejects_garbage():
-    assert rejected(decode_pubkey, "AAAA") == "pubkey: not base64 of a 32-byte Ed25519 public key"
-    assert rejected(decode_pubkey, "no!") == "pubkey: not base64 of a 32-byte Ed25519 public key"
+    assert rejected(decode_pubkey, "AAAA") == "pubkey: expected 44 base64 characters (32 bytes), got 4"
+    assert rejected(decode_pubkey, "no!") == "pubkey: expected 44 base64 characters (32 bytes), got 3"
+    assert rejected(decode_pubkey, "!" * 44) == "pubkey: not base64 (standard alphabet, padded)"
+    assert rejected(decode_pubkey, None) == "pubkey: expected a base64 string, got NoneType"
 
 
 def test_nonce_layout():
@@ -250,3 +252,162 @@ def test_malformed_nonce_is_rejected(nonce):
 
 def test_random_nonces_differ():
     assert make_nonce(1795600800.0) != make_nonce(1795600800.0)
+
+
+# ---- strict encodings and weak keys (issue #10) ------------------------------------------
+
+from schemas.proofs import (  # noqa: E402
+    L, decode_signature, key_weakness, report_bytes, report_bytes_of, sign_report, signed_lat_lng,
+    verify_report_signature,
+)
+
+_P = 2 ** 255 - 19
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _other_spellings(canonical: str) -> list[str]:
+    """Every base64 string that decodes to the same bytes (the last data character's unused bits)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    body = canonical.rstrip("=")
+    padding = canonical[len(body):]
+    out = []
+    for ch in alphabet:
+        text = body[:-1] + ch + padding
+        if text != canonical and base64.b64decode(text) == base64.b64decode(canonical):
+            out.append(text)
+    return out
+
+
+def test_a_signature_has_exactly_one_accepted_spelling(keys):
+    alice_key, alice_pub = keys[ALICE]
+    signature = sign_claim(alice_key, ALICE, BOB, NONCE)
+    spellings = _other_spellings(signature)
+    assert len(spellings) == 15          # 16 spellings decode to the same 64 bytes
+    for text in spellings:
+        assert verify_claim(alice_pub, text, ALICE, BOB, NONCE) is False
+        assert "canonical base64" in rejected(decode_signature, text)
+    assert verify_claim(alice_pub, signature, ALICE, BOB, NONCE) is True
+
+
+def test_a_pubkey_has_exactly_one_accepted_spelling(keys):
+    alice_key, alice_pub = keys[ALICE]
+    spellings = _other_spellings(alice_pub)
+    assert len(spellings) == 3
+    for text in spellings:
+        assert "canonical base64" in rejected(decode_pubkey, text)
+        assert verify_claim(text, sign_claim(alice_key, ALICE, BOB, NONCE), ALICE, BOB, NONCE) is False
+
+
+def test_signature_with_s_at_or_above_the_group_order_is_refused(keys):
+    from cryptography.exceptions import InvalidSignature
+    alice_key, alice_pub = keys[ALICE]
+    raw = base64.b64decode(sign_claim(alice_key, ALICE, BOB, NONCE))
+    s = int.from_bytes(raw[32:], "little")
+    malleated = raw[:32] + (s + L).to_bytes(32, "little")
+    # OpenSSL (through cryptography) already refuses it ...
+    with pytest.raises(InvalidSignature):
+        decode_pubkey(alice_pub).verify(malleated, claim_bytes(ALICE, BOB, NONCE))
+    # ... and so does the project's own decoder, whatever the library does.
+    assert rejected(decode_signature, _b64(malleated)) == (
+        "signature: scalar S is not below the group order L (a malleated signature)")
+    assert verify_claim(alice_pub, _b64(malleated), ALICE, BOB, NONCE) is False
+
+
+# The 8 small-order points' canonical encodings (y, sign bit), e.g. libsodium's blocklist.
+SMALL_ORDER = [
+    (1).to_bytes(32, "little"),                                        # the identity (0, 1)
+    (_P - 1).to_bytes(32, "little"),                                   # (0, -1), order 2
+    bytes(32),                                                         # (+-sqrt(-1), 0), order 4
+    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),  # order 8
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),  # order 8
+]
+
+
+@pytest.mark.parametrize("raw", SMALL_ORDER)
+def test_small_order_keys_are_refused(raw):
+    assert key_weakness(raw) == "a small-order point (anyone could forge this user's signatures)"
+    assert rejected(decode_pubkey, _b64(raw)) == (
+        "pubkey: refused weak Ed25519 key: a small-order point (anyone could forge this user's signatures)")
+
+
+def test_identity_key_would_let_anyone_forge_and_is_refused():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    identity = (1).to_bytes(32, "little")
+    forged = identity + bytes(32)        # R = identity, S = 0: [S]B = R + [h]A for A = identity
+    # OpenSSL accepts this forgery for any message: the key itself must be refused.
+    Ed25519PublicKey.from_public_bytes(identity).verify(forged, claim_bytes(ALICE, BOB, NONCE))
+    assert verify_claim(_b64(identity), _b64(forged), ALICE, BOB, NONCE) is False
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ((_P + 1).to_bytes(32, "little"), "not the canonical encoding of a point on Ed25519"),      # y >= p
+    ((1 | 1 << 255).to_bytes(32, "little"), "not the canonical encoding of a point on Ed25519"),  # x = -0
+    ((2).to_bytes(32, "little"), "not the canonical encoding of a point on Ed25519"),           # off the curve
+])
+def test_non_canonical_and_off_curve_keys_are_refused(raw, reason):
+    assert key_weakness(raw) == reason
+
+
+def test_mixed_order_key_is_refused(keys):
+    from schemas import proofs
+    _, alice_pub = keys[ALICE]
+    a = proofs._decode_point(base64.b64decode(alice_pub))
+    t = proofs._decode_point(SMALL_ORDER[3])
+    x, y, z, _ = proofs._add(a, t)
+    zi = pow(z, _P - 2, _P)
+    x, y = x * zi % _P, y * zi % _P
+    mixed = (y | (x & 1) << 255).to_bytes(32, "little")
+    assert key_weakness(mixed) == "not in the prime-order subgroup (a torsion component)"
+
+
+def test_genuine_keys_are_sound(keys):
+    for _, pubkey in keys.values():
+        assert key_weakness(base64.b64decode(pubkey)) is None
+
+
+REPORT = dict(tap_id="t-1", user_id=ALICE, peer_user_id=BOB, nonce=NONCE, ts=1795600800.5, lat=35.6812345,
+              lng=139.7671234, accuracy_m=12, proof="P" * 86 + "==", peer_proof="Q" * 86 + "==")
+
+
+def test_report_bytes_are_integers_in_a_fixed_order():
+    assert report_bytes(**REPORT) == (
+        '["tap-report/v1","t-1","6253282","783214","' + NONCE + '",1795600800500,356812345,1397671234,12,"'
+        + "P" * 86 + '==","' + "Q" * 86 + '=="]').encode()
+
+
+def test_report_bytes_are_ascii_whatever_the_tap_id():
+    assert report_bytes(**dict(REPORT, tap_id="\ud800é")).startswith(b'["tap-report/v1","\\ud800\\u00e9"')
+
+
+def test_report_bytes_refuse_a_fractional_accuracy():
+    with pytest.raises(TypeError):
+        report_bytes(**dict(REPORT, accuracy_m=12.5))
+
+
+class _R:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def test_report_signature_covers_every_field(keys):
+    alice_key, alice_pub = keys[ALICE]
+    signature = sign_report(alice_key, **REPORT)
+    assert verify_report_signature(alice_pub, signature, _R(**REPORT))
+    changes = dict(tap_id="t-2", user_id=BOB, peer_user_id=CAROL, nonce=NONCE[:-1] + "f", ts=1795600800.501,
+                   lat=35.6812346, lng=139.7671235, accuracy_m=13, proof="R" * 86 + "==", peer_proof="P" * 86 + "==")
+    for field, value in changes.items():
+        assert not verify_report_signature(alice_pub, signature, _R(**dict(REPORT, **{field: value}))), field
+    assert not verify_report_signature(keys[BOB][1], signature, _R(**REPORT))     # another reporter's key
+
+
+@given(st.integers(min_value=-900_000_000, max_value=900_000_000),
+       st.integers(min_value=-1_800_000_000, max_value=1_800_000_000))
+def test_signed_position_round_trips_through_floats(lat_e7, lng_e7):
+    lat, lng = lat_e7 / 1e7, lng_e7 / 1e7
+    report = _R(**dict(REPORT, lat=lat, lng=lng))
+    assert signed_lat_lng(report) == (lat, lng)
+    assert report_bytes_of(report) == report_bytes(**dict(REPORT, lat=lat, lng=lng))
+    assert f",{lat_e7},{lng_e7},".encode() in report_bytes_of(report)

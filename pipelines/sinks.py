@@ -31,7 +31,15 @@ STREAMING_SHARD_NAME_TEMPLATE = "-V-SSSSS-of-NNNNN"
 def to_json_line(record) -> str:
     """One record as its contract JSON line (times RFC 3339, UTF-8 kept as is)."""
     as_dict = record if isinstance(record, dict) else to_json_dict(record)
-    return json.dumps(as_dict, ensure_ascii=False, separators=(",", ":"))
+    line = json.dumps(as_dict, ensure_ascii=False, separators=(",", ":"))
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate got this far (the parsers reject them): write it as a JSON
+            # escape rather than fail the whole write.
+            line = json.dumps(as_dict, ensure_ascii=True, separators=(",", ":"))
+    return line
 
 
 class CountEmitted(beam.PTransform):

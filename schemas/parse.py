@@ -63,7 +63,45 @@ def decode_json_object(line) -> dict:
         raise InvalidRecord(f"malformed JSON: {str(exc).split(';')[0]}") from None
     if not isinstance(obj, dict):
         raise InvalidRecord(f"expected a JSON object, got {type(obj).__name__}")
+    # JSON's "\ud800" escape (or a str line holding one) decodes to a lone UTF-16
+    # surrogate, which no UTF-8 sink, coder or Arrow column can write: anywhere in the
+    # object, used field or not, it makes the line a dead letter naming the field.
+    if "\\ud" in line or "\\uD" in line or (not line.isascii() and not _encodable(line)):
+        check_encodable(obj)
     return obj
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_encodable(obj) -> None:
+    """Raise ``InvalidRecord`` naming the first string (value or key) UTF-8 cannot encode."""
+    stack = [(obj, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and not _encodable(value):
+                raise InvalidRecord(f"{_path(path)}: contains an unpaired UTF-16 surrogate")
+        elif isinstance(value, dict):
+            for key in value:
+                if not key.isascii() and not _encodable(key):
+                    raise InvalidRecord(f"{_path(path) if path else 'object'}: key {key!r} "
+                                        "contains an unpaired UTF-16 surrogate")
+            stack.extend((item, (*path, key)) for key, item in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, i)) for i, item in reversed(list(enumerate(value))))
+
+
+def _path(parts) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
 
 
 # ---- field validators, shared with schemas.tweets -------------------------------------

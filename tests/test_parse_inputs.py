@@ -8,6 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings, strategies as st
 
 from pipelines import sources
+from schemas.proofs import new_keypair
 from schemas.records import DeadLetter, Ping, User
 from transforms.parse_inputs import ParseInputs, classify
 
@@ -40,14 +41,17 @@ def test_classify_good_ping_is_typed_with_utc_epoch():
     assert value == Ping(user_id="7", ts=1795132800.0, lat=35.6, lng=139.7, accuracy_m=None, source=None)
 
 
+PUBKEY = new_keypair(bytes(32))[1]
+
+
 def test_parse_inputs_routes_every_line_exactly_once():
-    user = {"user_id": "7", "pubkey": "AAAA", "alerts_opt_in": True, "stats_opt_out": False}
+    user = {"user_id": "7", "pubkey": PUBKEY, "alerts_opt_in": True, "stats_opt_out": False}
     raw = [("users", json.dumps(user).encode()), ("pings", json.dumps(GOOD_PING).encode())]
     raw += [("pings", line.encode()) for line in BAD_LINES]
     raw += [("tweets", b'{"limit": {"track": 3}}'), ("gossip", b"{}")]
     with TestPipeline() as p:
         out = p | beam.Create(raw) | ParseInputs(ORIGINS)
-        assert_that(out["users"], equal_to([User("7", "AAAA", True, False, None)]), label="users")
+        assert_that(out["users"], equal_to([User("7", PUBKEY, True, False, None)]), label="users")
         assert_that(out["pings"] | beam.Map(lambda r: r.user_id), equal_to(["7"]), label="pings")
         assert_that(out["taps"], equal_to([]), label="taps")
         assert_that(out["dead_letters"] | beam.Map(lambda d: d.source),

@@ -27,11 +27,26 @@ MAX_RAW_KEPT = 64 * 1024
 
 
 def raw_text(line) -> str:
+    """The input as received, always writable as UTF-8: bytes that are not UTF-8 and lone
+    surrogates are kept as backslash escapes (``\\xff``, ``\\ud800``), a huge line truncated."""
     if isinstance(line, bytes):
-        line = line[: MAX_RAW_KEPT + 4].decode("utf-8", errors="replace")
+        size = len(line)
+        text = line[: MAX_RAW_KEPT + 4].decode("utf-8", errors="backslashreplace")
+        if size > MAX_RAW_KEPT:
+            return text[:MAX_RAW_KEPT] + f"…[truncated from {size} bytes]"
+        return text
+    if not isinstance(line, str):
+        line = repr(line)
     if len(line) > MAX_RAW_KEPT:
-        return line[:MAX_RAW_KEPT] + f"…[truncated from {len(line)} chars]"
-    return line
+        line = line[:MAX_RAW_KEPT] + f"…[truncated from {len(line)} chars]"
+    return writable(line)
+
+
+def writable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) as a backslash escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def classify(kind: str, origin: str, line):
@@ -40,10 +55,11 @@ def classify(kind: str, origin: str, line):
         record = parse_line(kind, line)
         return _TAG_OF_TYPE[type(record)], record
     except InvalidRecord as exc:
-        return "dead_letters", DeadLetter(source=origin, error=str(exc), raw=raw_text(line))
+        return "dead_letters", DeadLetter(source=origin, error=writable(str(exc)), raw=raw_text(line))
     except Exception as exc:  # a parser bug must not lose the record either
         return "dead_letters", DeadLetter(
-            source=origin, error=f"internal parser error {type(exc).__name__}: {exc}", raw=raw_text(line))
+            source=origin, error=writable(f"internal parser error {type(exc).__name__}: {exc}"),
+            raw=raw_text(line))
 
 
 def _identity(value):

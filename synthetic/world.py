@@ -946,10 +946,14 @@ class World:
             ts_res = when + res.skew_s + d2 * NFC_LATENCY_S
             lat_i, lng_i = self._near(lat, lng, d3, 2.0)
             lat_r, lng_r = self._near(lat, lng, d4, 2.0)
-            reports.append(TapReport(str(uuid.UUID(int=id1, version=4)), ini.user_id, res.user_id, nonce,
-                                     round(ts_ini, 3), lat_i, lng_i, sig_ini, sig_res))
-            reports.append(TapReport(str(uuid.UUID(int=id2, version=4)), res.user_id, ini.user_id, nonce,
-                                     round(ts_res, 3), lat_r, lng_r, sig_res, sig_ini))
+            # Position accuracy in whole metres (3..27), from bits of draws already made so the
+            # rest of the world is unchanged; each phone signs its whole report (schemas.proofs).
+            acc_i, acc_r = 3 + int(d3 * 1e6) % 25, 3 + int(d4 * 1e6) % 25
+            for r, key in ((TapReport(str(uuid.UUID(int=id1, version=4)), ini.user_id, res.user_id, nonce,
+                                      round(ts_ini, 3), lat_i, lng_i, sig_ini, sig_res, acc_i), ini.key),
+                           (TapReport(str(uuid.UUID(int=id2, version=4)), res.user_id, ini.user_id, nonce,
+                                      round(ts_res, 3), lat_r, lng_r, sig_res, sig_ini, acc_r), res.key)):
+                reports.append(r._replace(report_sig=proofs.sign_report_of(key, r)))
         return reports
 
     @staticmethod
@@ -977,9 +981,15 @@ _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _tap_line(r: TapReport) -> str:
+    """A report as the phone files it (an attack may lack the project's own fields: then they are left out)."""
+    extra = ""
+    if r.accuracy_m is not None:
+        extra += f',"accuracy_m":{r.accuracy_m}'
+    if r.report_sig is not None:
+        extra += f',"report_sig":"{r.report_sig}"'
     return (f'{{"tap_id":"{r.tap_id}","user_id":"{r.user_id}","peer_user_id":"{r.peer_user_id}",'
             f'"nonce":"{r.nonce}","ts":"{clock.rfc3339(r.ts)}","lat":{r.lat!r},"lng":{r.lng!r},'
-            f'"proof":"{r.proof}","peer_proof":"{r.peer_proof}"}}')
+            f'"proof":"{r.proof}","peer_proof":"{r.peer_proof}"{extra}}}')
 
 
 def true_follows(reports: list) -> list:

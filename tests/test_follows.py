@@ -20,7 +20,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from schemas.records import Follow, TapReport, User
 from schemas.touch import follow_for_touch
-from tests.test_pairing import A, B, C, D, PUBKEYS, SKEW, T0, crowd, report, touch
+from tests.test_pairing import A, B, C, D, PUBKEYS, SKEW, T0, crowd, report, signed, touch
 from transforms.follows import FollowParams, ResolveMutualFollows, dead_letter
 from transforms.pairing import resolve_reports
 
@@ -66,7 +66,7 @@ def small_world():
     lonely, _ = touch(A, C, T0 + 5, 4)                # C's phone never reports
     forged = report("forged", D, A, ab[0].nonce, T0, proof=ab[0].proof)   # D claims A's touch
     skewed = touch(B, C, T0 + 20, 5, dx=-6, dy=6)     # each fine, 12 s apart: no follow
-    replay = ab[1]._replace(tap_id="replayed-ab")
+    replay = signed(ab[1]._replace(tap_id="replayed-ab"))   # B's phone re-files its touch
     self_tap = report("self", D, D, ab[0].nonce, T0)
     ghost = TapReport("ghost", "999", A, ab[0].nonce, T0, 52.5, 13.4, "x", "y")
     reports = [*ab, *cd, *ab_again, lonely, forged, *skewed, replay, self_tap, ghost, ab[0], cd[1]]
@@ -146,7 +146,7 @@ def test_streaming_end_of_input_still_delivers_every_outcome():
 def test_streaming_report_left_waiting_by_an_early_pane_still_expires():
     """x and a forgery fire an early pane; nothing else comes: the (empty) final pane expires x."""
     x, y = touch(A, B, T0, 1)
-    forged = x._replace(tap_id="forged", proof=y.proof)
+    forged = signed(x._replace(tap_id="forged", proof=y.proof))
     stream = (TestStream().advance_watermark_to(T0 - 60)
               .add_elements([TimestampedValue(forged, forged.ts), TimestampedValue(x, x.ts)])
               .advance_watermark_to(T0 + 30)
@@ -189,7 +189,7 @@ def test_streaming_late_partner_before_expiry_still_matches():
 
 def test_streaming_replay_after_the_follow_creates_nothing():
     x, y = touch(A, B, T0, 1)
-    replays = [r._replace(tap_id=r.tap_id + "-re") for r in (x, y)]
+    replays = [signed(r._replace(tap_id=r.tap_id + "-re")) for r in (x, y)]
     stream = (TestStream().advance_watermark_to(T0 - 60)
               .add_elements([TimestampedValue(y, y.ts), TimestampedValue(x, x.ts)])
               .advance_watermark_to(T0 + 2000)                           # long confirmed and expired
@@ -258,6 +258,9 @@ def test_dead_letter_keeps_the_report_as_received():
     (dict(replay_memory_s=-1), "follows_replay_memory_s=-1: must be >= 0"),
     (dict(pending_expiry_s=float("inf")), "follows_pending_expiry_s: expected a finite number"),
     (dict(max_clock_skew_s="10"), "follows_max_clock_skew_s: expected a finite number"),
+    (dict(max_future_s=-1), "follows_max_future_s=-1: must be >= 0"),
+    (dict(max_accuracy_m=-5), "follows_max_accuracy_m=-5: must be >= 0"),
+    (dict(max_pair_distance_m=float("nan")), "follows_max_pair_distance_m: expected a finite number"),
 ])
 def test_params_say_what_to_change(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -338,4 +341,40 @@ def test_a_pairs_later_touch_confirmed_first_does_not_become_its_edge():
               .advance_watermark_to_infinity())
     p, out = streaming_pipeline(stream)
     assert_that(out["follows"], equal_to([follow_for_touch(*first)]), label="Follows")
+    p.run().wait_until_finish()
+
+
+# ---- issue #10: the trust model's knobs reach the Beam steps -------------------------------
+
+def _trust_reports():
+    from schemas.timefmt import parse_rfc3339
+    from tests.test_pairing import nonce_at
+    far = nonce_at(T0, 21)
+    apart = [report("far-x", A, B, far, T0, where=(35.7295, 139.7109)),
+             report("far-y", B, A, far, T0, where=(35.6450, 139.7100))]       # 9.4 km apart
+    future = touch(C, D, parse_rfc3339("2099-01-01T00:00:00Z"), 22)
+    unsigned = touch(A, C, T0 + 60, 23)[0]._replace(report_sig=None)
+    return apart, list(future), unsigned
+
+
+def test_beam_refuses_far_apart_future_and_unsigned_reports():
+    apart, future, unsigned = _trust_reports()
+    p, out = batch_pipeline(apart + future + [unsigned])
+    assert_that(out["follows"], equal_to([]), label="Follows")
+    assert_that(out["dead_letters"] | beam.Map(lambda d: (json.loads(d.raw)["tap_id"], d.error.split(":")[0])),
+                equal_to(sorted([("far-x", "too far apart"), ("far-y", "too far apart"),
+                                 (future[0].tap_id, "future touch"), (future[1].tap_id, "future touch"),
+                                 (unsigned.tap_id, "unsigned report")])), label="DeadLetters")
+    p.run().wait_until_finish()
+
+
+def test_beam_uses_the_configured_distance_and_future_bounds():
+    apart, _future, _unsigned = _trust_reports()
+    params = FollowParams(max_clock_skew_s=SKEW, pending_expiry_s=600.0, replay_memory_s=3600.0,
+                          max_pair_distance_m=20_000.0)
+    p = TestPipeline()
+    taps = (p | "Taps" >> beam.Create(apart)
+            | "StampTs" >> beam.Map(lambda r: TimestampedValue(r, r.ts)).with_output_types(TapReport))
+    out = resolve_in_beam(p, taps, params=params)
+    assert_that(out["follows"], equal_to([follow_for_touch(*apart)]), label="Follows")
     p.run().wait_until_finish()

@@ -31,6 +31,7 @@ from schemas.touch import follow_for_touch
 from schemas.tweets import normalize_hashtag
 from synthetic import adversary, clock, geo, twitter
 from synthetic.world import INPUT_FILES, TRUTH_FILES, write_world
+from transforms import pairing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(users=40, hours=3, seed=42)
@@ -178,6 +179,7 @@ def test_every_true_follow_has_exactly_two_matching_signed_reports(world):
 def test_taps_are_genuine_pairs_and_each_pair_is_followed_once_at_its_first_touch(world):
     out = world[0]
     reports = [parse_line("taps", line) for line in _read(out, "taps.jsonl")]
+    pubkeys = {u["user_id"]: u["pubkey"] for u in _jsonl(out, "users.jsonl")}
     assert len({r.tap_id for r in reports}) == len(reports)
     by_nonce = collections.defaultdict(list)
     for r in reports:
@@ -190,6 +192,9 @@ def test_taps_are_genuine_pairs_and_each_pair_is_followed_once_at_its_first_touc
         assert abs(x.ts - y.ts) <= 10.0 and abs(x.ts - t) <= 10.0 and abs(y.ts - t) <= 10.0
         assert geo.distance_m(x.lat, x.lng, y.lat, y.lng) < 10.0
         assert (x.lat, x.lng) != (y.lat, y.lng)
+        for r in pair:  # each phone signed its whole report, with an accuracy the pipeline accepts
+            assert 3 <= r.accuracy_m <= 27
+            assert proofs.verify_report_signature(pubkeys[r.user_id], r.report_sig, r)
         touches_per_pair[tuple(sorted((x.user_id, y.user_id)))].append(nonce)
     follows = {(f["user_a"], f["user_b"]): f for f in _jsonl(out, "truth/follows.jsonl")}
     assert set(follows) == set(touches_per_pair)
@@ -558,6 +563,10 @@ def test_no_tap_attack_could_confirm_a_follow(hostile_world):
     def valid(r):
         return (r.user_id != r.peer_user_id and r.user_id in pubkeys and r.peer_user_id in pubkeys
                 and abs(r.ts - proofs.nonce_time(r.nonce)) <= 10.0
+                and r.accuracy_m is not None and r.accuracy_m <= 100
+                and proofs.nonce_time(r.nonce) <= time.time() + 300
+                and contains(*proofs.signed_lat_lng(r))
+                and proofs.verify_report_signature(pubkeys[r.user_id], r.report_sig, r)
                 and proofs.verify_claim(pubkeys[r.user_id], r.proof, r.user_id, r.peer_user_id, r.nonce)
                 and proofs.verify_claim(pubkeys[r.peer_user_id], r.peer_proof, r.user_id, r.peer_user_id, r.nonce))
 
@@ -573,6 +582,11 @@ def test_no_tap_attack_could_confirm_a_follow(hostile_world):
         elif kind == "one_sided":
             assert valid(r) and r.nonce not in genuine_by_nonce
             assert sum(x.nonce == r.nonce for x in reports) == 1
+        elif kind == "far_apart":
+            # Each report is valid on its own; the pair is 10 km apart, far beyond 50 m + accuracies.
+            x, y = [x for x in reports if x.nonce == r.nonce]
+            assert valid(x) and valid(y) and r.nonce not in genuine_by_nonce
+            assert pairing.pair_distance(x, y)[0] > 9000
         else:
             assert not valid(r), kind
     # Every pair the truth follows still has its two genuine reports, untouched by the attacks.

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.proofs import make_nonce, new_keypair, nonce_time, sign_claim
+from schemas.proofs import make_nonce, new_keypair, nonce_time, sign_claim, sign_report_of
 from schemas.records import Follow, TapReport
 from schemas.touch import follow_for_touch
 from transforms import pairing
@@ -27,7 +27,7 @@ for _i, _uid in enumerate(USER_IDS, start=1):
     PRIVATE[_uid], PUBKEYS[_uid] = new_keypair(seed=bytes([_i]) * 32)
 A, B, C, D = USER_IDS[:4]
 T0 = 1_700_000_000.0
-VENUE = (52.5200, 13.4050)
+VENUE = (35.6812, 139.7671)   # Tokyo station: inside the service area
 SKEW, EXPIRY = 10.0, 600.0
 
 
@@ -35,13 +35,18 @@ def nonce_at(t: float, r: int) -> str:
     return make_nonce(t, r.to_bytes(10, "big"))
 
 
-def report(tap_id, user, peer, nonce, ts, where=VENUE, proof=None, peer_proof=None):
-    """One phone's report; proofs signed by the real users unless given."""
+def report(tap_id, user, peer, nonce, ts, where=VENUE, proof=None, peer_proof=None, accuracy=10):
+    """One phone's report; proofs signed by the real users unless given, the whole report by its reporter."""
     if proof is None:
         proof = sign_claim(PRIVATE[user], user, peer, nonce)
     if peer_proof is None:
         peer_proof = sign_claim(PRIVATE[peer], user, peer, nonce)
-    return TapReport(tap_id, user, peer, nonce, ts, where[0], where[1], proof, peer_proof)
+    return signed(TapReport(tap_id, user, peer, nonce, ts, where[0], where[1], proof, peer_proof, accuracy))
+
+
+def signed(r: TapReport, by=None) -> TapReport:
+    """``r`` with a fresh report_sig by ``by`` (default: its own reporter, as a phone that lies would)."""
+    return r._replace(report_sig=sign_report_of(PRIVATE[by or r.user_id], r))
 
 
 def touch(x, y, t, r, dx=0.0, dy=0.0, where=VENUE, ids=None):
@@ -113,7 +118,8 @@ def test_a_reports_b_but_b_reports_c_is_not_mutual():
 
 def test_proof_signed_with_the_wrong_key_is_rejected():
     x, y = touch(A, B, T0, 1)
-    forged = x._replace(proof=sign_claim(PRIVATE[C], A, B, x.nonce))
+    # A's phone itself lies (it signs its report): the claim proof is still checked
+    forged = signed(x._replace(proof=sign_claim(PRIVATE[C], A, B, x.nonce)))
     result = resolve([forged, y])
     assert result.follows == []
     assert kinds(result) == sorted([(x.tap_id, "taps_bad_proof"), (y.tap_id, "taps_unmatched")])
@@ -123,7 +129,7 @@ def test_proof_signed_with_the_wrong_key_is_rejected():
 def test_peer_proof_that_the_peer_never_signed_is_rejected():
     x, y = touch(A, B, T0, 1)
     # A made up B's consent: signs the claim itself and presents it as B's
-    forged = x._replace(peer_proof=sign_claim(PRIVATE[A], A, B, x.nonce))
+    forged = signed(x._replace(peer_proof=sign_claim(PRIVATE[A], A, B, x.nonce)))
     result = resolve([forged, y])
     assert result.follows == []
     assert (x.tap_id, "taps_bad_peer_proof") in kinds(result)
@@ -133,9 +139,10 @@ def test_altered_peer_user_id_fails_the_proofs():
     x, y = touch(A, B, T0, 1)
     # the same signatures, but the report now claims A touched C
     altered = x._replace(peer_user_id=C)
-    assert kinds(resolve([altered, y])) == sorted([(x.tap_id, "taps_bad_proof"), (y.tap_id, "taps_unmatched")])
+    assert kinds(resolve([altered, y])) == sorted([(x.tap_id, "taps_bad_report_sig"), (y.tap_id, "taps_unmatched")])
+    assert kinds(resolve([signed(altered), y])) == sorted([(x.tap_id, "taps_bad_proof"), (y.tap_id, "taps_unmatched")])
     # an attacker holding A's key re-signs its own proof: B's signature still does not cover C
-    resigned = altered._replace(proof=sign_claim(PRIVATE[A], A, C, x.nonce))
+    resigned = signed(altered._replace(proof=sign_claim(PRIVATE[A], A, C, x.nonce)))
     result = resolve([resigned, y])
     assert result.follows == []
     assert (x.tap_id, "taps_bad_peer_proof") in kinds(result)
@@ -145,13 +152,16 @@ def test_signature_bound_to_another_nonce_is_rejected():
     x, y = touch(A, B, T0, 1)
     moved_nonce = nonce_at(T0, 99)
     assert kinds(resolve([x._replace(nonce=moved_nonce), y._replace(nonce=moved_nonce)])) == sorted(
+        [(x.tap_id, "taps_bad_report_sig"), (y.tap_id, "taps_bad_report_sig")])
+    assert kinds(resolve([signed(x._replace(nonce=moved_nonce)), signed(y._replace(nonce=moved_nonce))])) == sorted(
         [(x.tap_id, "taps_bad_proof"), (y.tap_id, "taps_bad_proof")])
 
 
 def test_garbage_signature_is_rejected_not_raised():
     x, y = touch(A, B, T0, 1)
-    assert (x.tap_id, "taps_bad_proof") in kinds(resolve([x._replace(proof="not base64!"), y]))
-    assert (x.tap_id, "taps_bad_peer_proof") in kinds(resolve([x._replace(peer_proof="AAAA"), y]))
+    assert (x.tap_id, "taps_bad_proof") in kinds(resolve([signed(x._replace(proof="not base64!")), y]))
+    assert (x.tap_id, "taps_bad_peer_proof") in kinds(resolve([signed(x._replace(peer_proof="AAAA")), y]))
+    assert (x.tap_id, "taps_bad_report_sig") in kinds(resolve([x._replace(report_sig="not base64!"), y]))
 
 
 def test_self_tap_and_unknown_users():
@@ -213,7 +223,10 @@ def test_duplicate_delivery_of_a_report_is_used_once():
 
 def test_replayed_pair_with_new_tap_ids_creates_nothing():
     x, y = touch(A, B, T0, 1)
-    x2, y2 = x._replace(tap_id="replay-x"), y._replace(tap_id="replay-y")
+    # the tap_id is signed: a replay under a new one fails the report signature ...
+    assert kinds(resolve([x, y, x._replace(tap_id="replay-x")])) == [("replay-x", "taps_bad_report_sig")]
+    # ... and the phones themselves re-filing the touch under new tap_ids get a spent nonce
+    x2, y2 = signed(x._replace(tap_id="replay-x")), signed(y._replace(tap_id="replay-y"))
     result = resolve([x, y, x2, y2])
     assert result.follows == [follow_for_touch(x, y)]
     assert kinds(result) == [("replay-x", "taps_replayed"), ("replay-y", "taps_replayed")]
@@ -232,12 +245,12 @@ def test_third_report_with_the_same_nonce_is_a_replay():
 
 def test_same_pair_resent_a_day_later_is_rejected():
     x, y = touch(A, B, T0, 1)
-    later = [r._replace(tap_id=r.tap_id + "-later", ts=r.ts + 86400) for r in (x, y)]
+    later = [signed(r._replace(tap_id=r.tap_id + "-later", ts=r.ts + 86400)) for r in (x, y)]
     result = resolve([x, y] + later)
     assert result.follows == [follow_for_touch(x, y)]
     assert {k for _, k in kinds(result)} == {"taps_clock_skew"}
     # and a re-send that keeps the old ts is a replay of a spent nonce
-    same_ts = [r._replace(tap_id=r.tap_id + "-again") for r in (x, y)]
+    same_ts = [signed(r._replace(tap_id=r.tap_id + "-again")) for r in (x, y)]
     assert {k for _, k in kinds(resolve([x, y] + same_ts))} == {"taps_replayed"}
 
 
@@ -296,7 +309,7 @@ def test_expiry_makes_the_waiting_report_unmatched_and_clears_it():
     expired = expire_touch(waiting.memory, max_clock_skew_s=SKEW, pending_expiry_s=EXPIRY)
     assert [(r.report, r.kind) for r in expired.rejections] == [(x, "taps_unmatched")]
     # nothing waits and no timer is due: only the ids seen and the outcome are kept
-    assert expired.memory == NonceMemory(frozenset({x.tap_id}), (), None, True)
+    assert expired.memory == NonceMemory(frozenset({(A, x.tap_id)}), (), None, True)
     assert expired.expire_at is None
     late = judge(expired.memory, [y])
     assert late.follows == []
@@ -313,7 +326,7 @@ def test_partner_in_a_later_pane_before_expiry_confirms():
     assert [r.kind for r in second.rejections] == ["taps_duplicate"]
     assert second.memory.pending == () and second.expire_at is None
     assert second.memory.confirmed == (A, B)
-    replay = judge(second.memory, [x._replace(tap_id="re")])
+    replay = judge(second.memory, [signed(x._replace(tap_id="re"))])
     assert replay.follows == [] and [r.kind for r in replay.rejections] == ["taps_replayed"]
 
 
@@ -328,7 +341,8 @@ def test_shared_signatures_are_verified_once():
     x, y = touch(A, B, T0, 1)
     verifier = Verifier()
     assert len(judge(EMPTY_MEMORY, [x, y], verifier).follows) == 1
-    assert verifier.verifications == 2   # two reports, two distinct signatures
+    # two report signatures, and two distinct claim signatures shared by both reports
+    assert verifier.verifications == 4
 
 
 # ---- properties: order independence, idempotence, split independence -----------------

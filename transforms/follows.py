@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, fields
 from typing import Iterable, Tuple
 
@@ -127,6 +128,13 @@ class FollowParams:
     max_clock_skew_s: float = 10.0     # max |ts - nonce time| per report and |ts_A - ts_B| per pair
     pending_expiry_s: float = 600.0    # event time after the touch that a report waits for its partner
     replay_memory_s: float = 86400.0   # event time after the expiry that a nonce is still remembered
+    # How far a touch time may lie ahead of the run's clock. The run's clock is the worker's
+    # wall clock, in batch and streaming alike: no genuine touch happens in the future, so a
+    # far-future touch time (2099) is refused rather than becoming a follow's established_at.
+    max_future_s: float = pairing.DEFAULT_MAX_FUTURE_S
+    max_accuracy_m: float = pairing.DEFAULT_MAX_ACCURACY_M      # a report's signed accuracy may be at most this
+    max_pair_distance_m: float = pairing.DEFAULT_MAX_PAIR_DISTANCE_M  # the two signed positions' distance,
+    #                                                              beyond both accuracies, may be at most this
 
     def __post_init__(self):
         for f in fields(self):
@@ -140,6 +148,9 @@ class FollowParams:
             raise ValueError(f"follows_pending_expiry_s={self.pending_expiry_s}: must be >= "
                              f"follows_max_clock_skew_s={self.max_clock_skew_s}, or an honest partner "
                              "whose clock lags could expire before its report is even due")
+        for name in ("max_future_s", "max_accuracy_m", "max_pair_distance_m"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"follows_{name}={getattr(self, name)}: must be >= 0")
         if self.replay_memory_s < 0:
             raise ValueError(f"follows_replay_memory_s={self.replay_memory_s}: must be >= 0 "
                              "(0 forgets a nonce as soon as its touch expires)")
@@ -175,6 +186,8 @@ class _CheckTapReportsFn(beam.DoFn):
     def __init__(self, params: FollowParams):
         self._skew = params.max_clock_skew_s
         self._expiry = params.pending_expiry_s
+        self._future = params.max_future_s
+        self._accuracy = params.max_accuracy_m
 
     def setup(self):
         self._counters = _Counters()
@@ -182,7 +195,9 @@ class _CheckTapReportsFn(beam.DoFn):
 
     def process(self, report: TapReport, pubkeys):
         self._counters.inc("taps_read")
-        checked = pairing.check_report(report, pubkeys, self._skew, self._keys_ok)
+        # The run's clock is this worker's wall clock (see FollowParams.max_future_s).
+        checked = pairing.check_report(report, pubkeys, self._skew, self._keys_ok, now=time.time(),
+                                       max_future_s=self._future, max_accuracy_m=self._accuracy)
         if isinstance(checked, Rejection):
             yield from _reject(self._counters, [checked])
             return
@@ -197,6 +212,7 @@ class _JudgeFn(beam.DoFn):
     def __init__(self, params: FollowParams):
         self._skew = params.max_clock_skew_s
         self._expiry = params.pending_expiry_s
+        self._distance = params.max_pair_distance_m
 
     def setup(self):
         self._counters = _Counters()
@@ -204,13 +220,13 @@ class _JudgeFn(beam.DoFn):
 
     def _judge(self, memory, taps, final: bool):
         verdict = pairing.judge_touch(memory, taps, max_clock_skew_s=self._skew, pending_expiry_s=self._expiry,
-                                      verifier=pairing.Verifier(self._key_cache))
+                                      verifier=pairing.Verifier(self._key_cache), max_pair_distance_m=self._distance)
         rejections = verdict.rejections
         if final:
             # The watermark has passed the deadline: whatever still waits is unmatched, and is
             # dropped from the memory (which keeps only the ids seen and the outcome).
             expired = pairing.expire_touch(verdict.memory, max_clock_skew_s=self._skew,
-                                           pending_expiry_s=self._expiry)
+                                           pending_expiry_s=self._expiry, max_pair_distance_m=self._distance)
             verdict = expired._replace(follows=verdict.follows)
             rejections = rejections + expired.rejections
         return verdict.memory, verdict.follows, rejections

@@ -8,16 +8,27 @@ A touch is identified by its nonce (``schemas.proofs``: 48-bit touch time ||
 80 random bits). The rules, in the order they are applied:
 
 1. ``check_report`` (one report, no crypto): reporter and peer must be known
-   users with usable keys, not the same user, and the report's ``ts`` within
-   ``max_clock_skew_s`` of the touch time signed into the nonce.
+   users with usable keys, not the same user; the report must carry its
+   reporter's whole-report signature (``report_sig``) and its position's
+   accuracy; its ``ts`` must be within ``max_clock_skew_s`` of the touch time
+   signed into the nonce, and that touch time at most ``max_future_s`` ahead of
+   the run's clock (the worker's wall clock: no genuine touch lies in the
+   future, in batch or streaming); its accuracy at most ``max_accuracy_m`` and
+   its signed position inside the service area.
 2. ``judge_touch`` (all reports of one nonce that have arrived so far, plus the
-   nonce's ``NonceMemory``): a ``tap_id`` already received is a duplicate; each
-   report's ``proof`` must verify under the reporter's key and its
-   ``peer_proof`` under the peer's key, over the shared claim; then a touch is
+   nonce's ``NonceMemory``): each report's ``report_sig`` must verify under the
+   reporter's key over the whole report (``schemas.proofs.report_bytes``), then
+   its ``proof`` under the reporter's key and its ``peer_proof`` under the
+   peer's key, over the shared claim. Only then is it compared with what was
+   seen: a (``user_id``, ``tap_id``) already received is a duplicate -- so a
+   report nobody signed, or one signed by someone else under a victim's
+   ``tap_id``, can never shadow the victim's genuine report. A touch is
    confirmed by one report X->Y and one report Y->X whose ``ts`` differ by at
-   most ``max_clock_skew_s``. A nonce confirms at most one follow, ever: every
-   other valid report of a confirmed nonce is a replay. Valid reports without a
-   partner wait (``NonceMemory.pending``) until ``expire_touch``.
+   most ``max_clock_skew_s`` and whose signed positions are at most
+   ``max_pair_distance_m`` plus both accuracies apart. A nonce confirms at most
+   one follow, ever: every other valid report of a confirmed nonce is a
+   replay. Valid reports without a partner wait (``NonceMemory.pending``)
+   until ``expire_touch``.
 3. ``expire_touch`` (at touch time + ``pending_expiry_s``): the waiting reports
    become unmatched; the memory keeps only which tap ids were seen and that the
    touch expired, so a partner arriving later cannot match.
@@ -28,20 +39,24 @@ A touch is identified by its nonce (``schemas.proofs``: 48-bit touch time ||
 Every decision is independent of the order the reports arrive in within one
 call: inputs are put in a canonical order first, and choices between
 candidates use explicit tie-breaks (earliest ``ts``, then ``tap_id``).
-Signatures shared by both reports of a genuine pair (Ed25519 is deterministic,
-so A's ``proof`` is B's ``peer_proof``) are verified once, which halves the
-cost of the dominant operation.
+Claim signatures shared by both reports of a genuine pair (Ed25519 is
+deterministic, so A's ``proof`` is B's ``peer_proof``) are verified once, so a
+report costs two Ed25519 checks (its ``report_sig`` and one claim signature),
+not three.
 """
 from __future__ import annotations
 
-import bisect
+import math
+import time
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 
 from schemas.errors import InvalidRecord
-from schemas.proofs import claim_bytes, decode_pubkey, nonce_time
+from schemas.proofs import (claim_bytes, decode_pubkey, decode_signature, nonce_time, report_bytes_of,
+                            signed_lat_lng)
+from schemas.service_area import contains as in_service_area
 from schemas.records import Follow, TapReport
 from schemas.touch import follow_for_touch
 
@@ -57,6 +72,18 @@ TAPS_DUPLICATE = "taps_duplicate"
 TAPS_REPLAYED = "taps_replayed"
 TAPS_UNMATCHED = "taps_unmatched"
 TAPS_LATE = "taps_late"
+TAPS_UNSIGNED = "taps_unsigned_report"
+TAPS_BAD_REPORT_SIG = "taps_bad_report_sig"
+TAPS_FUTURE = "taps_future_touch"
+TAPS_BAD_POSITION = "taps_bad_position"
+TAPS_OUTSIDE_AREA = "taps_outside_service_area"
+TAPS_TOO_FAR = "taps_too_far_apart"
+
+# Defaults of the rules (``transforms.follows.FollowParams`` mirrors them).
+DEFAULT_MAX_FUTURE_S = 300.0
+DEFAULT_MAX_ACCURACY_M = 100.0
+DEFAULT_MAX_PAIR_DISTANCE_M = 50.0
+_EARTH_RADIUS_M = 6_371_008.8
 
 
 class Rejection(NamedTuple):
@@ -75,7 +102,7 @@ class CheckedTap(NamedTuple):
 
 class NonceMemory(NamedTuple):
     """What is remembered about one nonce between arrivals (small: ids and flags, plus waiting reports)."""
-    seen_tap_ids: frozenset = frozenset()
+    seen_tap_ids: frozenset = frozenset()          # (user_id, tap_id) of every verified report
     pending: Tuple[CheckedTap, ...] = ()           # valid reports still waiting for a partner
     confirmed: Optional[Tuple[str, str]] = None     # (user_a, user_b) once the nonce confirmed a touch
     expired: bool = False                           # the pending expiry has passed without confirmation
@@ -100,10 +127,12 @@ class Resolution(NamedTuple):
 # ---- 1. one report, no crypto -------------------------------------------------------------
 
 def check_report(report: TapReport, pubkeys: Mapping[str, str], max_clock_skew_s: float,
-                 keys_ok: Optional[Dict[str, bool]] = None):
+                 keys_ok: Optional[Dict[str, Optional[str]]] = None, *, now: Optional[float] = None,
+                 max_future_s: float = DEFAULT_MAX_FUTURE_S, max_accuracy_m: float = DEFAULT_MAX_ACCURACY_M):
     """A ``CheckedTap`` when the report may go on to pairing, else a ``Rejection``.
 
-    ``keys_ok`` is an optional cache (pubkey -> decodes) the caller keeps across calls.
+    ``keys_ok`` is an optional cache (pubkey -> None or why it is refused) the caller keeps across calls;
+    ``now`` is the run's clock (default: this worker's wall clock).
     """
     reporter_key = pubkeys.get(report.user_id)
     if reporter_key is None:
@@ -115,44 +144,67 @@ def check_report(report: TapReport, pubkeys: Mapping[str, str], max_clock_skew_s
         return Rejection(report, TAPS_UNKNOWN_PEER,
                          f"unknown peer: peer_user_id {report.peer_user_id!r} is not in users")
     for who, key in ((report.user_id, reporter_key), (report.peer_user_id, peer_key)):
-        if not _key_decodes(key, keys_ok):
+        problem = _key_problem(key, keys_ok)
+        if problem is not None:
             kind = TAPS_BAD_PROOF if who == report.user_id else TAPS_BAD_PEER_PROOF
-            return Rejection(report, kind, f"unusable key: the registered pubkey of user {who!r} "
-                                           "is not base64 of a 32-byte Ed25519 public key")
+            return Rejection(report, kind, f"unusable key: the registered pubkey of user {who!r} is refused "
+                                           f"({problem})")
     try:
         touch_time = nonce_time(report.nonce)
     except InvalidRecord as exc:
         return Rejection(report, TAPS_BAD_NONCE, str(exc))
+    if report.report_sig is None:
+        return Rejection(report, TAPS_UNSIGNED,
+                         "unsigned report: no report_sig (the reporter's signature over the whole report, "
+                         "schemas.proofs); the claim signatures alone do not show which phone filed it")
+    if report.accuracy_m is None:
+        return Rejection(report, TAPS_UNSIGNED,
+                         "unsigned report: no accuracy_m (the signed accuracy of the reporter's position)")
     off = report.ts - touch_time
     if abs(off) > max_clock_skew_s:
         return Rejection(report, TAPS_CLOCK_SKEW,
                          f"clock skew: ts is {off:+.3f} s from the touch time signed into the nonce "
                          f"(max_clock_skew_s={max_clock_skew_s:g})")
+    clock = time.time() if now is None else now
+    if touch_time > clock + max_future_s:
+        return Rejection(report, TAPS_FUTURE,
+                         f"future touch: the nonce's touch time is {touch_time - clock:.0f} s ahead of the "
+                         f"run's clock (max_future_s={max_future_s:g})")
+    if report.accuracy_m > max_accuracy_m:
+        return Rejection(report, TAPS_BAD_POSITION,
+                         f"bad position: accuracy_m={report.accuracy_m} exceeds max_accuracy_m={max_accuracy_m:g}")
+    lat, lng = signed_lat_lng(report)
+    if not in_service_area(lat, lng):
+        return Rejection(report, TAPS_OUTSIDE_AREA,
+                         f"outside the service area: ({lat:.7f}, {lng:.7f}) is not in Tokyo's 23 wards")
     return CheckedTap(report, reporter_key, peer_key)
 
 
-def _key_decodes(key: str, cache: Optional[Dict[str, bool]]) -> bool:
+def _key_problem(key: str, cache: Optional[Dict[str, Optional[str]]]) -> Optional[str]:
+    """None for a usable key, else why it is refused (``schemas.proofs.decode_pubkey``)."""
     if cache is not None and key in cache:
         return cache[key]
     try:
         decode_pubkey(key)
-        ok = True
-    except InvalidRecord:
-        ok = False
+        problem = None
+    except InvalidRecord as exc:
+        problem = str(exc)
     if cache is not None:
         if len(cache) > 1_000_000:
             cache.clear()
-        cache[key] = ok
-    return ok
+        cache[key] = problem
+    return problem
 
 
 # ---- 2. all reports of one nonce ----------------------------------------------------------
 
 class Verifier:
-    """Ed25519 verification that decodes each key once and checks each (key, signature, claim) once.
+    """Ed25519 verification that decodes each key once and checks each (key, signature, message) once.
 
-    In a genuine pair the same two signatures appear in both reports, so one
-    ``Verifier`` per nonce group does one verification per report, not two.
+    In a genuine pair the same two claim signatures appear in both reports, so one
+    ``Verifier`` per nonce group does one claim verification per report, not two
+    (plus the report's own ``report_sig``). Signatures must be canonically
+    encoded with S < L (``schemas.proofs.decode_signature``).
     """
 
     def __init__(self, key_cache: Optional[dict] = None):
@@ -168,9 +220,20 @@ class Verifier:
             self._results[memo] = result
         return result
 
+    def verify_report(self, key_b64: str, report: TapReport) -> bool:
+        """The reporter's ``report_sig`` over the whole report."""
+        try:
+            message = report_bytes_of(report)
+        except (TypeError, ValueError):
+            return False
+        memo = (key_b64, report.report_sig, message)
+        result = self._results.get(memo)
+        if result is None:
+            result = self._check(key_b64, report.report_sig, message)
+            self._results[memo] = result
+        return result
+
     def _check(self, key_b64: str, signature_b64: str, message: bytes) -> bool:
-        import base64
-        import binascii
         key = self._keys.get(key_b64)
         if key is None:
             try:
@@ -180,17 +243,22 @@ class Verifier:
             if len(self._keys) > 1_000_000:
                 self._keys.clear()
             self._keys[key_b64] = key
+        try:
+            signature = decode_signature(signature_b64)
+        except InvalidRecord:
+            return False
         self.verifications += 1
         try:
-            key.verify(base64.b64decode(signature_b64, validate=True), message)
+            key.verify(signature, message)
             return True
-        except (InvalidSignature, binascii.Error, ValueError, TypeError):
+        except (InvalidSignature, ValueError, TypeError):
             return False
 
 
 def _arrival_order(tap: CheckedTap):
     r = tap.report
-    return (r.tap_id, r.ts, r.user_id, r.peer_user_id, r.lat, r.lng, r.proof, r.peer_proof, r.nonce)
+    return (r.tap_id, r.user_id, r.ts, r.peer_user_id, r.lat, r.lng, r.proof, r.peer_proof, r.nonce,
+            r.accuracy_m if r.accuracy_m is not None else -1, r.report_sig or "")
 
 
 def _pair_order(tap: CheckedTap):
@@ -198,25 +266,21 @@ def _pair_order(tap: CheckedTap):
 
 
 def judge_touch(memory: NonceMemory, arrivals: Iterable[CheckedTap], *, max_clock_skew_s: float,
-                pending_expiry_s: float, verifier: Optional[Verifier] = None) -> Verdict:
+                pending_expiry_s: float, verifier: Optional[Verifier] = None,
+                max_pair_distance_m: float = DEFAULT_MAX_PAIR_DISTANCE_M) -> Verdict:
     """Add newly arrived reports of one nonce to its memory and decide what can be decided now."""
     verifier = verifier or Verifier()
     rejections: List[Rejection] = []
     seen = set(memory.seen_tap_ids)
-    fresh: List[CheckedTap] = []
+    valid: List[CheckedTap] = []
+    # Signatures first: only a report its own reporter signed may occupy a (user_id, tap_id).
     for tap in sorted(arrivals, key=_arrival_order):
         r = tap.report
-        if r.tap_id in seen:
-            rejections.append(Rejection(r, TAPS_DUPLICATE,
-                                        f"duplicate: tap_id {r.tap_id!r} was already received for this nonce"))
-            continue
-        seen.add(r.tap_id)
-        fresh.append(tap)
-
-    valid: List[CheckedTap] = []
-    for tap in fresh:
-        r = tap.report
-        if not verifier.verify(tap.reporter_key, r.proof, r.user_id, r.peer_user_id, r.nonce):
+        if not verifier.verify_report(tap.reporter_key, r):
+            rejections.append(Rejection(r, TAPS_BAD_REPORT_SIG,
+                                        f"bad report_sig: not a signature by user {r.user_id!r} over this "
+                                        "whole report (tap_id, users, nonce, ts, position, accuracy, proofs)"))
+        elif not verifier.verify(tap.reporter_key, r.proof, r.user_id, r.peer_user_id, r.nonce):
             rejections.append(Rejection(r, TAPS_BAD_PROOF,
                                         f"bad proof: not a signature by user {r.user_id!r} over the claim "
                                         f"({r.user_id!r}, {r.peer_user_id!r}, nonce)"))
@@ -224,7 +288,12 @@ def judge_touch(memory: NonceMemory, arrivals: Iterable[CheckedTap], *, max_cloc
             rejections.append(Rejection(r, TAPS_BAD_PEER_PROOF,
                                         f"bad peer_proof: not a signature by peer_user_id {r.peer_user_id!r} "
                                         "over the claim (forged, or peer_user_id altered)"))
+        elif (r.user_id, r.tap_id) in seen:
+            rejections.append(Rejection(r, TAPS_DUPLICATE,
+                                        f"duplicate: user {r.user_id!r} already filed tap_id {r.tap_id!r} "
+                                        "for this nonce"))
         else:
+            seen.add((r.user_id, r.tap_id))
             valid.append(tap)
 
     seen_ids = frozenset(seen)
@@ -239,7 +308,7 @@ def judge_touch(memory: NonceMemory, arrivals: Iterable[CheckedTap], *, max_cloc
         return Verdict(memory._replace(seen_tap_ids=seen_ids), [], rejections, None)
 
     candidates = list(memory.pending) + valid
-    pair = _choose_pair(candidates, max_clock_skew_s)
+    pair = _choose_pair(candidates, max_clock_skew_s, max_pair_distance_m)
     if pair is not None:
         x, y = pair
         follow = follow_for_touch(x.report, y.report)
@@ -256,8 +325,32 @@ def _replayed(tap: CheckedTap, users: Tuple[str, str]) -> Rejection:
                      f"replayed: this nonce already confirmed the touch between {users[0]!r} and {users[1]!r}")
 
 
-def _choose_pair(candidates: List[CheckedTap], max_clock_skew_s: float):
-    """The confirming (X->Y, Y->X) pair, or None; ties broken by users, then earliest ts, then tap_id."""
+def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    """Great-circle distance in metres (haversine)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lng2 - lng1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def pair_distance(x: TapReport, y: TapReport) -> tuple[float, float]:
+    """(distance between the two signed positions, what the rule allows before adding the bound)."""
+    (lat_x, lng_x), (lat_y, lng_y) = signed_lat_lng(x), signed_lat_lng(y)
+    return distance_m(lat_x, lng_x, lat_y, lng_y), float((x.accuracy_m or 0) + (y.accuracy_m or 0))
+
+
+def _close_enough(x: TapReport, y: TapReport, max_pair_distance_m: float) -> bool:
+    apart, slack = pair_distance(x, y)
+    return apart <= max_pair_distance_m + slack
+
+
+def _choose_pair(candidates: List[CheckedTap], max_clock_skew_s: float,
+                 max_pair_distance_m: float = DEFAULT_MAX_PAIR_DISTANCE_M):
+    """The confirming (X->Y, Y->X) pair, or None; ties broken by users, then earliest ts, then tap_id.
+
+    A pair confirms only when its reports' ts are within the skew of each other and
+    their signed positions within ``max_pair_distance_m`` plus both accuracies.
+    """
     by_direction: Dict[Tuple[str, str], List[CheckedTap]] = defaultdict(list)
     for tap in candidates:
         by_direction[(tap.report.user_id, tap.report.peer_user_id)].append(tap)
@@ -267,12 +360,14 @@ def _choose_pair(candidates: List[CheckedTap], max_clock_skew_s: float):
             continue
         xs = sorted(xs, key=_pair_order)
         ys = sorted(by_direction[(y_user, x_user)], key=_pair_order)
-        y_times = [y.report.ts for y in ys]
         for x in xs:
-            # the earliest Y->X report within the skew of x (the rest of ys is later still)
-            i = bisect.bisect_left(y_times, x.report.ts - max_clock_skew_s)
-            if i < len(ys) and ys[i].report.ts <= x.report.ts + max_clock_skew_s:
-                best = (x, ys[i])
+            # the earliest Y->X report within the skew and the distance of x
+            for y in ys:
+                if (abs(y.report.ts - x.report.ts) <= max_clock_skew_s
+                        and _close_enough(x.report, y.report, max_pair_distance_m)):
+                    best = (x, y)
+                    break
+            if best is not None:
                 break
         if best is not None:
             return best
@@ -281,14 +376,23 @@ def _choose_pair(candidates: List[CheckedTap], max_clock_skew_s: float):
 
 # ---- 3. the pending expiry ----------------------------------------------------------------
 
-def expire_touch(memory: NonceMemory, *, max_clock_skew_s: float, pending_expiry_s: float) -> Verdict:
+def expire_touch(memory: NonceMemory, *, max_clock_skew_s: float, pending_expiry_s: float,
+                 max_pair_distance_m: float = DEFAULT_MAX_PAIR_DISTANCE_M) -> Verdict:
     """The waiting reports become unmatched; afterwards nothing waits and no expiry is due."""
     rejections = []
-    directions = {(t.report.user_id, t.report.peer_user_id): t for t in memory.pending}
+    directions = {}
+    for t in sorted(memory.pending, key=_pair_order):
+        directions.setdefault((t.report.user_id, t.report.peer_user_id), t)
     for tap in memory.pending:
         r = tap.report
         partner = directions.get((r.peer_user_id, r.user_id))
-        if partner is not None:
+        if partner is not None and abs(partner.report.ts - r.ts) <= max_clock_skew_s:
+            apart, slack = pair_distance(r, partner.report)
+            rejections.append(Rejection(r, TAPS_TOO_FAR,
+                                        f"too far apart: the partner report {partner.report.tap_id!r} was signed "
+                                        f"{apart:.0f} m from this one (max_pair_distance_m={max_pair_distance_m:g} "
+                                        f"plus accuracies {slack:g} m)"))
+        elif partner is not None:
             rejections.append(Rejection(r, TAPS_CLOCK_SKEW,
                                         f"clock skew: the partner report {partner.report.tap_id!r} has ts "
                                         f"{partner.report.ts - r.ts:+.3f} s from this one "
@@ -318,13 +422,18 @@ def keep_first_follow(edge: Optional[Follow], candidates: Iterable[Follow]):
 # ---- the whole rule set on a list ---------------------------------------------------------
 
 def resolve_reports(reports: Iterable[TapReport], pubkeys: Mapping[str, str], *,
-                    max_clock_skew_s: float = 10.0, pending_expiry_s: float = 600.0) -> Resolution:
+                    max_clock_skew_s: float = 10.0, pending_expiry_s: float = 600.0,
+                    max_future_s: float = DEFAULT_MAX_FUTURE_S, max_accuracy_m: float = DEFAULT_MAX_ACCURACY_M,
+                    max_pair_distance_m: float = DEFAULT_MAX_PAIR_DISTANCE_M,
+                    now: Optional[float] = None) -> Resolution:
     """All reports at once, as a bounded input is resolved: follows, rejections and repeats."""
     rejections: List[Rejection] = []
     by_nonce: Dict[str, List[CheckedTap]] = defaultdict(list)
-    key_cache: Dict[str, bool] = {}
+    key_cache: Dict[str, Optional[str]] = {}
+    now = time.time() if now is None else now
     for report in reports:
-        checked = check_report(report, pubkeys, max_clock_skew_s, key_cache)
+        checked = check_report(report, pubkeys, max_clock_skew_s, key_cache, now=now,
+                               max_future_s=max_future_s, max_accuracy_m=max_accuracy_m)
         if isinstance(checked, Rejection):
             rejections.append(checked)
         else:
@@ -332,12 +441,13 @@ def resolve_reports(reports: Iterable[TapReport], pubkeys: Mapping[str, str], *,
     confirmed: List[Follow] = []
     for group in by_nonce.values():
         verdict = judge_touch(EMPTY_MEMORY, group, max_clock_skew_s=max_clock_skew_s,
-                              pending_expiry_s=pending_expiry_s)
+                              pending_expiry_s=pending_expiry_s, max_pair_distance_m=max_pair_distance_m)
         confirmed.extend(verdict.follows)
         rejections.extend(verdict.rejections)
         if verdict.expire_at is not None:
             rejections.extend(expire_touch(verdict.memory, max_clock_skew_s=max_clock_skew_s,
-                                           pending_expiry_s=pending_expiry_s).rejections)
+                                           pending_expiry_s=pending_expiry_s,
+                                           max_pair_distance_m=max_pair_distance_m).rejections)
     by_pair: Dict[Tuple[str, str], List[Follow]] = defaultdict(list)
     for follow in confirmed:
         by_pair[(follow.user_a, follow.user_b)].append(follow)

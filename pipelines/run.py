@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, 
 from apache_beam.runners.runner import PipelineState
 
 from pipelines import sinks, sources
+from pipelines.dp_schedule import with_release_schedule
 from pipelines.errors import ConfigError
 from pipelines.options import TapFollowOptions, help_text, params_from
 from pipelines.summary import counters_of, print_summary, write_summary
@@ -208,6 +209,8 @@ def run(argv=None) -> int:
         cfg = config_from(options)
         if cfg.source == "files":
             sources.input_files(cfg.input_dir)  # fail before building anything
+        # Which hours the DP statistics release: public configuration, never the data.
+        cfg = dataclasses.replace(cfg, dp=with_release_schedule(cfg.dp, cfg.input_dir))
         prepare_output(cfg)
     except ConfigError as exc:
         print(f"pipelines.run: error: {exc}", file=sys.stderr)

@@ -1005,6 +1005,21 @@ def true_follows(reports: list) -> list:
     return sorted(first.values(), key=lambda f: (f.user_a, f.user_b, f.nonce))
 
 
+# Public configuration of the world, beside its input files (not truth): the period it
+# covers, from which pipelines.run takes the DP release schedule (see pipelines.dp_schedule).
+WORLD_MANIFEST = "world.json"
+
+
+def write_world_manifest(out_dir: str, start_s: float, end_s: float) -> None:
+    """``out_dir/world.json``: the world's period [start, end), from its parameters alone."""
+    from schemas.timefmt import format_rfc3339
+    period = {"generator": "synthetic.world",
+              "period": {"start": format_rfc3339(math.floor(start_s * 1000) / 1000),
+                         "end": format_rfc3339(math.ceil(end_s * 1000) / 1000)}}
+    with open(os.path.join(out_dir, WORLD_MANIFEST), "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(json.dumps(period, indent=2, sort_keys=True) + "\n")
+
+
 def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT_HOURS,
                 seed: int = DEFAULT_SEED, start: str | float = DEFAULT_START,
                 progress: Optional[Callable[[str], None]] = None, adversarial: bool = False,
@@ -1121,6 +1136,7 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
     }
     with open(os.path.join(out_dir, "truth", "manifest.json"), "w", encoding="utf-8", newline="\n") as fh:
         fh.write(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+    write_world_manifest(out_dir, world.t0, world.t1)
     if live_lines is not None:
         firehose(live_lines)
     return counts

@@ -20,11 +20,11 @@ from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from schemas.records import Ping, Statistic, TapReport, Tweet, User, arrow_schema
 from schemas.service_area import public_cells
-from schemas.timefmt import parse_rfc3339
+from schemas.timefmt import format_rfc3339, parse_rfc3339
 from transforms import dp_accounting as acct
 from transforms.dp_noise import NoNoiseForTests, SecureGaussianNoise
 from transforms import dp_bounding as bnd
-from transforms.dp_stats import BoundUserHourFn, DpParams, ReleaseDpStatistics, release_window
+from transforms.dp_stats import BoundUserHourFn, DpParams, ReleaseDpStatistics, ToContributionsFn, release_window
 
 T0 = parse_rfc3339("2026-11-25T01:00:00Z")  # 10:00 JST
 # One cell per user-hour, so that the hand-made world shows the bound at work.
@@ -33,6 +33,13 @@ CELLS = public_cells(8)
 A, B = CELLS[100], CELLS[700]
 OUTSIDE = (35.95, 139.30)  # Saitama hills, not in the 23 wards
 ZERO = NoNoiseForTests(for_tests_only=True)
+
+
+def hours(first, last):
+    """A release schedule: hours T0+first .. T0+last (both included), as DpParams fields."""
+    return dict(first_hour=format_rfc3339(T0 + first * 3600), last_hour=format_rfc3339(T0 + last * 3600))
+
+
 _CAPTURED = {}
 
 
@@ -151,7 +158,7 @@ def nonzero(statistics):
 
 
 def test_batch_release_counts_exactly_what_the_bounds_allow():
-    params = DpParams(**ONE_CELL)
+    params = DpParams(**ONE_CELL, **hours(0, 1))
     out, counters = run_batch(WORLD, params)
     assert nonzero(out["statistics"]) == {
         (T0, "footfall", A): 2.0,                  # 1001 (B dropped: C=1, A first), 1002
@@ -190,8 +197,8 @@ def test_batch_release_counts_exactly_what_the_bounds_allow():
 def test_batch_spends_each_jst_day_of_a_user_in_time_order():
     """max_hours_per_day=2: of 1001's three hours on one JST day the last is dropped; the next
     JST day (from 15:00 UTC) starts afresh. Hours arrive out of order."""
-    params = DpParams(max_hours_per_day=2, **STREAM_PARAMS)
     day2 = acct.day_end(T0) - T0 + 600                       # 10 min into the next JST day
+    params = DpParams(max_hours_per_day=2, **STREAM_PARAMS, **hours(0, day2 // 3600))
     world = {"pings": [ping("1001", 2 * 3600 + 5, A), ping("1001", day2, B), ping("1001", 5, A),
                        ping("1001", 3600 + 5, B), ping("1002", 2 * 3600 + 9, B)],
              "tweets": [], "taps": []}
@@ -207,8 +214,8 @@ def test_batch_spends_each_jst_day_of_a_user_in_time_order():
 
 def test_opted_out_users_change_nothing():
     with_opted_out = {k: WORLD[k] + OPTED_OUT[k] for k in WORLD}
-    out_with, counters = run_batch(with_opted_out, DpParams())
-    out_without, _ = run_batch(WORLD, DpParams(), users=[u for u in USERS if not u.stats_opt_out])
+    out_with, counters = run_batch(with_opted_out, DpParams(**hours(0, 1)))
+    out_without, _ = run_batch(WORLD, DpParams(**hours(0, 1)), users=[u for u in USERS if not u.stats_opt_out])
     assert sorted(out_with["statistics"]) == sorted(out_without["statistics"])
     assert sorted(map(json.dumps, out_with["ledger"])) == sorted(map(json.dumps, out_without["ledger"]))
     assert counters["dp_opted_out_dropped"] == 6 + 1 + 1
@@ -221,7 +228,7 @@ def test_no_user_id_pseudonym_or_coordinate_reaches_the_output():
         "noise_scale", "ci95_halfwidth", "epsilon", "delta"]
     assert arrow_schema(Statistic).names == list(typing.get_type_hints(Statistic))
     # the values: real noise, and nothing of any input's identity or position
-    out, _ = run_batch(WORLD, DpParams(), noise=SecureGaussianNoise())
+    out, _ = run_batch(WORLD, DpParams(**hours(0, 1)), noise=SecureGaussianNoise())
     secrets = {u.user_id for u in USERS} | {"7777", "peer"} | {
         r.tap_id for r in WORLD["taps"]} | {r.tweet_id for r in WORLD["tweets"]}
     coordinates = {v for k in WORLD for r in WORLD[k] for v in (r.lat, r.lng)}
@@ -269,7 +276,7 @@ def _stream_events():
 
 @pytest.mark.parametrize("max_hours", [24, 1])
 def test_streaming_releases_what_batch_releases_and_counts_late_data(max_hours):
-    params = DpParams(max_hours_per_day=max_hours, **STREAM_PARAMS)
+    params = DpParams(max_hours_per_day=max_hours, **STREAM_PARAMS, **hours(0, 3))
     world = {"pings": [r for r in ON_TIME if isinstance(r, Ping)],
              "tweets": [r for r in ON_TIME if isinstance(r, Tweet)], "taps": []}
     batch, _ = run_batch(world, params)
@@ -307,3 +314,134 @@ def test_late_panes_are_counted_and_never_released():
     count = lambda name: container.get_counter(MetricName("tapfollow", name)).get_cumulative()
     assert count("dp_late_dropped") == 2
     assert count("dp_contributions_used") == 2
+
+
+# ---------------------------------------------------------------- which hours are released
+
+def released_windows(out):
+    return sorted({s.window_start for s in out["statistics"]})
+
+
+def ledger_keys(out):
+    return sorted((r["window_start"], r["metric"]) for r in out["ledger"])
+
+
+EXTRA_PING = ping("1003", 2 * 3600 + 5, A)       # the only contribution of hour 2
+FAR_FUTURE = Ping("1001", parse_rfc3339("2099-12-31T23:00:00Z"), *at(A), 5.0, "gps")
+BEFORE = ping("1002", -3 * 3600, B)               # the hour before the schedule's first but two
+
+
+def test_released_windows_are_exactly_the_schedule_with_ledger_rows_per_hour():
+    """Schedule: hour -1 (no data) .. hour 2 (no data); hours 0 and 1 have data."""
+    params = DpParams(**ONE_CELL, **hours(-1, 2))
+    out, counters = run_batch(WORLD, params)
+    scheduled = [T0 - 3600, T0, T0 + 3600, T0 + 7200]
+    assert released_windows(out) == scheduled
+    per_hour = 1030 * (1 + 8 + 1 + 1)
+    assert len(out["statistics"]) == len(scheduled) * per_hour
+    families = ("footfall", "footfall_by_age", "tweets", "nfc_touches")
+    assert ledger_keys(out) == sorted((format_rfc3339(t), m) for t in scheduled for m in families)
+    assert all(r["partitions_released"] == (8 if r["metric"] == "footfall_by_age" else 1) * 1030
+               for r in out["ledger"])
+    acct.check_ledger(out["ledger"], 1.0, 1e-6)      # each (metric, hour) once, within budget
+    assert counters["dp_windows_released"] == 4
+    assert counters.get("dp_outside_schedule_dropped", 0) == 0
+
+
+def test_data_outside_the_schedule_is_dropped_counted_and_opens_nothing():
+    params = DpParams(**ONE_CELL, **hours(1, 1))     # only hour 1: hour 0's data is outside
+    world = dict(WORLD, pings=WORLD["pings"] + [FAR_FUTURE, BEFORE])
+    out, counters = run_batch(world, params)
+    assert released_windows(out) == [T0 + 3600]
+    assert ledger_keys(out) == sorted((format_rfc3339(T0 + 3600), m)
+                                      for m in ("footfall", "footfall_by_age", "tweets", "nfc_touches"))
+    assert nonzero(out["statistics"]) == {(T0 + 3600, "footfall", B): 1.0,
+                                          (T0 + 3600, "footfall_age_20-29", B): 1.0}
+    hour0 = sum(1 for k in WORLD for r in WORLD[k] if r.ts < T0 + 3600)
+    assert counters["dp_outside_schedule_dropped"] == hour0 + 2
+
+
+@pytest.mark.parametrize("extra", [EXTRA_PING, FAR_FUTURE, BEFORE], ids=["empty-hour", "far-future", "before"])
+def test_one_ping_changes_no_released_window_nor_ledger_batch(extra):
+    params = DpParams(**ONE_CELL, **hours(0, 3))
+    without, _ = run_batch(WORLD, params)
+    with_ping, _ = run_batch(dict(WORLD, pings=WORLD["pings"] + [extra]), params)
+    key = lambda s: (s.window_start, s.metric, s.h3_cell)  # noqa: E731
+    assert sorted(map(key, with_ping["statistics"])) == sorted(map(key, without["statistics"]))
+    assert released_windows(with_ping) == [T0, T0 + 3600, T0 + 7200, T0 + 3 * 3600]
+    assert sorted(map(json.dumps, with_ping["ledger"])) == sorted(map(json.dumps, without["ledger"]))
+    # the ping itself is counted where it belongs, and nowhere else
+    changed = set(nonzero(with_ping["statistics"]).items()) ^ set(nonzero(without["statistics"]).items())
+    if extra is EXTRA_PING:
+        assert changed == {((T0 + 7200, "footfall", A), 1.0), ((T0 + 7200, "footfall_age_unknown", A), 1.0)}
+    else:
+        assert changed == set()
+
+
+def _stream_of(records, watermarks):
+    """('pings', r) in the given order, with watermark steps after the listed indexes."""
+    events = []
+    for i, r in enumerate(records):
+        events.append(("pings" if isinstance(r, Ping) else "tweets", r))
+        if i in watermarks:
+            events.append(("watermark", watermarks[i]))
+    return events
+
+
+@pytest.mark.parametrize("extra", [EXTRA_PING, FAR_FUTURE], ids=["empty-hour", "far-future"])
+def test_one_ping_changes_no_released_window_nor_ledger_streaming(extra):
+    """TestStream: hours 0, 1 and 3 have data; hour 2 is empty (and released all the same)."""
+    params = DpParams(max_future_s=10 ** 10, **STREAM_PARAMS, **hours(0, 3))
+    base = ON_TIME
+    steps = {3: T0 + 3600, 5: T0 + 2 * 3600}
+    without, _ = run_stream(_stream_of(base, steps), params)
+    # the extra ping arrives just before hour 2 closes (far-future: anywhere)
+    with_ping, _ = run_stream(_stream_of(base[:6] + [extra] + base[6:], steps), params)
+    assert released_windows(without) == released_windows(with_ping) == [T0, T0 + 3600, T0 + 7200, T0 + 3 * 3600]
+    key = lambda s: (s.window_start, s.metric, s.h3_cell)  # noqa: E731
+    assert sorted(map(key, with_ping["statistics"])) == sorted(map(key, without["statistics"]))
+    assert sorted(map(json.dumps, with_ping["ledger"])) == sorted(map(json.dumps, without["ledger"]))
+    acct.check_ledger(with_ping["ledger"], 1.0, 1e-6)   # every hour released once
+    changed = set(nonzero(with_ping["statistics"]).items()) ^ set(nonzero(without["statistics"]).items())
+    assert changed == ({((T0 + 7200, "footfall", A7), 1.0)} if extra is EXTRA_PING else set())
+    # and batch releases the same
+    world = {"pings": [r for r in ON_TIME if isinstance(r, Ping)] + [extra],
+             "tweets": [r for r in ON_TIME if isinstance(r, Tweet)], "taps": []}
+    batch, _ = run_batch(world, params)
+    assert sorted(batch["statistics"]) == sorted(with_ping["statistics"])
+    assert sorted(map(json.dumps, batch["ledger"])) == sorted(map(json.dumps, with_ping["ledger"]))
+
+
+def _run_fn(fn, records):
+    container = MetricsContainer("Contributions")
+    sampler = statesampler.StateSampler("", beam_counters.CounterFactory())
+    statesampler.set_current_tracker(sampler)
+    try:
+        with sampler.scoped_state("Contributions", "process", metrics_container=container):
+            fn.setup()
+            out = [c for r in records for c in fn.process(r)]
+    finally:
+        statesampler.set_current_tracker(None)
+    count = lambda name: container.get_counter(MetricName("tapfollow", name)).get_cumulative()  # noqa: E731
+    return out, count
+
+
+def test_streaming_drops_events_stamped_ahead_of_the_wall_clock():
+    schedule = DpParams(**hours(0, 1000)).schedule()
+    now = T0 + 600
+    soon, later = ping("1001", 600 + 3599, A), ping("1002", 600 + 3601, A)
+    stream_fn = ToContributionsFn(bnd.PING, 8, 250.0, schedule, max_future_s=3600)
+    stream_fn._now = lambda: now
+    kept, count = _run_fn(stream_fn, [soon, later])
+    assert [c.user_id for c in kept] == ["1001"]
+    assert count("dp_future_dropped") == 1 and count("dp_outside_schedule_dropped") == 0
+    batch_fn = ToContributionsFn(bnd.PING, 8, 250.0, schedule)   # batch: the schedule is the bound
+    batch_fn._now = lambda: now
+    kept, count = _run_fn(batch_fn, [soon, later, FAR_FUTURE])
+    assert [c.user_id for c in kept] == ["1001", "1002"]
+    assert count("dp_future_dropped") == 0 and count("dp_outside_schedule_dropped") == 1
+
+
+def test_a_release_without_a_schedule_is_refused():
+    with pytest.raises(ValueError, match="no release schedule"):
+        run_batch(WORLD, DpParams())

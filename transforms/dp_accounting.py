@@ -77,6 +77,32 @@ def hour_start(ts: float) -> float:
     return float(math.floor(ts / HOUR_S) * HOUR_S)
 
 
+# ---------------------------------------------------------------- the release schedule
+#
+# Which hours are released is public configuration, never a function of the data:
+# every hour of [first_hour, last_hour] (both hour starts, inclusive), and no other.
+
+# The longest schedule one run may release (a leap year of hours).
+MAX_SCHEDULE_HOURS = 366 * HOURS_PER_DAY
+
+
+def scheduled_hours(first_hour: float, last_hour: float) -> List[float]:
+    """Every hour start of the schedule, in order (first_hour and last_hour are hour starts)."""
+    return [float(h) for h in range(int(first_hour), int(last_hour) + 1, HOUR_S)]
+
+
+def in_schedule(ts: float, first_hour: float, last_hour: float) -> bool:
+    """Whether an event time falls in a scheduled hour (False for NaN)."""
+    return first_hour <= ts < last_hour + HOUR_S
+
+
+def schedule_of_period(start: float, end: float) -> tuple[float, float]:
+    """(first_hour, last_hour) covering the period [start, end): every hour it touches."""
+    if not end > start:
+        raise BudgetError(f"a period must end after it starts, got [{start}, {end})")
+    return hour_start(start), float(math.ceil(end / HOUR_S) * HOUR_S - HOUR_S)
+
+
 # ---------------------------------------------------------------- Gaussian DP
 
 def _phi(x: float) -> float:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
@@ -76,6 +77,7 @@ import h3
 
 from schemas import service_area
 from schemas.records import Statistic
+from schemas.timefmt import format_rfc3339, parse_rfc3339
 from transforms import dp_accounting as acct
 from transforms import dp_bounding as bnd
 from transforms.dp_noise import SecureGaussianNoise, ci95_halfwidth
@@ -105,6 +107,12 @@ class DpParams:
     max_accuracy_m: float = 250.0        # pings less precise than this place nobody in a cell
     suppress_below: float = 0.0          # noisy values below this are published as 0.0
     late_count_horizon_s: int = 6 * 3600  # how long late data is still seen (to count it)
+    # The release schedule (public, never from the data): every hour from first_hour to
+    # last_hour (RFC 3339 hour starts, both included) is released, data or not; events
+    # outside it are dropped and counted. "" = the launcher takes the input's world.json.
+    first_hour: str = ""
+    last_hour: str = ""
+    max_future_s: int = 3600             # streaming: events further ahead of the wall clock are dropped
 
     def __post_init__(self):
         if not (isinstance(self.epsilon_per_user_day, (int, float)) and math.isfinite(self.epsilon_per_user_day)
@@ -134,6 +142,10 @@ class DpParams:
             raise ValueError(f"max_accuracy_m={self.max_accuracy_m}: must be > 0 metres (250 is the default)")
         if self.late_count_horizon_s < 0:
             raise ValueError(f"late_count_horizon_s={self.late_count_horizon_s}: must be >= 0")
+        if not (isinstance(self.max_future_s, int) and self.max_future_s >= 0):
+            raise ValueError(f"max_future_s={self.max_future_s}: must be an integer >= 0 seconds "
+                             f"(3600 is the default)")
+        self.schedule()
         for name in ("share_footfall", "share_footfall_by_age", "share_tweets", "share_nfc_touches",
                      "share_flows"):
             if not 0 <= getattr(self, name) <= 1:
@@ -144,6 +156,48 @@ class DpParams:
             self.plan()
         except acct.BudgetError as exc:
             raise ValueError(str(exc)) from None
+
+    def schedule(self) -> Optional[Tuple[float, float]]:
+        """(first_hour, last_hour) as epoch seconds, or None when no schedule is configured."""
+        if not self.first_hour and not self.last_hour:
+            return None
+        if not (self.first_hour and self.last_hour):
+            raise ValueError("first_hour and last_hour go together: give both (e.g. "
+                             "--dp_first_hour 2026-11-20T03:00:00Z --dp_last_hour 2026-11-20T08:00:00Z)")
+        bounds = []
+        for name in ("first_hour", "last_hour"):
+            value = getattr(self, name)
+            try:
+                ts = parse_rfc3339(value, name)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; give an RFC 3339 time on the hour, e.g. 2026-11-20T03:00:00Z") from None
+            if ts % acct.HOUR_S:
+                raise ValueError(f"{name}={value!r} is not on the hour: give an hour start, "
+                                 f"e.g. 2026-11-20T03:00:00Z")
+            bounds.append(float(ts))
+        first, last = bounds
+        if last < first:
+            raise ValueError(f"last_hour={self.last_hour!r} is before first_hour={self.first_hour!r}: "
+                             f"swap them")
+        hours = int(last - first) // acct.HOUR_S + 1
+        if hours > acct.MAX_SCHEDULE_HOURS:
+            raise ValueError(f"first_hour..last_hour spans {hours} hours: release at most "
+                             f"{acct.MAX_SCHEDULE_HOURS} (a year) per run")
+        return first, last
+
+    def with_schedule(self, first_hour: float, last_hour: float) -> "DpParams":
+        """The same parameters releasing every hour from first_hour to last_hour (epoch seconds)."""
+        return dataclasses.replace(self, first_hour=format_rfc3339(first_hour),
+                                   last_hour=format_rfc3339(last_hour))
+
+    def scheduled_hours(self) -> List[float]:
+        """The start of every released hour; ValueError when no schedule is configured."""
+        schedule = self.schedule()
+        if schedule is None:
+            raise ValueError("no release schedule: give DpParams(first_hour=..., last_hour=...) "
+                             "(--dp_first_hour/--dp_last_hour); which hours are released must not "
+                             "depend on the data")
+        return acct.scheduled_hours(*schedule)
 
     def bands(self) -> Tuple[str, ...]:
         return tuple(b.strip() for b in self.age_bands.split(",") if b.strip())
@@ -211,17 +265,36 @@ def release_window(params: DpParams, plan: acct.BudgetPlan, histogram: Dict[Tupl
 # ---------------------------------------------------------------- Beam steps
 
 class ToContributionsFn(beam.DoFn):
-    """A ping / touch / tweet -> a Contribution, or a counted drop (never an exception)."""
+    """A ping / touch / tweet -> a Contribution, or a counted drop (never an exception).
 
-    def __init__(self, kind: str, h3_res: int, max_accuracy_m: float):
+    ``schedule`` is (first_hour, last_hour): an event outside every scheduled hour
+    (before, after, far future) is dropped first (``dp_outside_schedule_dropped``), so
+    it neither opens a window nor uses its user's day. ``max_future_s`` (streaming only,
+    None in batch): an event stamped further than that ahead of the wall clock is dropped
+    (``dp_future_dropped``).
+    """
+
+    def __init__(self, kind: str, h3_res: int, max_accuracy_m: float,
+                 schedule: Tuple[float, float], max_future_s: Optional[float] = None):
         self._kind, self._res, self._max_accuracy_m = kind, h3_res, max_accuracy_m
+        self._first, self._last = schedule
+        self._max_future_s = max_future_s
+        self._now = time.time  # the wall clock (tests swap it)
         self._dropped = {reason: Metrics.counter(_NS, f"dp_{reason}_dropped")
                          for reason in (bnd.UNLOCATED, bnd.IMPRECISE, bnd.OUTSIDE)}
+        self._unscheduled = Metrics.counter(_NS, "dp_outside_schedule_dropped")
+        self._future = Metrics.counter(_NS, "dp_future_dropped")
 
     def setup(self):
         self._public = frozenset(service_area.public_cells(self._res))
 
     def process(self, record):
+        if not acct.in_schedule(record.ts, self._first, self._last):
+            self._unscheduled.inc()
+            return
+        if self._max_future_s is not None and record.ts > self._now() + self._max_future_s:
+            self._future.inc()
+            return
         result = bnd.contribution_of(record, self._kind, self._res, self._public, self._max_accuracy_m)
         if isinstance(result, str):
             self._dropped[result].inc()
@@ -235,9 +308,15 @@ class ToContributions(beam.PTransform):
         self._params = params
 
     def expand(self, inputs):
-        res = self._params.h3_res
+        p = self._params
+        schedule = p.schedule()
+        if schedule is None:
+            p.scheduled_hours()  # raises: says what to give
+        streaming = inputs["pings"].pipeline.options.view_as(StandardOptions).streaming
+        max_future_s = p.max_future_s if streaming else None
         streams = [
-            inputs[name] | f"{label}Contributions" >> beam.ParDo(ToContributionsFn(kind, res, self._params.max_accuracy_m))
+            inputs[name] | f"{label}Contributions" >> beam.ParDo(
+                ToContributionsFn(kind, p.h3_res, p.max_accuracy_m, schedule, max_future_s))
             for name, label, kind in (("pings", "Ping", bnd.PING), ("taps", "Touch", bnd.TOUCH),
                                       ("tweets", "Tweet", bnd.TWEET))
         ]
@@ -460,6 +539,13 @@ class SumHistogramFn(beam.CombineFn):
         return acc
 
 
+def _hour_tick(hour: float):
+    """An empty UserHour stamped inside ``hour``: it adds nothing, but makes the hour's
+    histogram exist, so the hour is released whether or not anyone was there."""
+    tick = bnd.UserHour(hour, bnd.UNKNOWN_BAND, (), (), (), None)
+    return window.TimestampedValue(tick, Timestamp(micros=(int(hour) + acct.HOUR_S) * 1_000_000 - 1))
+
+
 class ReleaseHourFn(beam.DoFn):
     LEDGER = "ledger"
 
@@ -495,11 +581,20 @@ class ReleaseDpStatistics(beam.PTransform):
         p = self._params
         families = tuple(p.plan().metrics)
         registry = pvalue.AsDict(inputs["users"] | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u)))
+        hours = p.scheduled_hours()
         contributions = inputs | "ToContributions" >> ToContributions(p)
-        released = (contributions
-                    | "BoundUserHours" >> BoundUserHours(p, registry)
-                    # One release per hour: default trigger, no lateness.
-                    | "ReleaseWindows" >> beam.WindowInto(window.FixedWindows(acct.HOUR_S))
+        user_hours = (contributions
+                      | "BoundUserHours" >> BoundUserHours(p, registry)
+                      # One release per hour: default trigger, no lateness.
+                      | "ReleaseWindows" >> beam.WindowInto(window.FixedWindows(acct.HOUR_S)))
+        # The schedule, not the data, decides which hours exist: one empty tick per scheduled
+        # hour (a bounded source, so in streaming each hour still waits for the watermark).
+        ticks = (inputs["users"].pipeline
+                 | "ScheduledHours" >> beam.Create(hours)
+                 | "HourTicks" >> beam.Map(_hour_tick)
+                 | "TickWindows" >> beam.WindowInto(window.FixedWindows(acct.HOUR_S)))
+        released = ((user_hours, ticks)
+                    | "EveryScheduledHour" >> beam.Flatten()
                     | "SumPerCell" >> beam.CombineGlobally(SumHistogramFn(families)).without_defaults()
                     | "ReleaseHour" >> beam.ParDo(ReleaseHourFn(p, self._noise))
                     .with_output_types(Statistic)

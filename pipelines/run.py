@@ -97,7 +97,7 @@ def read_inputs(pipeline, cfg: RunConfig):
         # The registry snapshot is taken at launch, like the replayed stream itself
         # (DirectRunner's streaming mode cannot run the SDF file reader).
         users = pipeline | "UsersSnapshot" >> beam.Create(
-            [("users", line) for path in files["users"] for line in sources.read_lines(path)])
+            [sources.as_element("users", line) for path in files["users"] for line in sources.read_lines(path)])
         events = sources.stream_from_files(pipeline, files, cfg.stream_disorder_s, cfg.stream_seed)
     else:
         users = pipeline | "ReadUsers" >> sources.ReadKindFromFiles("users", files["users"])
@@ -229,7 +229,7 @@ def run(argv=None) -> int:
         print("pipelines.run: the job was cancelled", file=sys.stderr)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if cfg.source == "files":
-        lines_read = {kind: sum(sum(1 for _ in sources.read_lines(path)) for path in paths)
+        lines_read = {kind: sum(sources.count_lines(path) for path in paths)
                       for kind, paths in sources.input_files(cfg.input_dir).items()}
     else:
         counters = counters_of(result)

@@ -2,7 +2,8 @@
 
 The first step of every run, batch or streaming, files or Kafka. Each element
 is ``(kind, line)`` with kind one of users|pings|taps|tweets and line the
-record as received (bytes or str). Every line ends in exactly one output:
+record as received (bytes or str), or ``(kind, raw, error)`` for a line the
+reader could not read whole (``pipelines.lines``: over-long, a damaged ``.gz``). Every line ends in exactly one output:
 its typed collection, or ``dead_letters`` with a specific reason, and is
 counted (``read.<kind>``, ``parsed.<kind>``, ``rejected.<kind>``), so the
 counts in ``run_summary.json`` add up.
@@ -79,14 +80,18 @@ class _ParseLineFn(beam.DoFn):
         self._unknown = Metrics.counter(METRICS_NAMESPACE, "rejected.unknown_kind")
 
     def process(self, element):
-        kind, line = element
+        kind, line = element[0], element[1]
         if kind not in self._origins:
             self._unknown.inc()
             yield beam.pvalue.TaggedOutput("dead_letters", DeadLetter(
                 source=str(kind), error=f"unknown input kind {kind!r}", raw=raw_text(line)))
             return
         self._counters["read", kind].inc()
-        tag, value = classify(kind, self._origins[kind], line)
+        if len(element) == 3:  # (kind, raw, error): the reader could not read this line whole
+            tag, value = "dead_letters", DeadLetter(
+                source=self._origins[kind], error=writable(element[2]), raw=raw_text(line))
+        else:
+            tag, value = classify(kind, self._origins[kind], line)
         if tag == "dead_letters":
             self._counters["rejected", kind].inc()
             yield beam.pvalue.TaggedOutput(tag, value)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from schemas.parse import parse_line
+from schemas.proofs import sign_report_of
 from schemas.timefmt import format_rfc3339
 
 from nfc_gateway import protocol
@@ -55,20 +57,34 @@ def emit(event: str, **fields):
     sys.stdout.flush()
 
 
-def build_report(touch: protocol.CompletedTouch, lat: float, lng: float) -> dict:
-    """The contract's tap report for a verified touch (validated before it leaves the phone)."""
+DEFAULT_ACCURACY_M = 10
+
+
+def build_report(touch: protocol.CompletedTouch, lat: float, lng: float, private_key,
+                 accuracy_m: int = DEFAULT_ACCURACY_M) -> dict:
+    """The contract's tap report for a verified touch, signed whole by this phone (``report_sig``).
+
+    The phone signs its own tap_id, position, accuracy and time with the claim
+    signatures (``schemas.proofs.report_bytes``), so nobody holding this report or
+    the claims of the NFC link can file the partner's report or move this one.
+    ``lat``/``lng`` are rounded to the 1e-7 degrees that are signed, ``ts`` to the
+    millisecond, so the report says exactly what was signed.
+    """
+    accuracy_m = int(math.ceil(accuracy_m))
     report = {
         "tap_id": protocol.tap_id_for(touch.user_id, touch.nonce),
         "user_id": touch.user_id,
         "peer_user_id": touch.peer_user_id,
         "nonce": touch.nonce,
         "ts": format_rfc3339(touch.seen_at),
-        "lat": lat,
-        "lng": lng,
+        "lat": round(lat, 7),
+        "lng": round(lng, 7),
         "proof": touch.proof,
         "peer_proof": touch.peer_proof,
+        "accuracy_m": accuracy_m,
     }
-    parse_line("taps", json.dumps(report))  # raises InvalidRecord if we ever built a bad one
+    parsed = parse_line("taps", json.dumps(report))  # raises InvalidRecord if we ever built a bad one
+    report["report_sig"] = sign_report_of(private_key, parsed)
     return report
 
 
@@ -87,6 +103,7 @@ class AgentConfig:
     timeout_s: float = 0.0               # stop after this long (0: forever)
     max_skew_s: float = protocol.DEFAULT_MAX_SKEW_S
     post_deadline_s: float = 30.0
+    accuracy_m: int = DEFAULT_ACCURACY_M   # this phone's position accuracy, whole metres (signed)
 
 
 @dataclass
@@ -300,7 +317,7 @@ class TapAgent:
             emit("touch_failed", reason=error.reason, detail=error.detail)
             return
         self.count("touches_completed")
-        report = build_report(touch, self.cfg.lat, self.cfg.lng)
+        report = build_report(touch, self.cfg.lat, self.cfg.lng, self.cfg.private_key, self.cfg.accuracy_m)
         emit("touch_completed", tap_id=report["tap_id"], peer_user_id=touch.peer_user_id, nonce=touch.nonce)
         self._deliver(report)
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 
-from schemas.proofs import make_nonce, new_keypair, sign_claim
+from schemas.proofs import make_nonce, new_keypair, sign_claim, sign_report
 from schemas.timefmt import format_rfc3339
 
 T0 = 1_780_000_000.0
@@ -19,16 +19,29 @@ PUBKEYS = {uid: pub for uid, (_, pub) in USERS.items()}
 
 
 def signed_report(user: str, peer: str, seq: int = 0, t: float = T0, lat: float = 35.68, lng: float = 139.76,
-                  forge_proof: bool = False, forge_peer_proof: bool = False) -> dict:
+                  forge_proof: bool = False, forge_peer_proof: bool = False, accuracy_m: int = 10,
+                  forge_report_sig: bool = False) -> dict:
+    """A report as ``user``'s phone files it: claim proofs, and ``report_sig`` over the whole report."""
     nonce = make_nonce(t + seq, seq.to_bytes(10, "big"))
     proof_key = USERS["1004" if forge_proof else user][0]
     peer_key = USERS["1004" if forge_peer_proof else peer][0]
-    return {
+    report = {
         "tap_id": f"{nonce}-{user}", "user_id": user, "peer_user_id": peer, "nonce": nonce,
         "ts": format_rfc3339(t + seq + 0.2), "lat": lat, "lng": lng,
         "proof": sign_claim(proof_key, user, peer, nonce),
         "peer_proof": sign_claim(peer_key, peer, user, nonce),
+        "accuracy_m": accuracy_m,
     }
+    return resign(report, "1004" if forge_report_sig else user)
+
+
+def resign(report: dict, signer: str | None = None) -> dict:
+    """``report`` with a fresh ``report_sig`` by ``signer`` (default: its own reporter)."""
+    from schemas.timefmt import parse_rfc3339
+    fields = {k: report[k] for k in ("tap_id", "user_id", "peer_user_id", "nonce", "lat", "lng", "accuracy_m",
+                                     "proof", "peer_proof")}
+    sig = sign_report(USERS[signer or report["user_id"]][0], ts=parse_rfc3339(report["ts"]), **fields)
+    return dict(report, report_sig=sig)
 
 
 def users_jsonl(path):

@@ -205,6 +205,12 @@ def as_pubkey(value) -> str:
     return value
 
 
+def _ascii(value: str, field: str) -> str:
+    if not value.isascii():
+        raise InvalidRecord(f"{field}: expected base64 (ASCII), got non-ASCII characters")
+    return value
+
+
 def parse_tap(obj: dict) -> TapReport:
     """Shape checks only; signatures are checked where the users' keys are known.
 
@@ -221,7 +227,7 @@ def parse_tap(obj: dict) -> TapReport:
             raise InvalidRecord(f"accuracy_m: {str(accuracy)[:24]} outside 0..{MAX_ACCURACY_M}")
     report_sig = obj.get("report_sig")
     if report_sig is not None:
-        report_sig = as_str(report_sig, "report_sig", 128)
+        report_sig = _ascii(as_str(report_sig, "report_sig", 128), "report_sig")
     return TapReport(
         tap_id=as_str(req(obj, "tap_id"), "tap_id", 128),
         user_id=as_user_id(req(obj, "user_id")),
@@ -230,8 +236,8 @@ def parse_tap(obj: dict) -> TapReport:
         ts=parse_rfc3339(req(obj, "ts")),
         lat=lat,
         lng=lng,
-        proof=as_str(req(obj, "proof"), "proof", 128),
-        peer_proof=as_str(req(obj, "peer_proof"), "peer_proof", 128),
+        proof=_ascii(as_str(req(obj, "proof"), "proof", 128), "proof"),
+        peer_proof=_ascii(as_str(req(obj, "peer_proof"), "peer_proof", 128), "peer_proof"),
         accuracy_m=accuracy,
         report_sig=report_sig,
     )

@@ -13,7 +13,7 @@ from nfc_gateway.protocol import (
     MIME_ACK, MIME_CLAIM, MIME_HELLO, HandshakeError, InitiatorHandshake, TargetHandshake, decode_message,
 )
 from schemas.parse import parse_line
-from schemas.proofs import claim_bytes, new_keypair, nonce_time, sign_claim, verify_claim
+from schemas.proofs import claim_bytes, new_keypair, nonce_time, sign_claim, verify_claim, verify_report_signature
 
 KEY_A, PUB_A = new_keypair(bytes(range(32)))
 KEY_B, PUB_B = new_keypair(bytes(range(1, 33)))
@@ -61,13 +61,26 @@ def test_a_touch_gives_both_phones_the_same_nonce_and_swapped_proofs():
 
 def test_reports_built_from_a_touch_are_valid_contract_records():
     a, b = run_touch(initiator(), target())
-    ra, rb = build_report(a, 35.681, 139.761), build_report(b, 35.680, 139.760)
+    ra, rb = build_report(a, 35.681, 139.761, KEY_A), build_report(b, 35.680, 139.760, KEY_B, accuracy_m=7.2)
     assert ra["tap_id"] == f"{a.nonce}-111" and rb["tap_id"] == f"{a.nonce}-222"
     assert ra["ts"] == "2026-05-28T20:26:40.000Z" and rb["ts"] == "2026-05-28T20:26:40.250Z"
+    assert (ra["accuracy_m"], rb["accuracy_m"]) == (10, 8)      # whole metres, rounded up
     for r in (ra, rb):
         parsed = parse_line("taps", json.dumps(r))
         assert verify_claim(KEYS[parsed.user_id], parsed.proof, parsed.user_id, parsed.peer_user_id, parsed.nonce)
         assert verify_claim(KEYS[parsed.peer_user_id], parsed.peer_proof, parsed.user_id, parsed.peer_user_id, parsed.nonce)
+        # each phone signed its whole report; the partner's key does not verify it
+        assert verify_report_signature(KEYS[parsed.user_id], parsed.report_sig, parsed)
+        assert not verify_report_signature(KEYS[parsed.peer_user_id], parsed.report_sig, parsed)
+
+
+def test_agent_reports_pair_into_exactly_one_follow():
+    from transforms.pairing import resolve_reports
+    a, b = run_touch(initiator(), target())
+    reports = [parse_line("taps", json.dumps(build_report(a, 35.681, 139.761, KEY_A))),
+               parse_line("taps", json.dumps(build_report(b, 35.6810001, 139.7610002, KEY_B)))]
+    result = resolve_reports(reports, KEYS, now=T0 + 60)
+    assert len(result.follows) == 1 and result.rejections == []
 
 
 def test_messages_on_the_wire_are_compact_json_of_our_mime_types():

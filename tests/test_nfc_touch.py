@@ -22,7 +22,7 @@ import pytest
 from nfc_gateway.keys import write_new_key
 from nfc_gateway.service import Gateway, GatewayConfig
 from schemas.parse import parse_line
-from schemas.proofs import verify_claim
+from schemas.proofs import verify_claim, verify_report_signature
 
 ROOT = Path(__file__).resolve().parents[1]
 ALICE, BOB = "4242", "1717"
@@ -96,6 +96,10 @@ def test_two_phones_touch_and_the_pipeline_makes_one_mutual_follow(world):
     for r in taps:
         assert verify_claim(keys[r.user_id], r.proof, r.user_id, r.peer_user_id, r.nonce)
         assert verify_claim(keys[r.peer_user_id], r.peer_proof, r.user_id, r.peer_user_id, r.nonce)
+        # each phone signed its own whole report; the other phone's key does not verify it
+        assert verify_report_signature(keys[r.user_id], r.report_sig, r)
+        assert not verify_report_signature(keys[r.peer_user_id], r.report_sig, r)
+        assert r.accuracy_m is not None
     assert int(alice_report.nonce[:12], 16) / 1000 == pytest.approx(alice_report.ts, abs=0.5)
     assert not list((tmp_path / f"outbox-{ALICE}").glob("*.json"))     # delivered, nothing left behind
 

@@ -70,3 +70,14 @@ def test_tap_accuracy_must_be_whole_metres_in_range(value, reason):
 ])
 def test_tap_report_sig_shape(value, reason):
     assert _reason("taps", dict(TAP, report_sig=value)) == reason
+
+
+def test_tap_id_with_a_lone_surrogate_is_refused_not_crashing_a_sink():
+    line = json.dumps(dict(TAP, tap_id="\ud800x"))          # json.dumps escapes it as \\ud800
+    with pytest.raises(InvalidRecord, match="tap_id: contains an unpaired UTF-16 surrogate"):
+        parse_line("taps", line)
+
+
+@pytest.mark.parametrize("field", ["proof", "peer_proof", "report_sig"])
+def test_signatures_must_be_ascii(field):
+    assert _reason("taps", dict(TAP, **{field: "é" * 4})) == f"{field}: expected base64 (ASCII), got non-ASCII characters"

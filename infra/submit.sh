@@ -19,6 +19,9 @@ fi
 common=(--streaming --source kafka --alerts_sink kafka --kafka_bootstrap_servers "$KAFKA_BOOTSTRAP"
         --kafka_expansion_service "127.0.0.1:$EXPANSION_PORT" --environment_type=LOOPBACK
         --output "${OUTPUT:-$ROOT/out-stream}")
+# The world's world.json gives the DP release schedule (events still come from Kafka); without
+# a world, pass --dp_first_hour and --dp_last_hour.
+if [[ -n "${world:-}" ]]; then common+=(--input "$world"); fi
 if [[ -f "$FLINK_JOB_SERVER_JAR" ]]; then
   echo "submitting to Flink: web UI http://127.0.0.1:$FLINK_REST_PORT"
   exec "$PY" -m pipelines.run --runner=FlinkRunner --flink_master="127.0.0.1:$FLINK_REST_PORT" \

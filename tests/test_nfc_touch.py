@@ -106,7 +106,11 @@ def test_two_phones_touch_and_the_pipeline_makes_one_mutual_follow(world):
     if not (ROOT / "transforms" / "follows.py").exists():
         pytest.skip("transforms/follows.py (ResolveMutualFollows) has not landed; reports verified above")
     result = tmp_path / "result"
-    run = subprocess.run([sys.executable, "-m", "pipelines.run", "--input", str(out), "--output", str(result)],
+    # the gateway's folder has no world.json: the DP release schedule is the touch's hour
+    from schemas.timefmt import format_rfc3339
+    hour = format_rfc3339(alice_report.ts // 3600 * 3600)
+    run = subprocess.run([sys.executable, "-m", "pipelines.run", "--input", str(out), "--output", str(result),
+                          "--dp_first_hour", hour, "--dp_last_hour", hour],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     follows = [json.loads(line) for path in glob.glob(str(result / "follows" / "*.jsonl"))

@@ -26,7 +26,7 @@ chain, the same in batch and streaming except where step 2 says:
    user over all time, and ``spend_days`` walks each JST day in hour order
    (one element per user-hour instead of up to 24 day-so-far copies; the
    batch = streaming tests compare the two with zero noise).
-3. ``SumPerCell`` + ``ReleaseHour``: one histogram per hour; every public
+3. ``SumPerCell`` + ``ReleaseHour``: one histogram per scheduled hour; every public
    partition of every enabled metric is released, data or not, with Gaussian
    noise from Google's DP library; the hour's ledger rows go out beside them.
 
@@ -40,11 +40,35 @@ window open for ``late_count_horizon_s`` after its end and fires late panes
 that are only counted, never released; data later still is dropped by the
 runner uncounted.
 
-Which hours are released. Every public partition is released for every hour
-that has at least one contribution (after bounding) from anyone in the service
-area; an hour with none at all is not released (streaming has no other clock
-to release it by). This reveals only that somebody was in the 23 wards that
-hour — for a carrier's city, always true.
+Which hours are released. Never a function of the data: the set of released
+windows, and of ledger rows, would otherwise tell that somebody was somewhere
+in an hour nobody else was. The hours come from a public schedule,
+``first_hour``..``last_hour`` (``--dp_first_hour``/``--dp_last_hour``; the
+launcher otherwise takes the input's ``world.json``, see
+``pipelines.dp_schedule``, and refuses to run without either):
+
+* every scheduled hour is released — all public partitions of every enabled
+  metric, and its ledger rows — whether or not anyone was there: one empty
+  "tick" ``UserHour`` per scheduled hour (a bounded ``Create`` of the
+  schedule) joins the hour's sums, so its histogram exists with or without
+  data;
+* ``ToContributions`` drops, first of all, every event outside the scheduled
+  hours (before, after, far future, NaN), counted as
+  ``dp_outside_schedule_dropped``: it opens no window and uses none of its
+  user's day;
+* streaming: the ticks are event-time stamped inside their hour, so hour h is
+  released once, when the watermark passes its end, data or not, and nothing
+  past ``last_hour`` ever is. The stream's clock is the watermark, which the
+  data cannot pull past the schedule (only sources move it); in addition an
+  event stamped more than ``max_future_s`` (default 1 h) ahead of the wall
+  clock is dropped (``dp_future_dropped``). Batch does not apply that wall-clock
+  bound (a recorded period is replayed long after), so a future-stamped event
+  inside the schedule is the one case where batch and streaming may differ.
+
+Sensitivity and budgets are unchanged: the schedule only decides which
+hours exist; each user-day is still charged at most its budget (a day's 24
+windows add up to it exactly; a schedule that covers part of a day charges
+that part).
 
 Sensitivity and bounds of each metric: see ``transforms.dp_bounding``; the
 noise they imply and the ledger: ``transforms.dp_accounting``.

@@ -210,7 +210,8 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
     out, log_path = str(tmp_path / "out"), tmp_path / "pipeline.log"
     args = [sys.executable, "-m", "pipelines.run", "--source", "kafka", "--streaming", "--alerts_sink", "kafka",
             "--kafka_bootstrap_servers", infra.bootstrap, "--kafka_expansion_service", infra.expansion_service,
-            "--output", out, *infra.portable_runner_args(streaming=True)]
+            "--output", out, "--input", world,  # Kafka gives the events; the world.json, the DP release schedule
+            *infra.portable_runner_args(streaming=True)]
     before = prism.job_ids()
     t0 = time.monotonic()
     with open(log_path, "w") as log:

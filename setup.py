@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "pipeline-dp==0.3.1",
     "python-dp==1.1.5",
     "confluent-kafka>=2.16,<3",   # librdkafka: the gateway's producer, tools and tests
+    "aiohttp>=3.10,<4",           # the gateway's asyncio HTTP server (and the planned portal and firehose client)
 ]
 
 TEST_REQUIRES = [

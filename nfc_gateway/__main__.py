@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_non_negative(int), default=8080, help="0 picks a free port (printed on stdout)")
     serve.add_argument("--output", default="gateway-out", help="directory for taps.jsonl/tweets.jsonl (file mode) and the spool/offsets")
-    serve.add_argument("--users", help="users.jsonl[.gz] or key map; when given, reports are signature-checked")
-    serve.add_argument("--require-known-users", action="store_true", help="reject (422) reports naming users without a known key")
+    serve.add_argument("--users", help="users.jsonl[.gz] or key map (required): reports are signature-checked, "
+                                       "and reports naming users not in it are refused (422)")
+    serve.add_argument("--require-known-users", action="store_true",
+                       help="accepted for compatibility: unknown users are always refused now")
     serve.add_argument("--kafka-bootstrap", help="host:port[,…]: hand records to Kafka instead of JSONL files")
     serve.add_argument("--taps-topic", default="taps")
     serve.add_argument("--tweets-topic", default="tweets")
@@ -90,7 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device-rate", type=_positive(float), default=1.0, help="sustained reports per second allowed per device")
     serve.add_argument("--device-burst", type=_positive(int), default=10, help="burst of reports allowed per device")
     serve.add_argument("--max-body", type=_positive(int), default=16 * 1024, help="largest accepted request body in bytes")
-    serve.add_argument("--max-connections", type=_positive(int), default=512, help="open connections served at once; more get 503")
+    serve.add_argument("--max-connections", type=_positive(int), default=1024, help="open connections served at once; more get 503")
+    serve.add_argument("--max-connections-per-client", type=_positive(int), default=64,
+                       help="open connections one client address (IPv6: its /64) may hold; more get 429")
+    serve.add_argument("--client-rate", type=_positive(float), default=None,
+                       help="reports/s one client address may store, one per started KiB (default: 50 devices' worth)")
+    serve.add_argument("--client-burst", type=_positive(int), default=None, help="burst of reports per client address")
+    serve.add_argument("--request-timeout", type=_positive(float), default=10.0,
+                       help="seconds from a request's first byte until its headers and body must be in (else 408)")
+    serve.add_argument("--idle-timeout", type=_positive(float), default=15.0,
+                       help="seconds a keep-alive connection may sit idle before it is closed")
     serve.add_argument("--instance-id", default=None, help="names this gateway in Kafka keys/headers (default: hostname)")
 
     keygen = sub.add_parser("keygen", help="create a user's key pair")
@@ -146,20 +157,22 @@ def _serve(args) -> int:
     from nfc_gateway.service import GatewayConfig, run_gateway
     from nfc_gateway.keys import KeyStoreError, load_public_keys
 
-    try:
-        keys = load_public_keys(args.users) if args.users else None
-    except KeyStoreError as exc:
-        raise ConfigError(str(exc)) from None
-    if args.require_known_users and keys is None:
-        raise ConfigError("--require-known-users needs --users")
     if args.firehose and args.firehose != "-" and not os.access(args.firehose, os.R_OK):
         raise ConfigError(f"--firehose {args.firehose}: not a readable file")
+    if not args.users:
+        raise ConfigError("--users is required: the gateway refuses reports of users it does not know")
+    try:
+        keys = load_public_keys(args.users)
+    except KeyStoreError as exc:
+        raise ConfigError(str(exc)) from None
     config = GatewayConfig(
         host=args.host, port=args.port, output_dir=args.output, public_keys=keys,
         require_known_users=args.require_known_users, kafka_bootstrap=args.kafka_bootstrap,
         taps_topic=args.taps_topic, tweets_topic=args.tweets_topic, firehose=args.firehose,
         firehose_rate=args.rate, device_rate=args.device_rate, device_burst=args.device_burst,
-        max_body=args.max_body, instance_id=args.instance_id, max_connections=args.max_connections)
+        max_body=args.max_body, instance_id=args.instance_id, max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client, client_rate=args.client_rate,
+        client_burst=args.client_burst, request_timeout_s=args.request_timeout, idle_timeout_s=args.idle_timeout)
     try:
         return run_gateway(config)
     except OSError as exc:

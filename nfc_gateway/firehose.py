@@ -14,6 +14,7 @@ restart on stdin continues with whatever the pipe delivers next.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
@@ -51,6 +52,9 @@ class FirehoseReplay:
         self.not_json = 0
         self.done = threading.Event()
         self.error: Optional[str] = None
+        self.write_retries = 0
+        self.retry_initial_s = 0.2
+        self.retry_max_s = 10.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="firehose", daemon=True)
 
@@ -63,15 +67,17 @@ class FirehoseReplay:
         self._thread.join(timeout)
 
     def status(self) -> dict:
-        return {"source": self.path, "read": self.read, "written": self.written, "not_json": self.not_json,
-                "done": self.done.is_set(), "error": self.error}
+        # public on /healthz and /metrics: the kind of source and a path-free error name, never a path
+        return {"source": "stdin" if self.path == "-" else "file", "read": self.read, "written": self.written,
+                "not_json": self.not_json, "done": self.done.is_set(), "error": self.error,
+                "write_retries": self.write_retries}
 
     def _run(self):
         try:
             self._replay()
         except Exception as exc:  # noqa: BLE001 - reported on /healthz, the HTTP side keeps serving
             log.exception("firehose replay failed")
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = _error_name(exc)
         finally:
             self.done.set()
 
@@ -120,7 +126,28 @@ class FirehoseReplay:
                 source.close()
 
     def _flush(self, key, batch, ends):
+        """Hand the batch on; a sink that cannot write now (disk full, broker down) is retried
+        with backoff (the sink cuts a failed batch back, so a retry writes nothing twice) and
+        the error shows on /healthz until a write succeeds."""
         if not batch:
             return
-        self.sink.write_batch(key, batch, ends)
+        backoff = self.retry_initial_s
+        while True:
+            try:
+                self.sink.write_batch(key, batch, ends)
+                break
+            except OSError as exc:
+                self.error = _error_name(exc)
+                self.write_retries += 1
+                log.warning("firehose batch not written (%s); retrying in %.1f s", self.error, backoff)
+                if self._stop.wait(backoff):
+                    raise
+                backoff = min(self.retry_max_s, backoff * 2)
+        self.error = None
         self.written += len(batch)
+
+
+def _error_name(exc: BaseException) -> str:
+    """``OSError: ENOSPC``-style: the kind of failure without its text (which may hold paths)."""
+    code = getattr(exc, "errno", None)
+    return f"{type(exc).__name__}: {errno.errorcode[code]}" if code in errno.errorcode else type(exc).__name__

@@ -5,6 +5,9 @@ than ``burst`` reports at once, or more than ``rate`` per second sustained, is
 broken or hostile. ``check(key)`` answers whether one more report is allowed
 now and, if not, after how many seconds it would be (the ``Retry-After``).
 Idle buckets are dropped once full again, so memory follows active devices.
+The same buckets, keyed by client address, bound what one network source may
+store; ``cost`` charges a report by its size (``report_cost``: one token per
+started KiB), so a bucket bounds bytes as well as reports.
 """
 from __future__ import annotations
 
@@ -26,18 +29,22 @@ class TokenBuckets:
         self._lock = threading.Lock()
         self._last_sweep = clock()
 
-    def check(self, key: str) -> tuple[bool, float]:
-        """(allowed, seconds until allowed); consumes a token when allowed."""
+    def check(self, key: str, cost: float = 1.0) -> tuple[bool, float]:
+        """(allowed, seconds until allowed); consumes ``cost`` tokens when allowed.
+
+        A cost above ``burst`` can never be allowed: the wait is then for a full bucket,
+        and callers should refuse such requests outright."""
         now = self.clock()
+        cost = min(float(cost), self.burst)
         with self._lock:
             tokens, last = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
+            if tokens >= cost:
+                self._buckets[key] = (tokens - cost, now)
                 allowed, wait = True, 0.0
             else:
                 self._buckets[key] = (tokens, now)
-                allowed, wait = False, (1.0 - tokens) / self.rate
+                allowed, wait = False, (cost - tokens) / self.rate
             if now - self._last_sweep > self.burst / self.rate or len(self._buckets) > self.max_keys:
                 self._sweep(now)
         return allowed, wait
@@ -54,3 +61,8 @@ class TokenBuckets:
 def retry_after_header(wait_s: float) -> str:
     """HTTP Retry-After is whole seconds; round up so a client that obeys is let in."""
     return str(max(1, math.ceil(wait_s)))
+
+
+def report_cost(line_bytes: int, unit: int = 1024) -> int:
+    """Tokens one stored report costs: one per started ``unit`` bytes of its line."""
+    return max(1, -(-line_bytes // unit))

@@ -1,6 +1,6 @@
 """The gateway service: tap reports over HTTP and the firehose in, pipeline inputs out.
 
-``python -m nfc_gateway serve --output DIR [--users users.jsonl] [--firehose FILE --rate N]
+``python -m nfc_gateway serve --output DIR --users users.jsonl [--firehose FILE --rate N]
 [--kafka-bootstrap HOST:PORT]`` starts:
 
 * ``POST /v1/taps`` -- one tap report (the contract's fields) as a JSON body.
@@ -9,44 +9,79 @@
   ====  =================================================================
   201   accepted: the report is durable (fsynced, or in the Kafka spool)
   200   duplicate: this exact report was accepted before (safe retry)
-  400   malformed JSON, or a contract field missing/wrong
-  404   unknown path; 405 wrong method; 411 no Content-Length
+  400   malformed JSON (also: not UTF-8, a lone surrogate, nesting too deep,
+        a number too long), a contract field missing/wrong, or not valid HTTP
+  404   unknown path; 405 wrong method; 411 no Content-Length (or chunked)
+  408   the request (headers and body) was not complete within
+        ``--request-timeout`` seconds of its first byte
   409   conflict: another report with this tap_id, or another report by this
         user of this touch (same nonce), was accepted before
   413   body larger than ``--max-body``
   415   Content-Type is not application/json
   422   verification failed (bad proof / peer_proof, self tap, unknown user)
-  429   this device sent too many reports; ``Retry-After`` says when to retry
+  429   this device (``device_flood``) or this client address (``client_flood``)
+        sent too many reports, or this client address holds too many open
+        connections (``too_many_connections``); ``Retry-After`` says when to retry
+  431   a header line too long, or too many header lines
+  500   a bug: counted as ``internal_error``, no detail is shown
   503   the spool could not be written, or too many open connections; retry later
   ====  =================================================================
 
-* ``GET /healthz`` -- liveness and the sinks' state; ``GET /metrics`` -- every
-  counter (accepted, duplicates, each rejection reason, firehose progress) as JSON.
+* ``GET /healthz`` -- 200 ``{"status": "ok"}`` with the sinks' state, or 503
+  ``{"status": "failing"}`` while the tap spool cannot be written (disk full);
+  ``GET /metrics`` -- every counter (accepted, duplicates, each rejection reason,
+  firehose progress) as JSON. Neither shows a filesystem path or an exception's text.
 
 The order of checks is fixed so each answer is specific and cheap requests stay
 cheap: size and type, then JSON and shape, then duplicate (so a retry of an
-accepted report is never throttled), then signatures, then the flood limit
-(only verified reports count against a device, so forgeries naming a victim
-cannot use up its budget).
+accepted report is never throttled), then users and signatures (an unknown
+user is refused before any signature is checked), then the flood limits (only
+verified reports count against a device or a client address, so forgeries
+naming a victim cannot use up its budget).
+
+**Why aiohttp.** ``http.server`` is documented as not for production: one thread
+per connection and a timeout per ``recv``, so 512 connections trickling a byte
+every 8 s held every thread. The service now runs on aiohttp's asyncio server:
+an idle or slow connection costs a few KB and no thread, its C HTTP parser
+bounds header lines and counts (431), and the same package is an asyncio HTTP
+*client*, which the planned web portal (server) and the async firehose client
+need too: one stack for all three, where uvicorn or hypercorn would serve only
+and need a second client library. What aiohttp does not do, this module adds on
+its protocol (``_Connection``): a deadline for each whole request (headers and
+body, from its first byte: a trickle cannot renew it), a cap on open connections
+per client address (IPv6 by /64) besides the global one, and JSON answers
+counted by reason for what its parser refuses. Decisions that touch the disk
+(``TapIntake.submit``) run on a small thread pool, so the event loop never waits
+for an fsync.
 """
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
 import socket
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
 from nfc_gateway.firehose import FirehoseReplay
-from nfc_gateway.ratelimit import TokenBuckets, retry_after_header
+from nfc_gateway.ratelimit import TokenBuckets, report_cost, retry_after_header
 from nfc_gateway.sinks import FileTapSink, FileTweetSink, FirehoseState
 from nfc_gateway.validation import Rejection, check_content_type, digest, parse_report, verify_report
 
 log = logging.getLogger("nfc_gateway.service")
+
+#: a client address may hold this many devices' budgets when ``--client-rate`` is not given
+CLIENT_DEVICES = 50
+SERVER_NAME = "tapfollow-gateway/2"
 
 
 @dataclass
@@ -54,8 +89,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     output_dir: str = "gateway-out"
-    public_keys: Optional[dict] = None
-    require_known_users: bool = False
+    public_keys: Optional[dict] = None       # the users registry: required (unknown users are always refused)
+    require_known_users: bool = True         # kept for compatibility: unknown users are always refused now
     kafka_bootstrap: Optional[str] = None
     taps_topic: str = "taps"
     tweets_topic: str = "tweets"
@@ -63,9 +98,17 @@ class GatewayConfig:
     firehose_rate: float = 0.0
     device_rate: float = 1.0
     device_burst: int = 10
+    client_rate: Optional[float] = None      # reports/s one client address may store; None: CLIENT_DEVICES devices' worth
+    client_burst: Optional[int] = None
     max_body: int = 16 * 1024
     instance_id: Optional[str] = None
-    max_connections: int = 512
+    max_connections: int = 1024
+    max_connections_per_client: int = 64
+    request_timeout_s: float = 10.0          # whole request, headers and body, from its first byte
+    idle_timeout_s: float = 15.0             # a keep-alive connection with no request in progress
+    max_header_line: int = 8190
+    max_headers: int = 40
+    workers: int = 16
 
 
 class _Pending:
@@ -81,11 +124,12 @@ class TapIntake:
     """The decision for one POSTed body, independent of HTTP plumbing."""
 
     def __init__(self, sink, public_keys, require_known: bool, limiter: TokenBuckets, counters: Counter,
-                 counters_lock: threading.Lock):
+                 counters_lock: threading.Lock, client_limiter: Optional[TokenBuckets] = None):
         self.sink = sink
         self.public_keys = public_keys
         self.require_known = require_known
         self.limiter = limiter
+        self.client_limiter = client_limiter
         self.counters = counters
         self._counters_lock = counters_lock
         self._seen: dict[str, object] = {}     # tap_id -> digest (stored) or _Pending
@@ -108,11 +152,23 @@ class TapIntake:
         with self._counters_lock:
             self.counters[name] += n
 
-    def submit(self, content_type: Optional[str], body: bytes) -> tuple[int, dict, dict]:
-        """(status, response body, extra headers)."""
+    def submit(self, content_type: Optional[str], body: bytes, client: Optional[str] = None) -> tuple[int, dict, dict]:
+        """(status, response body, extra headers). Never raises: a bug is a counted 500."""
+        try:
+            return self._submit(content_type, body, client)
+        except Exception:  # noqa: BLE001 - the sender gets a 500 without internals; the log has the trace
+            self.count("rejected_internal_error")
+            log.exception("500 internal error on a tap report")
+            return 500, {"error": "internal_error", "detail": "the gateway failed on this report; it was not stored"}, {}
+
+    def _submit(self, content_type, body, client):
         try:
             check_content_type(content_type)
-            report, line = parse_report(body)
+            try:
+                report, line = parse_report(body)
+            except UnicodeError:
+                # "\ud800" is valid JSON but no Unicode string: it cannot be stored as UTF-8
+                raise Rejection(400, "malformed_json", "a string holds a lone surrogate (not valid Unicode)") from None
             line_digest = digest(line)
             known = self._lookup(report.tap_id)
             if known is not None:
@@ -121,7 +177,15 @@ class TapIntake:
             # Verified before counted: a forged flood naming a victim device must not
             # use up the victim's budget (per-IP limits are no help behind carrier NAT).
             verify_report(report, self.public_keys, self.require_known)
-            allowed, wait = self.limiter.check(report.user_id)
+            cost = report_cost(len(line))
+            if self.client_limiter is not None and client is not None:
+                allowed, wait = self.client_limiter.check(client, cost)
+                if not allowed:
+                    self.count("rejected_client_flood")
+                    log.warning("429 client %s flooding (retry in %.1f s)", client, wait)
+                    return 429, {"error": "client_flood", "detail": "this network address exceeded its report rate",
+                                 "tap_id": report.tap_id}, {"Retry-After": retry_after_header(wait)}
+            allowed, wait = self.limiter.check(report.user_id, cost)
             if not allowed:
                 self.count("rejected_device_flood")
                 log.warning("429 device %s flooding (retry in %.1f s)", report.user_id, wait)
@@ -146,14 +210,15 @@ class TapIntake:
             return self._touch_conflict(report, other)
         try:
             self.sink.append(line)
-        except Exception as exc:  # noqa: BLE001 - any sink failure means "not stored": say so
+        except Exception as exc:  # noqa: BLE001 - any sink failure means "not stored" (the spool promises it)
             with self._lock:
                 del self._seen[report.tap_id]
                 del self._touches[touch]
             pending.done.set()
             self.count("rejected_spool_unavailable")
             log.error("503 spool write failed for %s: %s", report.tap_id, exc)
-            return 503, {"error": "spool_unavailable", "detail": str(exc), "tap_id": report.tap_id}, {"Retry-After": "1"}
+            return 503, {"error": "spool_unavailable", "detail": "the report could not be stored now; retry later",
+                         "tap_id": report.tap_id}, {"Retry-After": "1"}
         with self._lock:
             self._seen[report.tap_id] = line_digest
         pending.stored = True
@@ -196,144 +261,189 @@ class TapIntake:
         return len(self._seen)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "tapfollow-gateway/1"
-    protocol_version = "HTTP/1.1"
-    timeout = 15  # seconds a client may stall mid-request before its socket is closed
-    gateway: "Gateway"
+def client_key(peername) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one subscriber's
+    prefix: one host can take any number of addresses inside it)."""
+    if not peername:
+        return "unknown"
+    host = str(peername[0]).split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
-    def setup(self):
-        super().setup()
-        # headers and body leave in two writes; with Nagle on, the body waits for
-        # the client's delayed ACK (~40 ms per request on keep-alive connections)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, fmt, *args):  # the access log would drown the decisions we log
-        pass
+_PHRASES = {400: "Bad Request", 408: "Request Timeout", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable"}
 
-    def _send(self, status: int, body: dict, headers: Optional[dict] = None, close: bool = False):
-        data = json.dumps(body, sort_keys=True).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
 
-    def do_GET(self):
-        if self.path == "/healthz":
-            self._send(200, self.gateway.health())
-        elif self.path == "/metrics":
-            self._send(200, self.gateway.metrics())
+def _raw_response(status: int, body: dict, headers: Optional[dict] = None) -> bytes:
+    """A complete HTTP/1.1 answer that closes the connection, for use outside a request."""
+    data = json.dumps(body, sort_keys=True).encode("utf-8")
+    lines = [f"HTTP/1.1 {status} {_PHRASES[status]}", "Content-Type: application/json",
+             f"Content-Length: {len(data)}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + data
+
+
+_IDLE, _RECEIVING, _HANDLING = range(3)
+
+
+class _Connection(RequestHandler):
+    """aiohttp's HTTP/1.1 protocol plus what a hostile network needs: admission per
+    client address, and a deadline for each whole request."""
+
+    def __init__(self, manager, gateway: "Gateway", **kwargs):
+        super().__init__(manager, **kwargs)
+        self.gateway = gateway
+        self.client: Optional[str] = None
+        self.admitted = False
+        self._state = _IDLE
+        self._deadline = 0.0
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._refused_transport = None
+        self.half_closed = False
+        self._payload = None
+
+    # -- admission -------------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.client = client_key(transport.get_extra_info("peername"))
+        refusal = self.gateway._admit(self.client)
+        if refusal is not None:
+            self._refuse(transport, *refusal)
+            return
+        self.admitted = True
+        super().connection_made(transport)
+
+    def _refuse(self, transport, status: int, reason: str, detail: str):
+        self.gateway.count(f"rejected_{reason}")
+        transport.write(_raw_response(status, {"error": reason, "detail": detail}, {"Retry-After": "1"}))
+        # half-close and give the client a moment to read the answer before its unread
+        # request would turn our close into a reset; bounded: never more than a second
+        self._refused_transport = transport
+        self.gateway._refused.add(transport)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.gateway._loop.call_later(1.0, transport.abort)
+
+    def connection_lost(self, exc):
+        if not self.admitted:
+            self.gateway._refused.discard(self._refused_transport)
+            self._refused_transport = None
+            return
+        self._cancel_timer()
+        self.gateway._release(self.client)
+        self.admitted = False
+        super().connection_lost(exc)
+
+    # -- the whole-request deadline ----------------------------------------------------------
+    def data_received(self, data: bytes):
+        if not self.admitted:
+            return                                       # a refused connection's request is dropped
+        if data and self._state == _IDLE:
+            # Bytes while a request is handled are its body or a pipelined next request: the
+            # next one's clock starts when its handler does (``request_started``), or, if it is
+            # still partial then, with its next bytes; if none come, the idle timeout ends it.
+            self._start_request()
+        super().data_received(data)
+
+    def eof_received(self):
+        """The client half-closed. Mid-request, its request may still be answered (a
+        client may send and then shut down its side); idle, the connection just ends."""
+        if not self.admitted or (self._state == _IDLE and not getattr(self, "_messages", None)):
+            return None                                  # asyncio closes the transport
+        self.half_closed = True
+        if self._state == _HANDLING:
+            self._body_ends_here()
+        return True
+
+    def _body_ends_here(self):
+        """No more bytes will come: a body still short of its Content-Length fails now
+        (``body_incomplete``) instead of waiting for the deadline."""
+        payload = self._payload
+        if payload is not None and not payload.is_eof():
+            payload.set_exception(ContentLengthError("the client closed before the body was complete"))
+
+    def more_requests_queued(self) -> bool:
+        return bool(getattr(self, "_messages", None))
+
+    def _start_request(self):
+        self._state = _RECEIVING
+        self._deadline = self._loop.time() + self.gateway.config.request_timeout_s
+        self._timer = self._loop.call_at(self._deadline, self._on_deadline)
+
+    def _cancel_timer(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def request_started(self, request) -> float:
+        """The handler has the headers: it now reads the body itself, by this deadline."""
+        self._cancel_timer()
+        self._payload = request.content
+        if self._state != _RECEIVING:                    # parsed from an earlier read: its clock starts now
+            self._deadline = self._loop.time() + self.gateway.config.request_timeout_s
+        self._state = _HANDLING
+        if self.half_closed:
+            self._body_ends_here()
+        return self._deadline
+
+    def request_finished(self):
+        self._state = _IDLE
+        self._payload = None
+
+    def _on_deadline(self):
+        self._timer = None
+        if self._state != _RECEIVING or self.transport is None:
+            return
+        self.gateway.count("rejected_request_timeout")
+        log.debug("408 request from %s not complete within %.1f s", self.client, self.gateway.config.request_timeout_s)
+        transport = self.transport
+        transport.write(_raw_response(408, {"error": "request_timeout",
+                                            "detail": "the request was not complete in time"}))
+        self.force_close()                               # closes once the 408 is flushed
+        if transport.get_write_buffer_size():
+            self._loop.call_later(1.0, transport.abort)  # a client that does not read is not waited for
+
+    # -- what aiohttp's parser refuses ---------------------------------------------------------
+    def handle_error(self, request, status: int = 500, exc=None, message=None):
+        if status == 500:
+            reason, detail = "internal_error", "the gateway failed on this request"
+            log.error("500 on a request from %s", self.client, exc_info=exc)
+        elif isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "header" in str(exc).lower()):
+            status = 431
+            reason = "too_many_headers" if "too many" in str(exc).lower() else "header_too_large"
+            detail = (f"at most {self.gateway.config.max_headers} header lines of "
+                      f"{self.gateway.config.max_header_line} bytes each")
         else:
-            self._send(404, {"error": "not_found", "detail": f"no resource {self.path}"})
-
-    def do_POST(self):
-        gw = self.gateway
-        if self.path != "/v1/taps":
-            gw.count("rejected_not_found")
-            return self._send(404, {"error": "not_found", "detail": f"no resource {self.path}"}, close=True)
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or length is None:
-            gw.count("rejected_length_required")
-            return self._send(411, {"error": "length_required", "detail": "send the body with a Content-Length"}, close=True)
-        try:
-            length = int(length)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            gw.count("rejected_malformed_json")
-            return self._send(400, {"error": "malformed_json", "detail": f"bad Content-Length {length!r}"}, close=True)
-        if length > gw.config.max_body:
-            gw.count("rejected_body_too_large")
-            log.warning("413 body of %d bytes > %d", length, gw.config.max_body)
-            # the body is not read: closing the connection is cheaper than draining it
-            return self._send(413, {"error": "body_too_large", "detail": f"body of {length} bytes exceeds {gw.config.max_body}"}, close=True)
-        try:
-            body = self.rfile.read(length)
-        except (OSError, socket.timeout):
-            gw.count("rejected_body_incomplete")
-            self.close_connection = True
-            return
-        if len(body) < length:
-            gw.count("rejected_body_incomplete")
-            self.close_connection = True
-            return
-        status, payload, headers = gw.intake.submit(self.headers.get("Content-Type"), body)
-        self._send(status, payload, headers)
-
-    def do_PUT(self):
-        self._method_not_allowed()
-
-    do_DELETE = do_PATCH = do_PUT
-
-    def _method_not_allowed(self):
-        self.gateway.count("rejected_method_not_allowed")
-        self._send(405, {"error": "method_not_allowed", "detail": f"{self.command} is not supported"},
-                   {"Allow": "GET, POST"}, close=True)
+            status, reason, detail = 400, "bad_http", "the request is not valid HTTP/1.1"
+        self.gateway.count(f"rejected_{reason}")
+        response = self.gateway._json(status, {"error": reason, "detail": detail})
+        response.force_close()
+        return response
 
 
-class _Server(ThreadingHTTPServer):
-    """One thread per connection, but a bounded number of them.
+class _WebServer(web.Server):
+    def __init__(self, handler, gateway: "Gateway", **kwargs):
+        super().__init__(handler, **kwargs)
+        self.gateway = gateway
 
-    Past ``max_connections`` a new connection gets an immediate 503 and is closed,
-    so a connection flood costs a few bytes, not a thread (and memory) each.
-    """
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    max_connections = 512
-    on_overload = None
-
-    def __init__(self, *args, **kwargs):
-        self._active = 0
-        self._active_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request, client_address):
-        with self._active_lock:
-            admitted = self._active < self.max_connections
-            if admitted:
-                self._active += 1
-        if not admitted:
-            if self.on_overload:
-                self.on_overload()
-            body = b'{"error": "overloaded", "detail": "too many open connections"}'
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                # Read what already arrived (never wait: this is the accept loop) so the close
-                # below is less likely to reset the connection before the client reads the 503.
-                request.setblocking(False)
-                for _ in range(16):                    # at most 1 MiB, then close regardless
-                    if not request.recv(65536):
-                        break
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._active_lock:
-                self._active -= 1
-
-    @property
-    def active_connections(self) -> int:
-        return self._active
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, gateway=self.gateway, loop=self._loop, **self._kwargs)
 
 
 class Gateway:
     """The whole service, startable in-process (tests, benchmark) or from the CLI."""
 
     def __init__(self, config: GatewayConfig):
+        if config.public_keys is None:
+            raise ValueError("the gateway needs a users registry (public_keys / --users): "
+                             "reports of unknown users are always refused")
         self.config = config
         self.counters: Counter = Counter()
         self._counters_lock = threading.Lock()
@@ -347,48 +457,196 @@ class Gateway:
             self.tap_sink = FileTapSink(config.output_dir)
             make_tweet_sink = lambda: FileTweetSink(config.output_dir, FirehoseState(config.output_dir))  # noqa: E731
         limiter = TokenBuckets(config.device_rate, config.device_burst)
-        self.intake = TapIntake(self.tap_sink, config.public_keys, config.require_known_users, limiter,
-                                self.counters, self._counters_lock)
+        client_limiter = TokenBuckets(config.client_rate or config.device_rate * CLIENT_DEVICES,
+                                      config.client_burst or config.device_burst * CLIENT_DEVICES)
+        self.intake = TapIntake(self.tap_sink, config.public_keys, True, limiter, self.counters,
+                                self._counters_lock, client_limiter=client_limiter)
         self.tweet_sink = make_tweet_sink() if config.firehose else None
         self.firehose = FirehoseReplay(config.firehose, self.tweet_sink, config.firehose_rate) if config.firehose else None
-        handler = type("Handler", (_Handler,), {"gateway": self})
-        self.httpd = _Server((config.host, config.port), handler)
-        self.httpd.max_connections = config.max_connections
-        self.httpd.on_overload = lambda: self.count("rejected_overloaded")
+        self._sock = socket.create_server((config.host, config.port), backlog=1024)
+        self._open = 0
+        self._per_client: dict[str, int] = {}
+        self._refused: set = set()               # refused connections, until their answer is read
+        self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="intake")
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
+        self._server = None
+        self._web = None
 
     @property
     def port(self) -> int:
-        return self.httpd.server_address[1]
+        return self._sock.getsockname()[1]
 
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def connections_of(self, client: str) -> int:
+        return self._per_client.get(client, 0)
+
     def count(self, name: str, n: int = 1):
         with self._counters_lock:
             self.counters[name] += n
 
+    # -- connection admission (event loop thread only) -------------------------------------------
+    def _admit(self, client: str):
+        if self._open >= self.config.max_connections:
+            return 503, "overloaded", "too many open connections"
+        if self._per_client.get(client, 0) >= self.config.max_connections_per_client:
+            return 429, "too_many_connections", "this network address holds too many open connections"
+        self._open += 1
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        return None
+
+    def _release(self, client: str):
+        self._open -= 1
+        left = self._per_client.get(client, 0) - 1
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            self._per_client.pop(client, None)
+
+    # -- HTTP --------------------------------------------------------------------------------------
+    @staticmethod
+    def _json(status: int, body: dict, headers: Optional[dict] = None, close: bool = False) -> web.Response:
+        response = web.Response(status=status, body=json.dumps(body, sort_keys=True).encode("utf-8"),
+                                content_type="application/json", headers=headers)
+        response.headers["Server"] = SERVER_NAME           # not the stack's name and version
+        if close:
+            response.force_close()
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        connection: _Connection = request.protocol
+        deadline = connection.request_started(request)
+        try:
+            response = await self._route(request, deadline)
+            if connection.half_closed and not connection.more_requests_queued():
+                response.force_close()                   # nothing more can come: close after answering
+            return response
+        finally:
+            connection.request_finished()
+
+    async def _route(self, request: web.BaseRequest, deadline: float) -> web.StreamResponse:
+        path, method = request.path, request.method
+        if path == "/v1/taps":
+            if method == "POST":
+                return await self._post_tap(request, deadline)
+            return self._method_not_allowed(method, "POST")
+        if path in ("/healthz", "/metrics"):
+            if method != "GET":
+                return self._method_not_allowed(method, "GET")
+            if path == "/metrics":
+                return self._json(200, self.metrics())
+            health = await self._loop.run_in_executor(self._pool, self.health)
+            return self._json(200 if health["status"] != "failing" else 503, health)
+        self.count("rejected_not_found")
+        return self._json(404, {"error": "not_found", "detail": "no such resource"}, close=method != "GET")
+
+    def _method_not_allowed(self, method: str, allow: str) -> web.Response:
+        self.count("rejected_method_not_allowed")
+        return self._json(405, {"error": "method_not_allowed", "detail": "this method is not supported here"},
+                          {"Allow": allow}, close=True)
+
+    async def _post_tap(self, request: web.BaseRequest, deadline: float) -> web.Response:
+        if request.headers.get("Transfer-Encoding") is not None or request.content_length is None:
+            self.count("rejected_length_required")
+            return self._json(411, {"error": "length_required", "detail": "send the body with a Content-Length"}, close=True)
+        length = request.content_length
+        if length > self.config.max_body:
+            self.count("rejected_body_too_large")
+            log.warning("413 body of %d bytes > %d", length, self.config.max_body)
+            # the body is not read: closing the connection is cheaper than draining it
+            return self._json(413, {"error": "body_too_large",
+                                    "detail": f"body of {length} bytes exceeds {self.config.max_body}"}, close=True)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._loop.time())):
+                body = await request.read()
+        except TimeoutError:
+            self.count("rejected_request_timeout")
+            return self._json(408, {"error": "request_timeout", "detail": "the request was not complete in time"},
+                              close=True)
+        except Exception:  # noqa: BLE001 - the client went away mid-body (or lied about its length)
+            self.count("rejected_body_incomplete")
+            return self._json(400, {"error": "body_incomplete", "detail": "the body ended before its Content-Length"},
+                              close=True)
+        connection: _Connection = request.protocol
+        status, payload, headers = await self._loop.run_in_executor(
+            self._pool, self.intake.submit, request.headers.get("Content-Type"), body, connection.client)
+        return self._json(status, payload, headers)
+
+    # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> "Gateway":
         if self.firehose:
             self.firehose.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="http", daemon=True)
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run():
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self._listen())
+            except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="http", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
         return self
 
+    async def _listen(self):
+        c = self.config
+        self._web = _WebServer(self._handle, gateway=self, loop=self._loop,
+                               keepalive_timeout=c.idle_timeout_s, lingering_time=0,
+                               max_line_size=c.max_header_line, max_field_size=c.max_header_line,
+                               max_headers=c.max_headers, access_log=None)
+        self._server = await self._loop.create_server(self._web, sock=self._sock, backlog=1024)
+
+    async def _close(self):
+        self._server.close()
+        await self._web.shutdown(2.0)
+        for transport in list(self._refused):
+            transport.abort()
+
     def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self._loop is not None and self._loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(15)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(15)
+                self._loop.close()
+        self._sock.close()
+        self._pool.shutdown(wait=True)
         if self.firehose:
             self.firehose.stop()
             self.tweet_sink.close()
         self.tap_sink.close()
 
+    # -- health and metrics: public, so no paths and no exception texts ----------------------------
+    def spool_writable(self) -> bool:
+        spool = getattr(self.tap_sink, "log", None) or getattr(self.tap_sink, "wal", None)
+        return spool.writable() if spool is not None else True
+
     def health(self) -> dict:
-        out = {"status": "ok", "taps": self.tap_sink.health(), "uptime_s": round(time.time() - self.started_at, 3)}
+        writable = self.spool_writable()
+        out = {"status": "ok" if writable else "failing", "taps": self.tap_sink.health(),
+               "uptime_s": round(time.time() - self.started_at, 3)}
+        out["taps"]["writable"] = writable
         if self.firehose:
             out["firehose"] = self.firehose.status()
-            if self.firehose.error:
+            if self.firehose.error and writable:
                 out["status"] = "degraded"
         return out
 
@@ -396,7 +654,7 @@ class Gateway:
         with self._counters_lock:
             counters = dict(self.counters)
         out = {"counters": counters, "tap_ids_known": self.intake.seen_count(),
-               "open_connections": self.httpd.active_connections,
+               "open_connections": self._open, "clients_connected": len(self._per_client),
                "tap_ids_recovered_at_start": self.intake.recovered}
         if self.firehose:
             out["firehose"] = self.firehose.status()

@@ -18,6 +18,7 @@ write-ahead spool and a scan of the topic's tail on start.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -42,8 +43,13 @@ class FileTapSink:
     def append(self, line: bytes):
         self.log.append(line)
 
+    def writable(self) -> bool:
+        return self.log.writable()
+
     def health(self) -> dict:
-        return {"sink": "file", "path": str(self.path), "bytes": self.log.size, "fsync_batches": self.log.batches}
+        # no path: /healthz is public, and where the spool lives is nobody's business
+        return {"sink": "file", "writable": self.log.error is None, "error": self.log.error,
+                "bytes": self.log.size, "fsync_batches": self.log.batches}
 
     def close(self):
         self.log.close()
@@ -65,19 +71,26 @@ class FirehoseState:
         return self.state.get("output_size")
 
     def commit(self, source: Optional[str], offset: int, output_size: Optional[int] = None):
+        # the new state is kept only once it is on disk: a failed commit leaves both as they were
+        state = dict(self.state, sources=dict(self.state["sources"]))
         if source is not None:
-            self.state["sources"][source] = offset
+            state["sources"][source] = offset
         if output_size is not None:
-            self.state["output_size"] = output_size
-        write_json_atomic(self.path, self.state)
+            state["output_size"] = output_size
+        write_json_atomic(self.path, state)
+        self.state = state
 
 
 class FileTweetSink:
+    """``tweets.jsonl`` plus the committed state. A failed batch (disk full) is cut
+    back to the last committed size before the error is raised, so the replay can
+    retry it without writing any line twice."""
     name = "file"
 
-    def __init__(self, output_dir: str | os.PathLike, state: FirehoseState):
+    def __init__(self, output_dir: str | os.PathLike, state: FirehoseState, write=os.write):
         self.path = Path(output_dir) / "tweets.jsonl"
         self.state = state
+        self._write = write
         committed = state.output_size()
         if self.path.exists() and committed is not None and self.path.stat().st_size > committed:
             # lines written after the last commit will be read and written again
@@ -85,22 +98,45 @@ class FileTweetSink:
                 handle.truncate(committed)
                 os.fsync(handle.fileno())
         existed = self.path.exists()
-        self._file = open(self.path, "ab")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if not existed:
             fsync_dir(self.path.parent)
+        self.size = os.fstat(self._fd).st_size
         if committed is None:
             # a tweets.jsonl that predates the state file is someone else's data: keep it
-            state.commit(None, 0, self._file.tell())
+            state.commit(None, 0, self.size)
 
     def resume_offset(self, source: str) -> int:
         return self.state.offset(source)
 
     def write_batch(self, source: Optional[str], lines: list[bytes], ends: list[int]):
-        """Durably append ``lines``; ``ends[i]`` is the input offset just after line i."""
-        self._file.write(b"".join(line + b"\n" for line in lines))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.state.commit(source, ends[-1], self._file.tell())
+        """Durably append ``lines``; ``ends[i]`` is the input offset just after line i.
+        On ``OSError`` nothing of the batch is left in the file (or the next call cuts it)."""
+        data = b"".join(line + b"\n" for line in lines)
+        try:
+            if os.fstat(self._fd).st_size != self.size:
+                self._cut_back()
+            view = memoryview(data)
+            while view:
+                written = self._write(self._fd, view)
+                if written <= 0:
+                    raise OSError(errno.EIO, "write made no progress")
+                view = view[written:]
+            os.fsync(self._fd)
+            # the output and the committed state must agree: if the commit fails, the
+            # batch is not committed and is cut back like a failed write
+            self.state.commit(source, ends[-1], self.size + len(data))
+        except OSError:
+            try:
+                self._cut_back()
+            except OSError:
+                pass        # retried before the next write
+            raise
+        self.size += len(data)
+
+    def _cut_back(self):
+        os.ftruncate(self._fd, self.size)
+        os.fsync(self._fd)
 
     def close(self):
-        self._file.close()
+        os.close(self._fd)

@@ -50,10 +50,13 @@ def users_jsonl(path):
             handle.write(json.dumps({"user_id": uid, "pubkey": pub, "alerts_opt_in": False, "stats_opt_out": False}) + "\n")
 
 
-def post(port: int, body, content_type: str = "application/json", path: str = "/v1/taps", timeout: float = 10.0):
-    """(status, json body, headers) for one POST on a fresh connection."""
+def post(port: int, body, content_type: str = "application/json", path: str = "/v1/taps", timeout: float = 10.0,
+         source: str | None = None):
+    """(status, json body, headers) for one POST on a fresh connection (from loopback address
+    ``source``, e.g. 127.0.0.2, to play a distinct client)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
     try:
         headers = {"Content-Type": content_type} if content_type else {}
         conn.request("POST", path, body=data, headers=headers)
@@ -64,8 +67,8 @@ def post(port: int, body, content_type: str = "application/json", path: str = "/
         conn.close()
 
 
-def get(port: int, path: str):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def get(port: int, path: str, source: str | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0) if source else None)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -74,16 +77,33 @@ def get(port: int, path: str):
         conn.close()
 
 
-def raw_request(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
+def connect(port: int, source: str | None = None, timeout: float = 10.0) -> socket.socket:
+    """A TCP connection to the gateway from loopback address ``source`` (bound before connect)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
+
+
+def read_until_closed(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    chunks, size = [], 0
+    while size < limit:
+        try:
             chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def raw_request(port: int, data: bytes, source: str | None = None, half_close: bool = True) -> bytes:
+    """Send ``data`` as is and return everything the gateway answers until it closes."""
+    with connect(port, source) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +113,10 @@ def start_gateway(out, *flags: str, stdin=None, stderr=subprocess.DEVNULL,
                   log_level: str | None = None) -> tuple[subprocess.Popen, int]:
     """``python -m nfc_gateway serve --port 0 --output OUT FLAGS…`` as its own process;
     (process, port) once it has printed its address."""
+    if "--users" not in flags:               # the gateway always needs a registry: the test users'
+        users = f"{out}.users.jsonl"
+        users_jsonl(users)
+        flags = (*flags, "--users", users)
     cmd = [sys.executable, "-m", "nfc_gateway", *(("--log-level", log_level) if log_level else ()),
            "serve", "--port", "0", "--output", str(out), *flags]
     proc = subprocess.Popen(cmd, cwd=REPO, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr, text=True)

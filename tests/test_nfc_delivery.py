@@ -116,7 +116,8 @@ def test_key_files_round_trip_and_bad_ones_say_why(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["serve", "--users", "/nonexistent/users.jsonl"], "cannot read key store"),
-    (["serve", "--require-known-users"], "--require-known-users needs --users"),
+    (["serve"], "--users is required"),
+    (["serve", "--require-known-users"], "--users is required"),
     (["serve", "--firehose", "/nonexistent/tweets.jsonl"], "not a readable file"),
     (["agent", "--device", "udp:127.0.0.1:5", "--user-id", "1", "--key", "k", "--keys", "u", "--lat", "0", "--lng", "0"],
      "--role target"),

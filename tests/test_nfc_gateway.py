@@ -94,21 +94,27 @@ def test_a_body_without_length_is_411_and_unknown_routes_are_404_or_405(gateway)
     assert counters(gateway) == {"rejected_length_required": 1, "rejected_not_found": 1, "rejected_method_not_allowed": 1}
 
 
-def test_unknown_users_pass_unless_known_users_are_required(tmp_path):
+def test_unknown_users_are_refused_by_default_before_any_signature_check(tmp_path, monkeypatch):
     stranger = signed_report("1001", "1002")
     stranger_keys = {"1002": PUBKEYS["1002"]}             # the gateway does not know 1001
+    import nfc_gateway.validation as validation
+    checked = []
+    real_verify = validation.verify_claim
+    monkeypatch.setattr(validation, "verify_claim", lambda *a, **k: checked.append(a) or real_verify(*a, **k))
     gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path / "a"), public_keys=stranger_keys)).start()
-    try:
-        assert post(gw.port, stranger)[0] == 201          # peer_proof still checked with 1002's key
-    finally:
-        gw.stop()
-    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path / "b"), public_keys=stranger_keys,
-                               require_known_users=True)).start()
     try:
         status, body, _ = post(gw.port, stranger)
         assert (status, body["error"]) == (422, "unknown_user") and "1001" in body["detail"]
+        assert checked == []                              # refused cheaply: no signature was verified
+        assert counters(gw) == {"rejected_unknown_user": 1}
     finally:
         gw.stop()
+    assert (tmp_path / "a" / "taps.jsonl").read_bytes() == b""
+
+
+def test_a_gateway_without_a_users_registry_does_not_start(tmp_path):
+    with pytest.raises(ValueError, match="users registry"):
+        Gateway(GatewayConfig(port=0, output_dir=str(tmp_path)))
 
 
 def test_a_flooding_device_gets_429_with_retry_after_and_others_are_unaffected(gateway):
@@ -256,7 +262,7 @@ def test_connections_past_the_limit_get_503_and_cost_no_thread(tmp_path):
             idle.close()
         import time
         deadline = time.monotonic() + 5
-        while gw.httpd.active_connections:                             # the slot is given back
+        while gw.open_connections:                                     # the slot is given back
             assert time.monotonic() < deadline
             time.sleep(0.02)
         status, metrics = get(gw.port, "/metrics")

@@ -15,9 +15,13 @@ the DirectRunner (``benchmarks/bench_follows.py`` measures both side by side).
 Here instead:
 
 1. ``CheckTapReports`` (stateless, users as an ``AsDict`` side input): unknown
-   users, self-taps and reports whose ``ts`` is off the touch time signed into
-   the nonce by more than ``max_clock_skew_s`` are dead-lettered without any
-   crypto. A surviving report is keyed by its nonce and re-stamped to its
+   users, self-taps, reports without the reporter's whole-report signature
+   (``report_sig``) or accuracy, reports whose ``ts`` is off the touch time
+   signed into the nonce by more than ``max_clock_skew_s``, touches more than
+   ``max_future_s`` ahead of the worker's wall clock (the run's clock, in batch
+   and streaming: no genuine touch is in the future), accuracies above
+   ``max_accuracy_m`` and positions outside the service area are dead-lettered
+   without any crypto. A surviving report is keyed by its nonce and re-stamped to its
    touch's *deadline* ``nonce_time + pending_expiry_s``. Moving a timestamp
    forward never makes an element late, and every report that can ever be
    accepted for a nonce -- the genuine pair, a replay "a day later", a third

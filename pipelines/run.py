@@ -34,6 +34,7 @@ from transforms.alerts import AlertParams, FanOutGeofencedAlerts
 from transforms.dp_stats import DpParams, ReleaseDpStatistics
 from transforms.follows import FollowParams, ResolveMutualFollows
 from transforms.parse_inputs import ParseInputs
+from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry
 
 OUTPUT_FOLDERS = ("follows", "alerts", "marketing", "deadletter", "privacy_ledger")
 
@@ -107,13 +108,25 @@ def read_inputs(pipeline, cfg: RunConfig):
     return users, events, sources.origin_names(files)
 
 
+def dedupe_horizon_s(cfg: RunConfig) -> float:
+    """How long a tweet id is remembered: past every step's lateness bound (README), so a
+    copy arriving later still is late data that no step uses."""
+    return max(cfg.alerts.allowed_lateness_s, float(cfg.dp.late_count_horizon_s)) + 3600.0
+
+
 def build(pipeline, cfg: RunConfig) -> dict[str, str]:
     """Wire sources, the three business steps and the sinks onto ``pipeline``; returns the inputs' origins."""
     out = lambda folder: os.path.join(cfg.output_dir, folder)  # noqa: E731
     users_raw, events_raw, origins = read_inputs(pipeline, cfg)
-    registry = users_raw | "ParseUsers" >> ParseInputs(origins)
-    events = events_raw | "ParseEvents" >> ParseInputs(origins)
+    parsed_users = users_raw | "ParseUsers" >> ParseInputs(origins, with_raw=("users",))
+    # One record per user and per tweet id, and only registered users' pings, before any step uses them.
+    registry = parsed_users["users"] | "MergeRegistry" >> MergeRegistry(origins["users"])
     users = registry["users"]
+    parsed = events_raw | "ParseEvents" >> ParseInputs(origins, with_raw=("tweets", "pings"))
+    tweets = parsed["tweets"] | "DedupeTweets" >> DedupeTweets(origins["tweets"], dedupe_horizon_s(cfg))
+    pings = ({"pings": parsed["pings"], "users": users}
+             | "KeepRegisteredPings" >> KeepRegisteredPings(origins["pings"]))
+    events = dict(parsed, tweets=tweets["tweets"], pings=pings["pings"])
 
     follow_out = ({"taps": events["taps"], "users": users}
                   | "ResolveMutualFollows" >> ResolveMutualFollows(cfg.follows))
@@ -139,7 +152,8 @@ def build(pipeline, cfg: RunConfig) -> dict[str, str]:
      | "WriteMarketing" >> sinks.WriteMarketingParquet(out("marketing"), cfg.streaming))
     dp_out["ledger"] | "WriteLedger" >> sinks.WriteJsonl(out("privacy_ledger"), cfg.streaming)
 
-    dead_letters = ((registry["dead_letters"], events["dead_letters"],
+    dead_letters = ((parsed_users["dead_letters"], registry["dead_letters"], events["dead_letters"],
+                     tweets["dead_letters"], pings["dead_letters"],
                      follow_out["dead_letters"], alert_out["dead_letters"])
                     | "AllDeadLetters" >> beam.Flatten().with_output_types(DeadLetter))
     (dead_letters | "CountDeadLetters" >> sinks.CountEmitted("dead_letters")

@@ -196,3 +196,40 @@ def test_a_plain_file_named_gz_is_a_one_line_error(world, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pipelines.run: error: --input ") and \
         "tweets.jsonl.gz: named .gz but not gzip data" in err[0]
+
+
+def test_registry_duplicates_repeated_tweets_and_unknown_users_pings(world, batch_out, tmp_path):
+    """An opted-out user's duplicate that opts in is not counted; a repeated tweet counts once."""
+    dup = _copy_world(world, str(tmp_path / "dup"))
+    with open(os.path.join(world, "pings.jsonl"), encoding="utf-8") as handle:
+        pings = handle.read().splitlines()
+    with open(os.path.join(world, "users.jsonl"), encoding="utf-8") as handle:
+        users = handle.read().splitlines()
+    pinger = json.loads(pings[0])["user_id"]
+    (original,) = [line for line in users if json.loads(line)["user_id"] == pinger]
+    assert json.loads(original)["stats_opt_out"] is False
+    opted_out = json.dumps(dict(json.loads(original), stats_opt_out=True))
+    with open(os.path.join(dup, "users.jsonl"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join([opted_out] + users) + "\n")  # opted out first, then the copy that is not
+    with open(os.path.join(world, "tweets.jsonl"), encoding="utf-8") as handle:
+        tweets = handle.read().splitlines()
+    stranger = json.dumps(dict(json.loads(pings[0]), user_id="424242"))
+    with open(os.path.join(dup, "tweets.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write("\n".join(tweets[:5]) + "\n")
+    with open(os.path.join(dup, "pings.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(stranger + "\n")
+    out = str(tmp_path / "out")
+    summary = _run(dup, out)
+    assert summary["stages"]["rejected"] == {"users": 1, "pings": 1, "taps": 0, "tweets": 5}
+    dead = read_jsonl_folder(os.path.join(out, "deadletter"))
+    errors = collections.Counter(row["error"].split(":")[0] for row in dead)
+    assert errors == {f"duplicate user_id {pinger}": 1, "user_id 424242 is not in the user registry": 1,
+                      **{f"duplicate tweet id {json.loads(t).get('id_str') or json.loads(t)['data']['id']}": 1
+                         for t in tweets[:5] if "delete" not in t}}
+    assert [row["raw"] for row in dead if row["source"] == "pings.jsonl"] == [stranger]
+    for folder in ("follows", "alerts"):
+        assert _canonical(read_jsonl_folder(os.path.join(out, folder))) == \
+            _canonical(read_jsonl_folder(os.path.join(batch_out[0], folder))), folder
+    # the merged record is opted out: the user's contributions are dropped, not counted
+    before = batch_out[1]["counters"].get("dp_opted_out_dropped", 0)
+    assert summary["counters"]["dp_opted_out_dropped"] > before

@@ -10,6 +10,8 @@ counts in ``run_summary.json`` add up.
 """
 from __future__ import annotations
 
+import typing
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
@@ -68,8 +70,9 @@ def _identity(value):
 
 
 class _ParseLineFn(beam.DoFn):
-    def __init__(self, origins: dict[str, str]):
+    def __init__(self, origins: dict[str, str], with_raw: frozenset = frozenset()):
         self._origins = origins
+        self._with_raw = with_raw
         self._counters = {}
 
     def setup(self):
@@ -97,30 +100,36 @@ class _ParseLineFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(tag, value)
             return
         self._counters["parsed", kind].inc()
-        if tag == "users":  # the registry has no event time: it stays where it was read
-            yield beam.pvalue.TaggedOutput(tag, value)
-        else:
-            yield beam.pvalue.TaggedOutput(tag, TimestampedValue(value, value.ts))
+        ts = None if tag == "users" else value.ts  # the registry has no event time: it stays where it was read
+        if tag in self._with_raw:
+            value = (value, raw_text(line))
+        yield beam.pvalue.TaggedOutput(tag, value if ts is None else TimestampedValue(value, ts))
 
 
 class ParseInputs(beam.PTransform):
     """``PCollection[(kind, line)]`` -> dict of typed PCollections and ``dead_letters``.
 
     ``origins`` names, per kind, where its lines came from (a file or a topic):
-    that name is the dead letter's ``source``.
+    that name is the dead letter's ``source``. The outputs named in ``with_raw``
+    carry ``(record, raw line)`` pairs instead of records, for a later step that
+    may still dead-letter the record (a duplicate, an unknown user).
     """
 
-    def __init__(self, origins: dict[str, str]):
+    def __init__(self, origins: dict[str, str], with_raw: tuple = ()):
         super().__init__()
         self._origins = dict(origins)
+        self._with_raw = frozenset(with_raw)
 
     def expand(self, raw_lines):
-        tagged = raw_lines | "ParseAndValidate" >> beam.ParDo(_ParseLineFn(self._origins)).with_outputs(
-            *OUTPUTS, "dead_letters")
+        tagged = raw_lines | "ParseAndValidate" >> beam.ParDo(
+            _ParseLineFn(self._origins, self._with_raw)).with_outputs(*OUTPUTS, "dead_letters")
         # Tagged outputs carry no element type; naming it lets runners use RowCoder.
         types = dict(_TYPE_OF_TAG, dead_letters=DeadLetter)
+        for tag in self._with_raw:
+            types[tag] = typing.Tuple[types[tag], str]
         typed = {
-            tag: tagged[tag] | f"As{types[tag].__name__}" >> beam.Map(_identity).with_output_types(types[tag])
+            tag: tagged[tag] | f"As{_TYPE_OF_TAG.get(tag, DeadLetter).__name__}{'WithRaw' if tag in self._with_raw else ''}"
+            >> beam.Map(_identity).with_output_types(types[tag])
             for tag in (*OUTPUTS, "dead_letters")
         }
         return typed

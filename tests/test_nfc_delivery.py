@@ -107,7 +107,7 @@ def test_key_files_round_trip_and_bad_ones_say_why(tmp_path):
     users_jsonl(tmp_path / "users.jsonl")
     assert load_public_keys(tmp_path / "users.jsonl") == PUBKEYS
     (tmp_path / "bad.jsonl").write_text('{"user_id":"1","pubkey":"AAAA","alerts_opt_in":false,"stats_opt_out":false}\n')
-    with pytest.raises(KeyStoreError, match="bad.jsonl:1: user 1"):
+    with pytest.raises(KeyStoreError, match="bad.jsonl:1: pubkey"):
         load_public_keys(tmp_path / "bad.jsonl")
     (tmp_path / "short.key").write_text("AAAA")
     with pytest.raises(KeyStoreError, match="seed is 3 bytes"):

@@ -2,12 +2,16 @@
 
     python benchmarks/bench_gateway.py [--reports 20000] [--clients 16] [--seconds 20]
                                        [--firehose-records 200000] [--kafka-records 20000] [--no-kafka]
+                                       [--slow-connections 500]
 
 * Taps: the gateway runs as its own process (``python -m nfc_gateway serve``,
   file sink, signatures verified against a users.jsonl); this process drives it
   with ``--clients`` threads, each on a keep-alive HTTP/1.1 connection, posting
   distinct signed reports until ``--reports`` are accepted or ``--seconds``
   pass. Every accepted report is fsynced before its 201 (group commit).
+  The same run is repeated with ``--slow-connections`` (500) slow clients open:
+  connections from 10 loopback addresses each trickling a byte of a request every
+  2 s, re-opened as soon as the gateway cuts them at their request deadline (408).
 * Firehose: ``--firehose-records`` v1.1-shaped lines (~0.9 KB each) replayed
   at full speed into ``tweets.jsonl`` (fsync per batch, offsets committed),
   and into a fresh Kafka topic when a broker answers at 127.0.0.1:9092.
@@ -20,6 +24,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,13 +46,77 @@ def make_reports(n: int) -> list[bytes]:
     return [json.dumps(signed_report(*PAIRS[i % 4], seq=i)).encode() for i in range(n)]
 
 
-def bench_taps(n: int, clients: int, seconds: float, workdir: Path) -> dict:
+class SlowClients:
+    """``n`` slow connections spread over ``addresses`` loopback sources (127.0.1.x, so the
+    per-client cap does not simply refuse them), each trickling one byte of a request
+    every ``interval`` s; one cut by the gateway (408 at its deadline) is opened again, so
+    ``n`` stay open for the whole measurement. Bounded: stops at ``stop()``."""
+
+    def __init__(self, port: int, n: int, addresses: int = 10, interval: float = 2.0):
+        self.port, self.n, self.addresses, self.interval = port, n, addresses, interval
+        self.request = (b"POST /v1/taps HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 400\r\n\r\n")
+        self.socks: list = [None] * n
+        self.sent = [0] * n
+        self.reopened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open(self, i: int):
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                            source_address=(f"127.0.1.{1 + i % self.addresses}", 0))
+            sock.setblocking(False)
+        except OSError:
+            sock = None
+        self.socks[i], self.sent[i] = sock, 0
+
+    def start(self) -> "SlowClients":
+        for i in range(self.n):
+            self._open(i)
+        self._thread.start()
+        return self
+
+    def open_count(self) -> int:
+        return sum(1 for sock in self.socks if sock is not None)
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            for i, sock in enumerate(self.socks):
+                if self._stop.is_set():
+                    break
+                try:
+                    if sock is None:
+                        raise OSError
+                    try:
+                        if sock.recv(4096) == b"":           # answered (408) and closed
+                            raise OSError
+                    except BlockingIOError:
+                        pass
+                    sock.send(self.request[self.sent[i] % len(self.request):][:1])
+                    self.sent[i] += 1
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                    self.reopened += 1
+                    self._open(i)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(30)
+        for sock in self.socks:
+            if sock is not None:
+                sock.close()
+
+
+def bench_taps(n: int, clients: int, seconds: float, workdir: Path, slow: int = 0, label: str = "taps") -> dict:
     users = workdir / "users.jsonl"
     users_jsonl(users)
     bodies = make_reports(n)
-    out = workdir / "taps-out"
+    out = workdir / f"{label}-out"
     proc, port = start_gateway(out, "--users", str(users), "--device-rate", "1000000000",
                                "--device-burst", "1000000000", stderr=subprocess.PIPE, log_level="ERROR")
+    slow_clients = SlowClients(port, slow).start() if slow else None
     next_index = iter(range(n))
     lock = threading.Lock()
     accepted = [0]
@@ -84,6 +153,9 @@ def bench_taps(n: int, clients: int, seconds: float, workdir: Path) -> dict:
     for t in threads:
         t.join()
     elapsed = time.monotonic() - started
+    slow_open = slow_clients.open_count() if slow_clients else 0
+    if slow_clients:
+        slow_clients.stop()
     proc.terminate()
     proc.wait(10)
     stored = sum(1 for _ in open(out / "taps.jsonl", "rb"))
@@ -91,7 +163,8 @@ def bench_taps(n: int, clients: int, seconds: float, workdir: Path) -> dict:
     pct = lambda q: round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)  # noqa: E731
     return {"accepted": accepted[0], "other_statuses": other, "stored": stored, "seconds": round(elapsed, 3),
             "reports_per_s": round(accepted[0] / elapsed, 1), "clients": clients,
-            "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99)}
+            "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99), "slow_connections": slow,
+            "slow_open_at_end": slow_open, "slow_reopened": slow_clients.reopened if slow_clients else 0}
 
 
 def write_firehose(path: Path, n: int) -> int:
@@ -131,17 +204,24 @@ def main(argv=None) -> int:
     parser.add_argument("--firehose-records", type=int, default=200000)
     parser.add_argument("--kafka-records", type=int, default=20000, help="firehose records for the Kafka run")
     parser.add_argument("--no-kafka", action="store_true")
+    parser.add_argument("--slow-connections", type=int, default=500,
+                        help="slow (trickling) connections held open during the second tap run (0: skip it)")
     args = parser.parse_args(argv)
 
     from nfc_gateway.sinks import FileTweetSink, FirehoseState
     summary = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         work = Path(tmp)
-        taps = bench_taps(args.reports, args.clients, args.seconds, work)
-        summary["taps"] = taps
-        print(f"taps: {taps['accepted']} accepted in {taps['seconds']} s = {taps['reports_per_s']} reports/s "
-              f"({taps['clients']} clients, p50 {taps['latency_ms_p50']} ms, p99 {taps['latency_ms_p99']} ms, "
-              f"stored {taps['stored']})", flush=True)
+        for label, slow in (("taps", 0), ("taps_under_slow_clients", args.slow_connections)):
+            if label != "taps" and not slow:
+                continue
+            taps = bench_taps(args.reports, args.clients, args.seconds, work, slow=slow, label=label)
+            summary[label] = taps
+            print(f"taps with {slow} slow connections open: {taps['accepted']} accepted in {taps['seconds']} s = "
+                  f"{taps['reports_per_s']} reports/s ({taps['clients']} clients, p50 {taps['latency_ms_p50']} ms, "
+                  f"p99 {taps['latency_ms_p99']} ms, stored {taps['stored']}, other {taps['other_statuses']}"
+                  + (f", slow open at end {taps['slow_open_at_end']}, re-opened {taps['slow_reopened']}" if slow else "")
+                  + ")", flush=True)
 
         source = work / "firehose.jsonl"
         size = write_firehose(source, args.firehose_records)

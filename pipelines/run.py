@@ -134,7 +134,7 @@ def build(pipeline, cfg: RunConfig) -> dict[str, str]:
                   "taps": events["taps"], "follows": follow_out["follows"], "users": users}
                  | "FanOutGeofencedAlerts" >> FanOutGeofencedAlerts(cfg.alerts))
     dp_out = ({"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "users": users}
-              | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp))
+              | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp, live=cfg.source == "kafka"))
 
     follows = follow_out["follows"] | "CountFollows" >> sinks.CountEmitted("follows")
     alerts = alert_out["alerts"] | "CountAlerts" >> sinks.CountEmitted("alerts")

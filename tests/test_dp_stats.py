@@ -391,7 +391,7 @@ def _stream_of(records, watermarks):
 @pytest.mark.parametrize("extra", [EXTRA_PING, FAR_FUTURE], ids=["empty-hour", "far-future"])
 def test_one_ping_changes_no_released_window_nor_ledger_streaming(extra):
     """TestStream: hours 0, 1 and 3 have data; hour 2 is empty (and released all the same)."""
-    params = DpParams(max_future_s=10 ** 10, **STREAM_PARAMS, **hours(0, 3))
+    params = DpParams(**STREAM_PARAMS, **hours(0, 3))
     base = ON_TIME
     steps = {3: T0 + 3600, 5: T0 + 2 * 3600}
     without, _ = run_stream(_stream_of(base, steps), params)
@@ -445,3 +445,26 @@ def test_streaming_drops_events_stamped_ahead_of_the_wall_clock():
 def test_a_release_without_a_schedule_is_refused():
     with pytest.raises(ValueError, match="no release schedule"):
         run_batch(WORLD, DpParams())
+
+
+def test_a_live_run_drops_events_ahead_of_the_wall_clock_and_still_releases_the_schedule():
+    import time
+    first = acct.hour_start(time.time()) + 3 * 3600               # hours 3 and 4 from now: in the future
+    params = DpParams(first_hour=format_rfc3339(first), last_hour=format_rfc3339(first + 3600))
+    ahead = Ping("1001", first + 5, *at(A), 5.0, "gps")
+    world = {"pings": [ahead], "tweets": [], "taps": []}
+    outs = {}
+    for live in (False, True):
+        p = TestPipeline(runner="FnApiRunner")
+        inputs = {"pings": _typed(p, "Pings", world["pings"], Ping), "tweets": _typed(p, "Tweets", [], Tweet),
+                  "taps": _typed(p, "Taps", [], TapReport), "users": p | "Users" >> beam.Create(USERS)}
+        run_id = uuid.uuid4().hex
+        _capture(run_id, inputs | ReleaseDpStatistics(params, noise=ZERO, live=live))
+        result = p.run()
+        result.wait_until_finish()
+        outs[live] = (_CAPTURED.pop(run_id), _counters(result))
+    (replayed, _), (live_out, counters) = outs[False], outs[True]
+    assert released_windows(replayed) == released_windows(live_out) == [first, first + 3600]
+    assert nonzero(replayed["statistics"])[(first, "footfall", A)] == 1.0
+    assert nonzero(live_out["statistics"]) == {}
+    assert counters["dp_future_dropped"] == 1

@@ -59,11 +59,13 @@ launcher otherwise takes the input's ``world.json``, see
 * streaming: the ticks are event-time stamped inside their hour, so hour h is
   released once, when the watermark passes its end, data or not, and nothing
   past ``last_hour`` ever is. The stream's clock is the watermark, which the
-  data cannot pull past the schedule (only sources move it); in addition an
-  event stamped more than ``max_future_s`` (default 1 h) ahead of the wall
-  clock is dropped (``dp_future_dropped``). Batch does not apply that wall-clock
-  bound (a recorded period is replayed long after), so a future-stamped event
-  inside the schedule is the one case where batch and streaming may differ.
+  data cannot pull past the schedule (only sources move it); in addition, on a
+  live source (``live=True``: the launcher's Kafka source) an event stamped more
+  than ``max_future_s`` (default 1 h) ahead of the wall clock is dropped
+  (``dp_future_dropped``). Batch and replays of recorded files do not apply
+  that wall-clock bound (their period may lie anywhere relative to now), so a
+  future-stamped event inside the schedule is the one case where a live run
+  and a batch run of the same records may differ.
 
 Sensitivity and budgets are unchanged: the schedule only decides which
 hours exist; each user-day is still charged at most its budget (a day's 24
@@ -136,7 +138,7 @@ class DpParams:
     # outside it are dropped and counted. "" = the launcher takes the input's world.json.
     first_hour: str = ""
     last_hour: str = ""
-    max_future_s: int = 3600             # streaming: events further ahead of the wall clock are dropped
+    max_future_s: int = 3600             # live source: events further ahead of the wall clock are dropped
 
     def __post_init__(self):
         if not (isinstance(self.epsilon_per_user_day, (int, float)) and math.isfinite(self.epsilon_per_user_day)
@@ -293,8 +295,8 @@ class ToContributionsFn(beam.DoFn):
 
     ``schedule`` is (first_hour, last_hour): an event outside every scheduled hour
     (before, after, far future) is dropped first (``dp_outside_schedule_dropped``), so
-    it neither opens a window nor uses its user's day. ``max_future_s`` (streaming only,
-    None in batch): an event stamped further than that ahead of the wall clock is dropped
+    it neither opens a window nor uses its user's day. ``max_future_s`` (live sources only,
+    None for batch and replays): an event stamped further than that ahead of the wall clock is dropped
     (``dp_future_dropped``).
     """
 
@@ -327,17 +329,16 @@ class ToContributionsFn(beam.DoFn):
 
 
 class ToContributions(beam.PTransform):
-    def __init__(self, params: DpParams):
+    def __init__(self, params: DpParams, live: bool = False):
         super().__init__()
-        self._params = params
+        self._params, self._live = params, live
 
     def expand(self, inputs):
         p = self._params
         schedule = p.schedule()
         if schedule is None:
             p.scheduled_hours()  # raises: says what to give
-        streaming = inputs["pings"].pipeline.options.view_as(StandardOptions).streaming
-        max_future_s = p.max_future_s if streaming else None
+        max_future_s = p.max_future_s if self._live else None
         streams = [
             inputs[name] | f"{label}Contributions" >> beam.ParDo(
                 ToContributionsFn(kind, p.h3_res, p.max_accuracy_m, schedule, max_future_s))
@@ -595,9 +596,12 @@ class ReleaseHourFn(beam.DoFn):
 class ReleaseDpStatistics(beam.PTransform):
     """{'pings', 'tweets', 'taps', 'users'} -> {'statistics': [Statistic], 'ledger': [dict]}."""
 
-    def __init__(self, params: Optional[DpParams] = None, noise=None):
+    def __init__(self, params: Optional[DpParams] = None, noise=None, live: bool = False):
         super().__init__()
         self._params = params or DpParams()
+        # live: events arrive as they happen (Kafka), so the wall clock bounds their times
+        # (max_future_s). Not for replays of recorded files, whose times are all "past".
+        self._live = live
         # Not a DpParams field on purpose: only code (tests) can swap the noise.
         self._noise = noise if noise is not None else SecureGaussianNoise()
 
@@ -606,7 +610,7 @@ class ReleaseDpStatistics(beam.PTransform):
         families = tuple(p.plan().metrics)
         registry = pvalue.AsDict(inputs["users"] | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u)))
         hours = p.scheduled_hours()
-        contributions = inputs | "ToContributions" >> ToContributions(p)
+        contributions = inputs | "ToContributions" >> ToContributions(p, self._live)
         user_hours = (contributions
                       | "BoundUserHours" >> BoundUserHours(p, registry)
                       # One release per hour: default trigger, no lateness.

@@ -23,6 +23,9 @@ once each (L0 = K, Linf = 1); ours also caps a single hour at
 * PipelineDP 0.3.1: ``PRIVACY_ID_COUNT``, Gaussian noise, the public
   partitions (every hour x every public cell), privacy unit (user, JST day).
 
+Both release every hour of the world's period (its ``world.json``, as
+``pipelines.run`` does), data or not; presences outside it are left out.
+
 Printed per engine: the median relative error |released - true| / true over
 the cell-hours with at least 100 distinct users (true = distinct users
 present, before any bounding), the theoretical median relative error of the
@@ -75,11 +78,14 @@ def load_world(directory: str):
     return users, records
 
 
-def presences(users, records, max_accuracy_m):
-    """Contributions of consenting, registered users in public cells (the pipeline's first step)."""
+def presences(users, records, max_accuracy_m, schedule):
+    """Contributions of consenting, registered users in public cells and scheduled hours
+    (the pipeline's first step)."""
     public = frozenset(public_cells(RES))
     out = []
     for r in records:
+        if not acct.in_schedule(r.ts, *schedule):
+            continue
         kind = bnd.TWEET if isinstance(r, Tweet) else bnd.TOUCH if isinstance(r, TapReport) else bnd.PING
         c = bnd.contribution_of(r, kind, RES, public, max_accuracy_m)
         if isinstance(c, str):
@@ -117,8 +123,8 @@ def ours_local(users, contributions, params, noise):
             for key, amount in bnd.increments(user_hour, families):
                 histogram[key] = histogram.get(key, 0) + amount
     released = {}
-    for start, histogram in histograms.items():
-        statistics_, _ = release_window(params, plan, histogram, start, noise)
+    for start in params.scheduled_hours():  # every scheduled hour, data or not
+        statistics_, _ = release_window(params, plan, histograms.get(start, {}), start, noise)
         for s in statistics_:
             if s.metric == bnd.FOOTFALL:
                 released[(s.window_start, s.h3_cell)] = (s.value, s.noise_scale)
@@ -142,8 +148,7 @@ def _pipeline_dp_extractors():
         value_extractor=lambda c: 1)
 
 
-def public_partitions(contributions):
-    hours = sorted({acct.hour_start(c.ts) for c in contributions})
+def public_partitions(hours):
     return [(h, cell) for h in hours for cell in public_cells(RES)]
 
 
@@ -256,8 +261,15 @@ def main(argv=None) -> int:
         write_world(directory, users=args.users, hours=args.hours, seed=args.seed)
         print(f"world: {args.users} users, {args.hours:g} h, seed {args.seed} -> {directory} "
               f"({time.perf_counter() - started:.1f} s)")
+    from pipelines.dp_schedule import world_period
+    period = world_period(directory)
+    if period is None:
+        print(f"{directory} has no world.json: the benchmark releases the world's period", file=sys.stderr)
+        return 2
+    schedule = acct.schedule_of_period(*period)
+    hours = acct.scheduled_hours(*schedule)
     users, records = load_world(directory)
-    contributions = presences(users, records, DpParams().max_accuracy_m)
+    contributions = presences(users, records, DpParams().max_accuracy_m, schedule)
     true_counts = truth(contributions)
     dense = sum(1 for n in true_counts.values() if n >= DENSE)
     print(f"presences: {len(contributions)} from {len(records)} records; cell-hours with >= {DENSE} "
@@ -265,12 +277,12 @@ def main(argv=None) -> int:
     if not dense:
         print(f"no cell-hour has {DENSE} users: generate a bigger world (--users)", file=sys.stderr)
         return 2
-    partitions = public_partitions(contributions)
+    partitions = public_partitions(hours)
 
     bounds = dict(max_cells_per_hour=args.max_cells_per_hour, max_cells_per_day=args.max_cells_per_day)
     footfall_only = DpParams(share_footfall=1.0, share_footfall_by_age=0, share_tweets=0, share_nfc_touches=0,
-                             **bounds)
-    default = DpParams(**bounds)
+                             **bounds).with_schedule(*schedule)
+    default = DpParams(**bounds).with_schedule(*schedule)
     cells = footfall_only.cells_per_day()
     sigma_ours = footfall_only.plan().metrics[bnd.FOOTFALL].noise_stddev
     sigma_default = default.plan().metrics[bnd.FOOTFALL].noise_stddev
@@ -303,7 +315,7 @@ def main(argv=None) -> int:
         b_records = [r for r in records if (r.author_id if isinstance(r, Tweet) else r.user_id) in keep]
         b_contributions = [c for c in contributions if c.user_id in keep]
         b_truth = truth(b_contributions)
-        b_partitions = public_partitions(b_contributions)
+        b_partitions = partitions
         for name, sigma, run in (
                 ("ours, footfall only (Beam FnApiRunner)", sigma_ours,
                  lambda: ours_beam(b_users, b_records, footfall_only)),

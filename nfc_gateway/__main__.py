@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
@@ -55,6 +56,17 @@ def _lng(text):
     return value
 
 
+def _accuracy(text):
+    from schemas.proofs import MAX_ACCURACY_M
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= MAX_ACCURACY_M:           # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"accuracy {text} m outside 0..{MAX_ACCURACY_M}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nfc_gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -74,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--touches", type=_non_negative(int), default=0, help="stop after N touches (0: no limit)")
     agent.add_argument("--timeout", type=_non_negative(float), default=0.0, help="stop after S seconds (0: no limit)")
     agent.add_argument("--max-skew", type=_positive(float), default=10.0, help="refuse a touch whose time is this many seconds off our clock")
+    agent.add_argument("--accuracy", type=_accuracy, default=None,
+                       help="this phone's position accuracy in metres (default 10); rounded up to whole "
+                            "metres and signed into each report as accuracy_m")
     agent.add_argument("--post-deadline", type=_positive(float), default=30.0, help="give up delivering a report after S seconds (it stays in the outbox)")
 
     serve = sub.add_parser("serve", help="run the gateway service")
@@ -92,12 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device-rate", type=_positive(float), default=1.0, help="sustained reports per second allowed per device")
     serve.add_argument("--device-burst", type=_positive(int), default=10, help="burst of reports allowed per device")
     serve.add_argument("--max-body", type=_positive(int), default=16 * 1024, help="largest accepted request body in bytes")
-    serve.add_argument("--max-connections", type=_positive(int), default=1024, help="open connections served at once; more get 503")
+    serve.add_argument("--max-connections", type=_positive(int), default=1024,
+                       help="open connections served at once; past it the slowest unfinished one is dropped "
+                            "(503 only if every connection has a request being decided)")
     serve.add_argument("--max-connections-per-client", type=_positive(int), default=64,
                        help="open connections one client address (IPv6: its /64) may hold; more get 429")
     serve.add_argument("--client-rate", type=_positive(float), default=None,
                        help="reports/s one client address may store, one per started KiB (default: 50 devices' worth)")
     serve.add_argument("--client-burst", type=_positive(int), default=None, help="burst of reports per client address")
+    serve.add_argument("--refusal-rate", type=_positive(float), default=1.0,
+                       help="refused requests/s one client address may cause before its reports get 429 client_flood")
+    serve.add_argument("--refusal-burst", type=_positive(int), default=60,
+                       help="refused requests one client address may cause at once")
     serve.add_argument("--request-timeout", type=_positive(float), default=10.0,
                        help="seconds from a request's first byte until its headers and body must be in (else 408)")
     serve.add_argument("--idle-timeout", type=_positive(float), default=15.0,
@@ -150,6 +171,8 @@ def _agent(args) -> int:
         private_key=key, public_keys=keys, lat=args.lat, lng=args.lng, gateway_url=args.gateway,
         outbox_dir=args.outbox, touches=args.touches, timeout_s=args.timeout, max_skew_s=args.max_skew,
         post_deadline_s=args.post_deadline)
+    if args.accuracy is not None:
+        config.accuracy_m = int(math.ceil(args.accuracy))    # whole metres, never better than measured
     return TapAgent(config).run()
 
 
@@ -172,7 +195,8 @@ def _serve(args) -> int:
         firehose_rate=args.rate, device_rate=args.device_rate, device_burst=args.device_burst,
         max_body=args.max_body, instance_id=args.instance_id, max_connections=args.max_connections,
         max_connections_per_client=args.max_connections_per_client, client_rate=args.client_rate,
-        client_burst=args.client_burst, request_timeout_s=args.request_timeout, idle_timeout_s=args.idle_timeout)
+        client_burst=args.client_burst, refusal_rate=args.refusal_rate, refusal_burst=args.refusal_burst,
+        request_timeout_s=args.request_timeout, idle_timeout_s=args.idle_timeout)
     try:
         return run_gateway(config)
     except OSError as exc:

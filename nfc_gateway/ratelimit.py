@@ -4,16 +4,22 @@ A person touches phones a few times a minute at most; a device sending more
 than ``burst`` reports at once, or more than ``rate`` per second sustained, is
 broken or hostile. ``check(key)`` answers whether one more report is allowed
 now and, if not, after how many seconds it would be (the ``Retry-After``).
-Idle buckets are dropped once full again, so memory follows active devices.
+Idle buckets are dropped once full again, so memory follows active devices,
+and at most ``max_keys`` buckets are ever held: past that, the least recently
+used one is forgotten (it starts full again if its key comes back), so many
+source addresses cannot grow the table without bound.
 The same buckets, keyed by client address, bound what one network source may
 store; ``cost`` charges a report by its size (``report_cost``: one token per
-started KiB), so a bucket bounds bytes as well as reports.
+started KiB), so a bucket bounds bytes as well as reports. Keyed by client
+address again, they bound the *refusals* one source may cause (``peek`` asks
+without spending).
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable
 
 
@@ -25,7 +31,7 @@ class TokenBuckets:
         self.burst = float(burst)
         self.clock = clock
         self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}   # key -> (tokens, last refill time)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()   # key -> (tokens, last refill), LRU order
         self._lock = threading.Lock()
         self._last_sweep = clock()
 
@@ -37,21 +43,35 @@ class TokenBuckets:
         now = self.clock()
         cost = min(float(cost), self.burst)
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            tokens = self._tokens(key, now)
             if tokens >= cost:
                 self._buckets[key] = (tokens - cost, now)
                 allowed, wait = True, 0.0
             else:
                 self._buckets[key] = (tokens, now)
                 allowed, wait = False, (cost - tokens) / self.rate
-            if now - self._last_sweep > self.burst / self.rate or len(self._buckets) > self.max_keys:
+            self._buckets.move_to_end(key)
+            if now - self._last_sweep > self.burst / self.rate:
                 self._sweep(now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)           # the least recently used bucket
         return allowed, wait
+
+    def peek(self, key: str, cost: float = 1.0) -> tuple[bool, float]:
+        """What ``check`` would answer, without spending anything or adding a bucket."""
+        now = self.clock()
+        cost = min(float(cost), self.burst)
+        with self._lock:
+            tokens = self._tokens(key, now)
+        return (True, 0.0) if tokens >= cost else (False, (cost - tokens) / self.rate)
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
 
     def _sweep(self, now: float):
         full_after = self.burst / self.rate
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+        self._buckets = OrderedDict((k, v) for k, v in self._buckets.items() if now - v[1] < full_after)
         self._last_sweep = now
 
     def __len__(self):

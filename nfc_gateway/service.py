@@ -14,17 +14,24 @@
   404   unknown path; 405 wrong method; 411 no Content-Length (or chunked)
   408   the request (headers and body) was not complete within
         ``--request-timeout`` seconds of its first byte
-  409   conflict: another report with this tap_id, or another report by this
-        user of this touch (same nonce), was accepted before
+  409   conflict: this user's report with this tap_id was accepted before with
+        other content, or another report by this user of this touch (same
+        nonce). Reports are known by (user_id, tap_id): another user's report
+        under the same tap_id is no conflict, so colluders cannot pre-empt one
   413   body larger than ``--max-body``
   415   Content-Type is not application/json
   422   verification failed (bad proof / peer_proof, self tap, unknown user)
   429   this device (``device_flood``) or this client address (``client_flood``)
-        sent too many reports, or this client address holds too many open
-        connections (``too_many_connections``); ``Retry-After`` says when to retry
+        sent too many reports, or this client address caused too many refusals
+        (``client_flood``: a budget of refused requests per address), or it holds
+        too many open connections (``too_many_connections``); ``Retry-After``
+        says when to retry
   431   a header line too long, or too many header lines
   500   a bug: counted as ``internal_error``, no detail is shown
-  503   the spool could not be written, or too many open connections; retry later
+  503   the spool could not be written; or, at ``--max-connections``, this was
+        the slowest unfinished connection and made room for a newcomer
+        (``evicted``), or every connection has a request being decided
+        (``overloaded``); retry later
   ====  =================================================================
 
 * ``GET /healthz`` -- 200 ``{"status": "ok"}`` with the sinks' state, or 503
@@ -34,10 +41,12 @@
 
 The order of checks is fixed so each answer is specific and cheap requests stay
 cheap: size and type, then JSON and shape, then duplicate (so a retry of an
-accepted report is never throttled), then users and signatures (an unknown
-user is refused before any signature is checked), then the flood limits (only
-verified reports count against a device or a client address, so forgeries
-naming a victim cannot use up its budget).
+accepted report is never throttled), then the address's budget of refusals
+(each refused request costs its address a token; once spent, 429 before any
+Ed25519 check), then users and signatures (an unknown user is refused before
+any signature is checked), then the flood limits (only verified reports count
+against a device or a client address's store budget, so forgeries naming a
+victim cannot use up its budget).
 
 **Why aiohttp.** ``http.server`` is documented as not for production: one thread
 per connection and a timeout per ``recv``, so 512 connections trickling a byte
@@ -49,7 +58,8 @@ need too: one stack for all three, where uvicorn or hypercorn would serve only
 and need a second client library. What aiohttp does not do, this module adds on
 its protocol (``_Connection``): a deadline for each whole request (headers and
 body, from its first byte: a trickle cannot renew it), a cap on open connections
-per client address (IPv6 by /64) besides the global one, and JSON answers
+per client address (IPv6 by /64) besides the global one (where the slowest
+unfinished connection is dropped for a newcomer), and JSON answers
 counted by reason for what its parser refuses. Decisions that touch the disk
 (``TapIntake.submit``) run on a small thread pool, so the event loop never waits
 for an fsync.
@@ -63,7 +73,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -102,8 +112,11 @@ class GatewayConfig:
     client_burst: Optional[int] = None
     max_body: int = 16 * 1024
     instance_id: Optional[str] = None
-    max_connections: int = 1024
+    max_connections: int = 1024              # when full, the connection longest without a finished request goes
     max_connections_per_client: int = 64
+    refusal_rate: float = 1.0                # refused requests/s one client address may cause, sustained
+    refusal_burst: int = 60                  # … and at once; past that its reports get 429 client_flood
+    max_client_buckets: int = 100_000        # client addresses whose budgets are remembered (LRU beyond)
     request_timeout_s: float = 10.0          # whole request, headers and body, from its first byte
     idle_timeout_s: float = 15.0             # a keep-alive connection with no request in progress
     max_header_line: int = 8190
@@ -124,27 +137,36 @@ class TapIntake:
     """The decision for one POSTed body, independent of HTTP plumbing."""
 
     def __init__(self, sink, public_keys, require_known: bool, limiter: TokenBuckets, counters: Counter,
-                 counters_lock: threading.Lock, client_limiter: Optional[TokenBuckets] = None):
+                 counters_lock: threading.Lock, client_limiter: Optional[TokenBuckets] = None,
+                 refusal_limiter: Optional[TokenBuckets] = None):
         self.sink = sink
         self.public_keys = public_keys
         self.require_known = require_known
         self.limiter = limiter
         self.client_limiter = client_limiter
+        self.refusal_limiter = refusal_limiter
         self.counters = counters
         self._counters_lock = counters_lock
-        self._seen: dict[str, object] = {}     # tap_id -> digest (stored) or _Pending
+        # (user_id, tap_id) -> digest (stored) or _Pending. Keyed by the reporter too: a
+        # tap_id is only a name its reporter chose, and two colluders can sign a valid
+        # report of their own under the tap_id a victim's phone will use. Keyed by tap_id
+        # alone, that report would make the victim's genuine one a 409, which the phone
+        # takes as final. The pipeline dedupes per (user_id, tap_id) the same way.
+        self._seen: dict[tuple[str, str], object] = {}
         # One phone files one report per touch: (user_id, nonce) -> tap_id. The
-        # tap_id is not signed, so without this a phone could file the same signed
-        # touch many times under fresh ids.
+        # tap_id is whatever its phone signed, so without this a phone could file the
+        # same touch many times under fresh ids.
         self._touches: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         for line in sink.existing():
             try:
                 obj = json.loads(line)
                 tap_id, touch = obj["tap_id"], (obj["user_id"], obj["nonce"])
+                key = (obj["user_id"], tap_id)
+                hash(key + touch)                        # a list or object there is not ours either
             except (ValueError, KeyError, TypeError):
                 continue  # not ours to judge; the pipeline dead-letters it
-            self._seen[tap_id] = digest(line)
+            self._seen[key] = digest(line)
             self._touches.setdefault(touch, tap_id)
         self.recovered = len(self._seen)
 
@@ -161,7 +183,32 @@ class TapIntake:
             log.exception("500 internal error on a tap report")
             return 500, {"error": "internal_error", "detail": "the gateway failed on this report; it was not stored"}, {}
 
+    def refusals_spent(self, client: Optional[str]) -> tuple[bool, float]:
+        """(this address has used up its budget of refused requests, seconds until it has one again)."""
+        if self.refusal_limiter is None or client is None:
+            return False, 0.0
+        allowed, wait = self.refusal_limiter.peek(client)
+        return not allowed, wait
+
+    def charge_refusal(self, client: Optional[str]):
+        """A refused request costs its client address one token of its refusal budget."""
+        if self.refusal_limiter is not None and client is not None:
+            self.refusal_limiter.check(client)
+
+    def client_flooding(self, client: Optional[str], wait: float, tap_id: Optional[str] = None):
+        self.count("rejected_client_flood")
+        log.warning("429 client %s: too many refused requests (retry in %.1f s)", client, wait)
+        body = {"error": "client_flood", "detail": "this network address sent too many refused requests"}
+        if tap_id is not None:
+            body["tap_id"] = tap_id
+        return 429, body, {"Retry-After": retry_after_header(wait)}
+
     def _submit(self, content_type, body, client):
+        # An address that has used up its budget of refusals is not given any more work that
+        # could be refused (above all the Ed25519 checks), only the cheap answer to an
+        # identical retry of a stored report.
+        spent, spent_wait = self.refusals_spent(client)
+        report = None
         try:
             check_content_type(content_type)
             try:
@@ -170,9 +217,17 @@ class TapIntake:
                 # "\ud800" is valid JSON but no Unicode string: it cannot be stored as UTF-8
                 raise Rejection(400, "malformed_json", "a string holds a lone surrogate (not valid Unicode)") from None
             line_digest = digest(line)
-            known = self._lookup(report.tap_id)
+            key = (report.user_id, report.tap_id)
+            known = self._lookup(key)
             if known is not None:
-                return self._duplicate(report.tap_id, known, line_digest)
+                answer = self._duplicate(report.tap_id, known, line_digest, quiet=spent)
+                if answer[0] == 409:
+                    if spent:
+                        return self.client_flooding(client, spent_wait, report.tap_id)
+                    self.charge_refusal(client)
+                return answer
+            if spent:
+                return self.client_flooding(client, spent_wait, report.tap_id)
             self._check_touch(report)
             # Verified before counted: a forged flood naming a victim device must not
             # use up the victim's budget (per-IP limits are no help behind carrier NAT).
@@ -192,27 +247,34 @@ class TapIntake:
                 return 429, {"error": "device_flood", "detail": f"device {report.user_id} exceeded its report rate",
                              "tap_id": report.tap_id}, {"Retry-After": retry_after_header(wait)}
         except Rejection as rej:
+            if spent:
+                return self.client_flooding(client, spent_wait, report.tap_id if report is not None else None)
+            self.charge_refusal(client)
             self.count(f"rejected_{rej.reason}")
             log.warning("%d %s: %s", rej.status, rej.reason, rej.detail)
             return rej.status, {"error": rej.reason, "detail": rej.detail}, {}
 
         touch = (report.user_id, report.nonce)
         with self._lock:
-            known = self._seen.get(report.tap_id)
+            known = self._seen.get(key)
             other = self._touches.get(touch)
             if known is None and other is None:
                 pending = _Pending(line_digest)
-                self._seen[report.tap_id] = pending
+                self._seen[key] = pending
                 self._touches[touch] = report.tap_id
         if known is not None:
-            return self._duplicate(report.tap_id, known, line_digest)
+            answer = self._duplicate(report.tap_id, known, line_digest)
+            if answer[0] == 409:
+                self.charge_refusal(client)
+            return answer
         if other is not None:
+            self.charge_refusal(client)
             return self._touch_conflict(report, other)
         try:
             self.sink.append(line)
         except Exception as exc:  # noqa: BLE001 - any sink failure means "not stored" (the spool promises it)
             with self._lock:
-                del self._seen[report.tap_id]
+                del self._seen[key]
                 del self._touches[touch]
             pending.done.set()
             self.count("rejected_spool_unavailable")
@@ -220,15 +282,15 @@ class TapIntake:
             return 503, {"error": "spool_unavailable", "detail": "the report could not be stored now; retry later",
                          "tap_id": report.tap_id}, {"Retry-After": "1"}
         with self._lock:
-            self._seen[report.tap_id] = line_digest
+            self._seen[key] = line_digest
         pending.stored = True
         pending.done.set()
         self.count("accepted")
         return 201, {"status": "accepted", "tap_id": report.tap_id}, {}
 
-    def _lookup(self, tap_id: str):
+    def _lookup(self, key: tuple[str, str]):
         with self._lock:
-            return self._seen.get(tap_id)
+            return self._seen.get(key)
 
     def _check_touch(self, report):
         with self._lock:
@@ -243,7 +305,9 @@ class TapIntake:
         log.warning("409 touch_already_reported: %s", detail)
         return 409, {"error": "touch_already_reported", "detail": detail, "tap_id": report.tap_id}, {}
 
-    def _duplicate(self, tap_id: str, known, line_digest: bytes) -> tuple[int, dict, dict]:
+    def _duplicate(self, tap_id: str, known, line_digest: bytes, quiet: bool = False) -> tuple[int, dict, dict]:
+        """200 for an identical copy of what this reporter stored under this tap_id, 409 for a
+        changed one (counted and logged unless ``quiet``: the caller answers 429 instead)."""
         if isinstance(known, _Pending):
             known.done.wait(30)
             if not known.stored:
@@ -253,9 +317,11 @@ class TapIntake:
         if known == line_digest:
             self.count("duplicates")
             return 200, {"status": "duplicate", "tap_id": tap_id}, {}
-        self.count("rejected_tap_id_conflict")
-        log.warning("409 tap_id %s already accepted with different content", tap_id)
-        return 409, {"error": "tap_id_conflict", "detail": "another report with this tap_id was accepted", "tap_id": tap_id}, {}
+        if not quiet:
+            self.count("rejected_tap_id_conflict")
+            log.warning("409 tap_id %s already accepted from its reporter with different content", tap_id)
+        return 409, {"error": "tap_id_conflict", "detail": "this user's report with this tap_id was accepted "
+                                                          "with different content", "tap_id": tap_id}, {}
 
     def seen_count(self) -> int:
         return len(self._seen)
@@ -309,11 +375,14 @@ class _Connection(RequestHandler):
         self._refused_transport = None
         self.half_closed = False
         self._payload = None
+        self.deciding = False                            # its request is read and being decided/answered
+        self.evicted = False
+        self.answered = 0                                # requests it has completed
 
     # -- admission -------------------------------------------------------------------------
     def connection_made(self, transport):
         self.client = client_key(transport.get_extra_info("peername"))
-        refusal = self.gateway._admit(self.client)
+        refusal = self.gateway._admit(self)
         if refusal is not None:
             self._refuse(transport, *refusal)
             return
@@ -337,9 +406,35 @@ class _Connection(RequestHandler):
             self._refused_transport = None
             return
         self._cancel_timer()
-        self.gateway._release(self.client)
+        self.gateway._release(self)
         self.admitted = False
         super().connection_lost(exc)
+
+    @property
+    def idle_after_answer(self) -> bool:
+        """A keep-alive connection between requests, having completed at least one."""
+        return self.answered > 0 and self._state == _IDLE
+
+    def evict(self):
+        """Dropped to make room for a newcomer (the gateway is at ``--max-connections``): its slot
+        is given back now, and it gets a 503 ``evicted`` if it is in the middle of a request (an
+        idle one is closed silently, as by the idle timeout)."""
+        self.gateway.count("rejected_evicted")
+        log.debug("evicting the slowest connection, from %s", self.client)
+        self.evicted = True
+        self._cancel_timer()
+        self.gateway._release(self)
+        transport = self.transport
+        if transport is None:
+            return
+        if self._state == _IDLE:
+            self.force_close()
+            return
+        transport.write(_raw_response(503, {"error": "evicted", "detail": "the gateway is full and this connection "
+                                            "was the slowest to send a request; retry"}, {"Retry-After": "1"}))
+        self.force_close()                               # closes once the answer is flushed
+        if transport.get_write_buffer_size():
+            self._loop.call_later(1.0, transport.abort)
 
     # -- the whole-request deadline ----------------------------------------------------------
     def data_received(self, data: bytes):
@@ -396,12 +491,16 @@ class _Connection(RequestHandler):
     def request_finished(self):
         self._state = _IDLE
         self._payload = None
+        self.deciding = False
+        self.answered += 1
+        self.gateway._finished_a_request(self)
 
     def _on_deadline(self):
         self._timer = None
         if self._state != _RECEIVING or self.transport is None:
             return
         self.gateway.count("rejected_request_timeout")
+        self.gateway._refused_request(self.client)
         log.debug("408 request from %s not complete within %.1f s", self.client, self.gateway.config.request_timeout_s)
         transport = self.transport
         transport.write(_raw_response(408, {"error": "request_timeout",
@@ -423,6 +522,8 @@ class _Connection(RequestHandler):
         else:
             status, reason, detail = 400, "bad_http", "the request is not valid HTTP/1.1"
         self.gateway.count(f"rejected_{reason}")
+        if status != 500:
+            self.gateway._refused_request(self.client)
         response = self.gateway._json(status, {"error": reason, "detail": detail})
         response.force_close()
         return response
@@ -458,14 +559,20 @@ class Gateway:
             make_tweet_sink = lambda: FileTweetSink(config.output_dir, FirehoseState(config.output_dir))  # noqa: E731
         limiter = TokenBuckets(config.device_rate, config.device_burst)
         client_limiter = TokenBuckets(config.client_rate or config.device_rate * CLIENT_DEVICES,
-                                      config.client_burst or config.device_burst * CLIENT_DEVICES)
+                                      config.client_burst or config.device_burst * CLIENT_DEVICES,
+                                      max_keys=config.max_client_buckets)
+        self.refusal_limiter = TokenBuckets(config.refusal_rate, config.refusal_burst,
+                                            max_keys=config.max_client_buckets)
         self.intake = TapIntake(self.tap_sink, config.public_keys, True, limiter, self.counters,
-                                self._counters_lock, client_limiter=client_limiter)
+                                self._counters_lock, client_limiter=client_limiter,
+                                refusal_limiter=self.refusal_limiter)
         self.tweet_sink = make_tweet_sink() if config.firehose else None
         self.firehose = FirehoseReplay(config.firehose, self.tweet_sink, config.firehose_rate) if config.firehose else None
         self._sock = socket.create_server((config.host, config.port), backlog=1024)
         self._open = 0
         self._per_client: dict[str, int] = {}
+        # admitted connections, longest without a finished request first (eviction order)
+        self._conns: OrderedDict["_Connection", None] = OrderedDict()
         self._refused: set = set()               # refused connections, until their answer is read
         self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="intake")
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -488,27 +595,64 @@ class Gateway:
     def connections_of(self, client: str) -> int:
         return self._per_client.get(client, 0)
 
+    @property
+    def connections_mid_request(self) -> int:
+        """Open connections that have sent part of a request (read on the event loop's thread)."""
+        for _ in range(100):
+            try:
+                return sum(1 for c in list(self._conns) if c._state != _IDLE)
+            except RuntimeError:                         # changed while copied: copy again
+                continue
+        return -1
+
     def count(self, name: str, n: int = 1):
         with self._counters_lock:
             self.counters[name] += n
 
     # -- connection admission (event loop thread only) -------------------------------------------
-    def _admit(self, client: str):
-        if self._open >= self.config.max_connections:
-            return 503, "overloaded", "too many open connections"
+    def _admit(self, conn: "_Connection"):
+        """None to admit ``conn``, else (status, reason, detail) to refuse it.
+
+        Past the per-address cap a newcomer is refused. Past the global cap, the oldest
+        connection that has not completed a request (the slowest unfinished one: never
+        answered, or mid-request since its last answer) is dropped to make room, so
+        many addresses holding slow connections cannot lock anyone out: the slow ones
+        are the ones that go. If there is none, the keep-alive connection idle longest
+        goes. Only if every connection has a request being decided is the newcomer
+        refused (503)."""
+        client = conn.client
         if self._per_client.get(client, 0) >= self.config.max_connections_per_client:
             return 429, "too_many_connections", "this network address holds too many open connections"
+        if self._open >= self.config.max_connections:
+            victim = next((c for c in self._conns if not c.deciding and not c.idle_after_answer), None)
+            if victim is None:
+                victim = next((c for c in self._conns if not c.deciding), None)
+            if victim is None:
+                return 503, "overloaded", "too many open connections"
+            victim.evict()
         self._open += 1
         self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._conns[conn] = None
         return None
 
-    def _release(self, client: str):
+    def _release(self, conn: "_Connection"):
+        """Give ``conn``'s slot back (once: eviction gives it back before the close completes)."""
+        if self._conns.pop(conn, False) is False:
+            return
         self._open -= 1
-        left = self._per_client.get(client, 0) - 1
+        left = self._per_client.get(conn.client, 0) - 1
         if left > 0:
-            self._per_client[client] = left
+            self._per_client[conn.client] = left
         else:
-            self._per_client.pop(client, None)
+            self._per_client.pop(conn.client, None)
+
+    def _finished_a_request(self, conn: "_Connection"):
+        if conn in self._conns:
+            self._conns.move_to_end(conn)                # its wait for a finished request starts anew
+
+    def _refused_request(self, client: Optional[str]):
+        """A request refused by the HTTP layer also costs its address's refusal budget."""
+        self.intake.charge_refusal(client)
 
     # -- HTTP --------------------------------------------------------------------------------------
     @staticmethod
@@ -533,32 +677,40 @@ class Gateway:
 
     async def _route(self, request: web.BaseRequest, deadline: float) -> web.StreamResponse:
         path, method = request.path, request.method
+        connection: _Connection = request.protocol
+        if method != "POST":
+            connection.deciding = True                   # no body to wait for: it is answered now
         if path == "/v1/taps":
             if method == "POST":
                 return await self._post_tap(request, deadline)
-            return self._method_not_allowed(method, "POST")
+            return self._method_not_allowed(method, "POST", connection)
         if path in ("/healthz", "/metrics"):
             if method != "GET":
-                return self._method_not_allowed(method, "GET")
+                return self._method_not_allowed(method, "GET", connection)
             if path == "/metrics":
                 return self._json(200, self.metrics())
             health = await self._loop.run_in_executor(self._pool, self.health)
             return self._json(200 if health["status"] != "failing" else 503, health)
         self.count("rejected_not_found")
+        self._refused_request(connection.client)
         return self._json(404, {"error": "not_found", "detail": "no such resource"}, close=method != "GET")
 
-    def _method_not_allowed(self, method: str, allow: str) -> web.Response:
+    def _method_not_allowed(self, method: str, allow: str, connection) -> web.Response:
         self.count("rejected_method_not_allowed")
+        self._refused_request(connection.client)
         return self._json(405, {"error": "method_not_allowed", "detail": "this method is not supported here"},
                           {"Allow": allow}, close=True)
 
     async def _post_tap(self, request: web.BaseRequest, deadline: float) -> web.Response:
+        connection: _Connection = request.protocol
         if request.headers.get("Transfer-Encoding") is not None or request.content_length is None:
             self.count("rejected_length_required")
+            self._refused_request(connection.client)
             return self._json(411, {"error": "length_required", "detail": "send the body with a Content-Length"}, close=True)
         length = request.content_length
         if length > self.config.max_body:
             self.count("rejected_body_too_large")
+            self._refused_request(connection.client)
             log.warning("413 body of %d bytes > %d", length, self.config.max_body)
             # the body is not read: closing the connection is cheaper than draining it
             return self._json(413, {"error": "body_too_large",
@@ -568,13 +720,16 @@ class Gateway:
                 body = await request.read()
         except TimeoutError:
             self.count("rejected_request_timeout")
+            self._refused_request(connection.client)
             return self._json(408, {"error": "request_timeout", "detail": "the request was not complete in time"},
                               close=True)
         except Exception:  # noqa: BLE001 - the client went away mid-body (or lied about its length)
-            self.count("rejected_body_incomplete")
+            if not connection.evicted:                   # (an evicted one was answered and counted)
+                self.count("rejected_body_incomplete")
+                self._refused_request(connection.client)
             return self._json(400, {"error": "body_incomplete", "detail": "the body ended before its Content-Length"},
                               close=True)
-        connection: _Connection = request.protocol
+        connection.deciding = True
         status, payload, headers = await self._loop.run_in_executor(
             self._pool, self.intake.submit, request.headers.get("Content-Type"), body, connection.client)
         return self._json(status, payload, headers)

@@ -6,10 +6,12 @@ firehose to ``DIR`` (users, pings, taps, truth), and then writes the firehose
 lines -- v1.1 statuses, v2 objects and delete notices, in event-time order --
 to standard output, each one when the wall clock reaches its event time
 (``--speed 60`` plays an hour in a minute). Piped into the gateway, it is the
-"live stream" the firehose connector hands on::
+"live stream" the firehose connector hands on (``serve`` needs a users registry,
+and one that exists before it starts: the live run is still writing its own)::
 
+    python -m pipelines.generate --output W0 --users 300 --hours 1      # once: the registry
     python -m pipelines.generate --output W --live --speed 60 \\
-      | python -m nfc_gateway serve --output OUT --firehose - --rate 0
+      | python -m nfc_gateway serve --output OUT --users W0/users.jsonl --firehose - --rate 0
 
 The lines are exactly those a file-mode run with the same arguments writes to
 ``tweets.jsonl``; only their timing differs.

@@ -202,11 +202,13 @@ POOL = [signed_report(u, p, seq=s) for s in range(3) for u, p in (("1001", "1002
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(POOL) - 1), st.sampled_from(["same", "moved", "renamed", "forged"])),
+@given(st.lists(st.tuples(st.integers(0, len(POOL) - 1), st.sampled_from(["same", "moved", "renamed", "forged", "foreign"])),
                 max_size=30))
 def test_intake_matches_its_model_for_any_sequence(submissions):
     """201 once per new report, 200 for an identical retry, 409 for a changed one, 422 for
-    a forgery; the store never holds a tap_id or a (user, touch) twice."""
+    a forgery; the store never holds a (user, tap_id) or a (user, touch) twice. A report filed
+under the partner's tap_id ("foreign": valid, signed by its own reporter) never turns the
+partner's genuine report into a 409."""
     import threading
     from collections import Counter
     from nfc_gateway.ratelimit import TokenBuckets
@@ -214,7 +216,7 @@ def test_intake_matches_its_model_for_any_sequence(submissions):
 
     sink = MemoryTapSink()
     intake = TapIntake(sink, PUBKEYS, False, TokenBuckets(1e9, 10**9), Counter(), threading.Lock())
-    stored: dict[str, dict] = {}
+    stored: dict[tuple, dict] = {}       # (user_id, tap_id) -> report
     touches: dict[tuple, str] = {}
     for index, variant in submissions:
         report = dict(POOL[index])
@@ -224,19 +226,22 @@ def test_intake_matches_its_model_for_any_sequence(submissions):
             report["tap_id"] = "renamed-" + report["tap_id"][-8:]
         elif variant == "forged":
             report["proof"] = POOL[(index + 2) % len(POOL)]["proof"]
+        elif variant == "foreign":
+            report["tap_id"] = POOL[index ^ 1]["tap_id"]        # the partner's, same touch
         if variant != "same":
             report = resign(report)      # the reporting phone itself changed it (else: bad_report_sig)
         status, _, _ = intake.submit("application/json", json.dumps(report).encode())
         touch = (report["user_id"], report["nonce"])
-        if report["tap_id"] in stored:
-            expected = 200 if stored[report["tap_id"]] == report else 409
+        key = (report["user_id"], report["tap_id"])
+        if key in stored:
+            expected = 200 if stored[key] == report else 409
         elif touch in touches:
             expected = 409
         elif variant == "forged":
             expected = 422
         else:
             expected = 201
-            stored[report["tap_id"]] = report
+            stored[key] = report
             touches[touch] = report["tap_id"]
         assert status == expected, (variant, report["tap_id"])
     lines = [json.loads(line) for line in sink.lines]
@@ -244,28 +249,71 @@ def test_intake_matches_its_model_for_any_sequence(submissions):
     assert len({(r["user_id"], r["nonce"]) for r in lines}) == len(lines)
 
 
-def test_connections_past_the_limit_get_503_and_cost_no_thread(tmp_path):
+def _read_all(sock) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _wait(condition, what: str, deadline_s: float = 30.0):
+    import time
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_at_the_connection_limit_the_slowest_connection_makes_room(tmp_path):
+    """One slot: a connection that has sent only the start of a request is dropped (503
+    evicted) for the newcomer, whose request is served."""
     import socket
     gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS, max_connections=1)).start()
     try:
-        idle = socket.create_connection(("127.0.0.1", gw.port))      # holds the only slot
-        try:
-            # The 503 comes on accept, before any request is read: a client that sent one
-            # may see a reset instead (its unread request), so this one only listens.
-            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as extra:
-                chunks = []
-                while chunk := extra.recv(65536):
-                    chunks.append(chunk)
-            answer = b"".join(chunks)
-            assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer
-        finally:
-            idle.close()
-        import time
-        deadline = time.monotonic() + 5
-        while gw.open_connections:                                     # the slot is given back
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as slow:   # holds the only slot
+            slow.sendall(b"POST /v1/ta")
+            _wait(lambda: gw.connections_mid_request == 1, "the slow connection's first bytes")
+            assert post(gw.port, signed_report("1001", "1002"))[0] == 201
+            answer = _read_all(slow)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "evicted"
+        _wait(lambda: gw.open_connections == 0, "the slot given back")
         status, metrics = get(gw.port, "/metrics")
-        assert status == 200 and metrics["counters"] == {"rejected_overloaded": 1}
+        assert status == 200 and metrics["counters"] == {"accepted": 1, "rejected_evicted": 1}
     finally:
+        gw.stop()
+
+
+def test_connections_past_the_limit_get_503_when_every_request_is_being_decided(tmp_path):
+    """Nothing slow to drop (the only connection's report is being stored): the newcomer gets
+    503 on accept, before any request is read, and costs no thread."""
+    import socket
+    gw = Gateway(GatewayConfig(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS, max_connections=1)).start()
+    entered, release = threading.Event(), threading.Event()
+    append = gw.intake.sink.append
+
+    def slow_append(line):
+        entered.set()
+        release.wait(30)
+        return append(line)
+
+    gw.intake.sink.append = slow_append
+    result = []
+    poster = threading.Thread(target=lambda: result.append(post(gw.port, signed_report("1001", "1002"))[0]))
+    try:
+        poster.start()
+        assert entered.wait(30)
+        # A client that sent a request may see a reset instead (its unread request), so this one only listens.
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as extra:
+            answer = _read_all(extra)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "overloaded"
+        release.set()
+        poster.join(30)
+        assert result == [201]
+        _wait(lambda: gw.open_connections == 0, "the slot given back")
+        status, metrics = get(gw.port, "/metrics")
+        assert status == 200 and metrics["counters"] == {"accepted": 1, "rejected_overloaded": 1}
+    finally:
+        release.set()
         gw.stop()

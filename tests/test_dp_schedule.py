@@ -121,3 +121,16 @@ def test_cli_without_a_schedule_exits_2_and_with_one_releases_every_hour_of_an_e
     assert len(rows) == 2 * 1030 and {r["metric"] for r in rows} == {"footfall"}
     ledger = read_jsonl_folder(str(out / "privacy_ledger"))
     assert sorted(r["window_start"] for r in ledger) == ["2026-11-20T03:00:00.000Z", "2026-11-20T04:00:00.000Z"]
+
+
+def test_the_kubernetes_job_states_a_valid_release_schedule():
+    """The production Job reads Kafka (no world.json): without its own schedule it would exit 2."""
+    import yaml
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.run import config_from
+    with open(os.path.join(ROOT, "infra", "k8s", "flink-submit-job.yaml"), encoding="utf-8") as handle:
+        job = yaml.safe_load(handle)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    dp = with_release_schedule(config_from(PipelineOptions(args)).dp, None)
+    first, last = dp.schedule()
+    assert (last - first) / 3600 + 1 == 365 * 24

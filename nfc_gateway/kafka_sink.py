@@ -21,7 +21,11 @@ uncommitted window that already landed.
   ``tap_id``. The spool also rebuilds the seen-``tap_id`` set on start.
 * Every record's Kafka timestamp is its event time (the report's ``ts``, the
   tweet's ``created_at``/``timestamp_ms``): the pipeline reads CreateTime as
-  event time, so a replayed firehose lands in the right windows.
+  event time, so a replayed firehose lands in the right windows. Never beyond the
+  gateway's clock plus ``pipelines.kafka_tools.MAX_CREATE_TIME_AHEAD_S`` (300 s):
+  a record stamped further ahead (2099) is sent unchanged with the gateway's clock
+  as its CreateTime (``kafka_tools.create_time_ms``, applied by ``produce_all``), so
+  it cannot drag the pipeline's watermark; the pipeline dead-letters it by its own time.
 * Tweets: each firehose batch is committed in Kafka before the source offset
   is committed; records are keyed by nothing (the broker spreads them).
 """

@@ -6,6 +6,13 @@ No Beam here: these talk to the broker directly.
   one message per line, the message timestamp (Kafka CreateTime) set to the record's
   event time so that a Beam read with ``create_time_policy`` sees event time -- for the
   pipeline's inputs read exactly as the pipeline reads them (:func:`record_time_ms`).
+  Lines are read by the pipeline's one line reader (``pipelines.lines``: bounded memory,
+  a damaged ``.gz`` or over-long line sent as its kept first bytes, so it is a dead letter).
+* No CreateTime is ever set beyond the producer's clock plus ``MAX_CREATE_TIME_AHEAD_S``
+  (:func:`create_time_ms`): KafkaIO's watermark follows CreateTime, and one record stamped
+  2099 would make every genuine record after it late. Such a record is sent unchanged --
+  the pipeline dead-letters it by its own time -- with its neighbour's time (files) or the
+  producer's clock (the gateway) as CreateTime.
 * :func:`consume` reads a topic from the beginning until N messages or a timeout.
 * :func:`snapshot_topic` reads everything a topic holds right now (bounded).
 * :func:`create_topics` creates topics if missing.
@@ -20,7 +27,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import math
@@ -30,8 +36,12 @@ import sys
 import time
 from typing import Iterable, Iterator
 
+from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
+
 DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 WORLD_KINDS = ("users", "pings", "taps", "tweets")
+# How far ahead of the producer's clock a CreateTime may be (the pipeline's --max_event_future_s).
+MAX_CREATE_TIME_AHEAD_S = DEFAULT_MAX_EVENT_FUTURE_S
 
 def parse_time_ms(value) -> int | None:
     """Epoch milliseconds from an RFC 3339 string, a Twitter v1.1 date, or epoch s/ms.
@@ -91,16 +101,51 @@ def record_time_ms(kind: str, line) -> int | None:
 
 
 def read_lines(path: str) -> Iterator[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-        for line in fh:
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield line
+    """The non-blank lines of a ``.jsonl``/``.jsonl.gz`` file as str (bytes that are not UTF-8
+    kept as surrogate escapes, sent back as the same bytes), read by ``pipelines.lines``, the
+    pipeline's one line reader: bounded memory, a BOM dropped. A line it could not read whole
+    (over-long, a damaged ``.gz``) is sent as its kept first bytes -- not JSON, so the pipeline
+    dead-letters it -- and logged with the reason."""
+    from pipelines.lines import DamagedLine, iter_lines
+    for line in iter_lines(path):
+        if isinstance(line, DamagedLine):
+            logging.getLogger(__name__).warning("%s: %s", path, line.error)
+            line = line.raw
+            if not line.strip():
+                continue
+        elif not line.strip():
+            continue
+        yield line.decode("utf-8", errors="surrogateescape")
 
 
-def timestamped(lines: Iterable[str], kind: str | None = None) -> Iterator[tuple[str, int | None]]:
+def too_far_ahead(ms: int | None, now_ms: int | None = None, max_ahead_s: float = MAX_CREATE_TIME_AHEAD_S) -> bool:
+    """Whether event time ``ms`` lies more than ``max_ahead_s`` ahead of the clock ``now_ms``
+    (default: this producer's wall clock)."""
+    if ms is None:
+        return False
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return ms > now_ms + int(max_ahead_s * 1000)
+
+
+def create_time_ms(ms: int | None, now_ms: int | None = None,
+                   max_ahead_s: float = MAX_CREATE_TIME_AHEAD_S) -> int | None:
+    """The Kafka CreateTime for a record of event time ``ms``: ``ms`` itself, unless it is more
+    than ``max_ahead_s`` ahead of the producer's clock ``now_ms`` (default: the wall clock),
+    then the clock -- never beyond it plus the skew. The record is sent unchanged, so the
+    pipeline still dead-letters it by its own time. None stays None (the broker's now)."""
+    if ms is None:
+        return None
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return now_ms if too_far_ahead(ms, now_ms, max_ahead_s) else ms
+
+
+def timestamped(lines: Iterable[str], kind: str | None = None, now_ms: int | None = None,
+                max_ahead_s: float = MAX_CREATE_TIME_AHEAD_S) -> Iterator[tuple[str, int | None]]:
     """(line, timestamp_ms): the record's event time, else the previous record's.
+
+    A record more than ``max_ahead_s`` ahead of the clock ``now_ms`` (default: the wall
+    clock at the start) counts as undatable: it takes its neighbour's time, so a 2099 line
+    never moves a reader's watermark (the pipeline dead-letters it by its own time).
 
     ``kind`` (``pings``, ``taps``, ``tweets``) reads it as the pipeline will
     (:func:`record_time_ms`); without one, by the usual fields (:func:`event_time_ms`).
@@ -109,6 +154,7 @@ def timestamped(lines: Iterable[str], kind: str | None = None) -> Iterator[tuple
     that opens with a compliance message still replays in event time); unparseable
     lines are passed through too (the pipeline dead-letters them).
     """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     pending: list[str] = []
     last: int | None = None
     for line in lines:
@@ -119,6 +165,8 @@ def timestamped(lines: Iterable[str], kind: str | None = None) -> Iterator[tuple
                 ms = event_time_ms(json.loads(line))
             except (ValueError, RecursionError):
                 ms = None
+        if too_far_ahead(ms, now_ms, max_ahead_s):
+            ms = None
         if ms is None:
             ms = last
         else:
@@ -160,7 +208,9 @@ def produce_all(producer, topic: str, items: Iterable[tuple], timeout_s: float =
     acknowledged; raises ``RuntimeError`` naming the first delivery error. Returns the count.
 
     A full local queue is drained by serving delivery reports, so memory stays
-    bounded however many items come. ``timestamp_ms`` None means the broker's now.
+    bounded however many items come. ``timestamp_ms`` None means the broker's now; one
+    more than ``MAX_CREATE_TIME_AHEAD_S`` ahead of this producer's clock is sent as the
+    clock (:func:`create_time_ms`: every producer here and in the gateway goes through this).
     """
     errors: list = []
 
@@ -172,7 +222,7 @@ def produce_all(producer, topic: str, items: Iterable[tuple], timeout_s: float =
     for key, value, timestamp_ms, headers in items:
         while True:
             try:
-                producer.produce(topic, value=value, key=key, timestamp=timestamp_ms or 0,
+                producer.produce(topic, value=value, key=key, timestamp=create_time_ms(timestamp_ms) or 0,
                                  headers=headers, on_delivery=delivered)
                 break
             except BufferError:

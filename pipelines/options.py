@@ -78,6 +78,10 @@ class TapFollowOptions(PipelineOptions):
                                  "within this many seconds of event time")
         parser.add_argument("--stream_seed", type=int, default=7,
                             help="--streaming from files: seed of the delivery shuffle")
+        parser.add_argument("--max_event_future_s", type=float, default=300.0,
+                            help="an event (ping, tap, tweet, delete) stamped more than this many seconds "
+                                 "ahead of the worker's wall clock is a dead letter, in batch and "
+                                 "streaming, and never moves the watermark (default 300)")
         parser.add_argument("--world_users", type=int, default=300,
                             help="size of the default synthetic world (no --input)")
         parser.add_argument("--world_hours", type=int, default=6)

@@ -54,6 +54,7 @@ class RunConfig:
     kafka_expansion_service: str | None = None
     stream_disorder_s: float = 5.0
     stream_seed: int = 7
+    max_event_future_s: float = 300.0   # ParseInputs' rule on event times ahead of the run's clock
 
 
 def config_from(options: PipelineOptions) -> RunConfig:
@@ -61,6 +62,8 @@ def config_from(options: PipelineOptions) -> RunConfig:
     streaming = bool(options.view_as(StandardOptions).streaming)
     if project.stream_disorder_s < 0:
         raise ConfigError(f"--stream_disorder_s must be >= 0, got {project.stream_disorder_s}")
+    if not project.max_event_future_s >= 0:
+        raise ConfigError(f"--max_event_future_s must be >= 0, got {project.max_event_future_s}")
     if project.source == "kafka" and not streaming:
         raise ConfigError("--source kafka reads unbounded topics: add --streaming")
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
@@ -80,6 +83,7 @@ def config_from(options: PipelineOptions) -> RunConfig:
         kafka_expansion_service=project.kafka_expansion_service,
         stream_disorder_s=project.stream_disorder_s,
         stream_seed=project.stream_seed,
+        max_event_future_s=project.max_event_future_s,
     )
 
 
@@ -99,7 +103,8 @@ def read_inputs(pipeline, cfg: RunConfig):
         # (DirectRunner's streaming mode cannot run the SDF file reader).
         users = pipeline | "UsersSnapshot" >> beam.Create(
             [sources.as_element("users", line) for path in files["users"] for line in sources.read_lines(path)])
-        events = sources.stream_from_files(pipeline, files, cfg.stream_disorder_s, cfg.stream_seed)
+        events = sources.stream_from_files(pipeline, files, cfg.stream_disorder_s, cfg.stream_seed,
+                                           max_future_s=cfg.max_event_future_s)
     else:
         users = pipeline | "ReadUsers" >> sources.ReadKindFromFiles("users", files["users"])
         reads = [pipeline | f"Read{kind.title()}" >> sources.ReadKindFromFiles(kind, files[kind])
@@ -122,7 +127,8 @@ def build(pipeline, cfg: RunConfig) -> dict[str, str]:
     # One record per user and per tweet id, and only registered users' pings, before any step uses them.
     registry = parsed_users["users"] | "MergeRegistry" >> MergeRegistry(origins["users"])
     users = registry["users"]
-    parsed = events_raw | "ParseEvents" >> ParseInputs(origins, with_raw=("tweets", "pings"))
+    parsed = events_raw | "ParseEvents" >> ParseInputs(origins, with_raw=("tweets", "pings"),
+                                                       max_future_s=cfg.max_event_future_s)
     tweets = parsed["tweets"] | "DedupeTweets" >> DedupeTweets(origins["tweets"], dedupe_horizon_s(cfg))
     pings = ({"pings": parsed["pings"], "users": users}
              | "KeepRegisteredPings" >> KeepRegisteredPings(origins["pings"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 
 import apache_beam as beam
 from apache_beam.testing.test_stream import TestStream
@@ -19,6 +20,7 @@ from apache_beam.transforms.window import TimestampedValue
 from pipelines.errors import ConfigError
 from pipelines.lines import DamagedLine, InputFileError, check_input_file, iter_lines
 from schemas.parse import SOURCES, parse_line
+from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S, ahead_of_clock
 
 EVENT_KINDS = tuple(kind for kind in SOURCES if kind != "users")
 
@@ -116,24 +118,39 @@ def replay_schedule(events, disorder_s: float, seed: int, step_s: float = 600.0)
         yield "elements", batch
 
 
-def peek_event_time(kind: str, line, previous: float) -> float:
-    """Event time used to schedule a raw line; a line that will be rejected keeps its neighbour's."""
+def peek_event_time(kind: str, line, previous: float, now: float | None = None,
+                    max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S) -> float:
+    """Event time used to schedule a raw line; a line that will be rejected keeps its neighbour's.
+
+    That includes a line stamped more than ``max_future_s`` ahead of ``now`` (the clock
+    ParseInputs judges it by, default the wall clock): ParseInputs dead-letters it, and
+    its time must not move the replay's watermark (a 2099 line would make every genuine
+    line after it late)."""
     if isinstance(line, DamagedLine):
         return previous
     try:
-        return parse_line(kind, line).ts
+        ts = parse_line(kind, line).ts
     except Exception:  # noqa: BLE001 - rejected (or a parser bug): ParseInputs dead-letters it
         return previous
+    clock = time.time() if now is None else now
+    return previous if ahead_of_clock(ts, clock, max_future_s) is not None else ts
 
 
-def stream_from_files(pipeline, files: dict[str, list[str]], disorder_s: float, seed: int):
-    """Unbounded ``(kind, line)`` from the event files, in event time (DirectRunner)."""
+def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
+                 max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None):
+    """The replay's TestStream steps (see :func:`replay_schedule`) for the event files.
+
+    Judged against ``now`` (default: the wall clock when the schedule is built), a line
+    stamped more than ``max_future_s`` ahead is scheduled at its neighbour's time like any
+    other line ParseInputs will reject; ParseInputs judges later, by a clock no earlier,
+    so such a line is a dead letter there and never advances the watermark here."""
+    now = time.time() if now is None else now
     events, first = [], None
     for kind in EVENT_KINDS:
         previous = None
         for path in files[kind]:
             for line in read_lines(path):
-                event_time = peek_event_time(kind, line, previous)
+                event_time = peek_event_time(kind, line, previous, now, max_future_s)
                 if event_time is not None:
                     previous = event_time
                     first = event_time if first is None else min(first, event_time)
@@ -141,8 +158,14 @@ def stream_from_files(pipeline, files: dict[str, list[str]], disorder_s: float, 
     for event in events:  # a leading run of bad lines takes the earliest time seen
         if event[0] is None:
             event[0] = first if first is not None else 0.0
+    return replay_schedule([tuple(e) for e in events], disorder_s, seed)
+
+
+def stream_from_files(pipeline, files: dict[str, list[str]], disorder_s: float, seed: int,
+                      max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None):
+    """Unbounded ``(kind, line)`` from the event files, in event time (DirectRunner): :func:`replay_steps`."""
     stream = TestStream()
-    for step, value in replay_schedule([tuple(e) for e in events], disorder_s, seed):
+    for step, value in replay_steps(files, disorder_s, seed, max_future_s, now):
         if step == "elements":
             stream.add_elements(value)
         else:

@@ -113,3 +113,20 @@ def format_rfc3339(seconds: float) -> str:
     millis = int(round(seconds * 1000))
     moment = _dt.datetime.fromtimestamp(millis // 1000, tz=_UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+
+
+# How far an event time may lie ahead of the clock where it is judged (the worker's wall
+# clock in ParseInputs, the producer's when a Kafka CreateTime is set): phone clocks drift a
+# little, but no genuine record lies in the future. The pipeline's ``--max_event_future_s``.
+DEFAULT_MAX_EVENT_FUTURE_S = 300.0
+
+
+def ahead_of_clock(ts: float, now: float, max_future_s: float) -> str | None:
+    """Why ``ts`` may not be used as an event time at clock ``now`` (more than ``max_future_s``
+    ahead of it), or None when it may."""
+    ahead = ts - now
+    if ahead <= max_future_s:
+        return None
+    return (f"event time {format_rfc3339(ts)} is {ahead:.3f} s ahead of the clock {format_rfc3339(now)} "
+            f"(max_event_future_s={max_future_s:g}): a future time would move the watermark past every "
+            "genuine record")

@@ -7,9 +7,18 @@ reader could not read whole (``pipelines.lines``: over-long, a damaged ``.gz``).
 its typed collection, or ``dead_letters`` with a specific reason, and is
 counted (``read.<kind>``, ``parsed.<kind>``, ``rejected.<kind>``), so the
 counts in ``run_summary.json`` add up.
+
+One rule for every input kind, batch and streaming: a record whose event time is
+more than ``max_future_s`` (``--max_event_future_s``, default 300 s) ahead of the
+run's clock -- this worker's wall clock when the record is judged -- is a dead
+letter ("event time ... is ... s ahead of the clock ...", also counted as
+``future.<kind>``). No genuine ping, tap, tweet or delete lies in the future, and
+one stamped 2099 would otherwise move the streaming watermark past every genuine
+record after it.
 """
 from __future__ import annotations
 
+import time
 import typing
 
 import apache_beam as beam
@@ -19,6 +28,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas.errors import InvalidRecord
 from schemas.parse import SOURCES, parse_line
 from schemas.records import DeadLetter, Ping, TapReport, Tweet, TweetDelete, User
+from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S, ahead_of_clock
 
 METRICS_NAMESPACE = "tapfollow"
 OUTPUTS = ("users", "pings", "taps", "tweets", "deletes")
@@ -53,7 +63,8 @@ def writable(text: str) -> str:
 
 
 def classify(kind: str, origin: str, line):
-    """(tag, value) for one raw line: the typed record, or a DeadLetter."""
+    """(tag, value) for one raw line: the typed record, or a DeadLetter (the event-time rule
+    against the run's clock is ``_ParseLineFn``'s, see the module's docstring)."""
     try:
         record = parse_line(kind, line)
         return _TAG_OF_TYPE[type(record)], record
@@ -70,15 +81,18 @@ def _identity(value):
 
 
 class _ParseLineFn(beam.DoFn):
-    def __init__(self, origins: dict[str, str], with_raw: frozenset = frozenset()):
+    def __init__(self, origins: dict[str, str], with_raw: frozenset = frozenset(),
+                 max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, clock=None):
         self._origins = origins
         self._with_raw = with_raw
+        self._max_future_s = max_future_s
+        self._clock = clock  # None: this worker's wall clock (tests pass a fixed one)
         self._counters = {}
 
     def setup(self):
         self._counters = {
             (stage, kind): Metrics.counter(METRICS_NAMESPACE, f"{stage}.{kind}")
-            for kind in SOURCES for stage in ("read", "parsed", "rejected")
+            for kind in SOURCES for stage in ("read", "parsed", "rejected", "future")
         }
         self._unknown = Metrics.counter(METRICS_NAMESPACE, "rejected.unknown_kind")
 
@@ -95,6 +109,13 @@ class _ParseLineFn(beam.DoFn):
                 source=self._origins[kind], error=writable(element[2]), raw=raw_text(line))
         else:
             tag, value = classify(kind, self._origins[kind], line)
+            if tag not in ("dead_letters", "users"):  # the one rule on event times, for every kind
+                now = time.time() if self._clock is None else self._clock()
+                problem = ahead_of_clock(value.ts, now, self._max_future_s)
+                if problem is not None:
+                    self._counters["future", kind].inc()
+                    tag, value = "dead_letters", DeadLetter(source=self._origins[kind], error=problem,
+                                                            raw=raw_text(line))
         if tag == "dead_letters":
             self._counters["rejected", kind].inc()
             yield beam.pvalue.TaggedOutput(tag, value)
@@ -112,17 +133,24 @@ class ParseInputs(beam.PTransform):
     ``origins`` names, per kind, where its lines came from (a file or a topic):
     that name is the dead letter's ``source``. The outputs named in ``with_raw``
     carry ``(record, raw line)`` pairs instead of records, for a later step that
-    may still dead-letter the record (a duplicate, an unknown user).
+    may still dead-letter the record (a duplicate, an unknown user). ``max_future_s``:
+    how far an event time may lie ahead of the run's clock (``clock``, default the
+    worker's wall clock ``time.time``; a fixed one for tests).
     """
 
-    def __init__(self, origins: dict[str, str], with_raw: tuple = ()):
+    def __init__(self, origins: dict[str, str], with_raw: tuple = (),
+                 max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, clock=None):
         super().__init__()
+        if not max_future_s >= 0:
+            raise ValueError(f"max_future_s={max_future_s}: must be >= 0 seconds")
         self._origins = dict(origins)
         self._with_raw = frozenset(with_raw)
+        self._max_future_s = float(max_future_s)
+        self._clock = clock
 
     def expand(self, raw_lines):
         tagged = raw_lines | "ParseAndValidate" >> beam.ParDo(
-            _ParseLineFn(self._origins, self._with_raw)).with_outputs(*OUTPUTS, "dead_letters")
+            _ParseLineFn(self._origins, self._with_raw, self._max_future_s, self._clock)).with_outputs(*OUTPUTS, "dead_letters")
         # Tagged outputs carry no element type; naming it lets runners use RowCoder.
         types = dict(_TYPE_OF_TAG, dead_letters=DeadLetter)
         for tag in self._with_raw:

@@ -180,9 +180,9 @@ def test_kafka_tools_reads_lines_with_the_pipelines_bounded_reader(tmp_path):
     # the BOM is dropped, the over-long line is sent as its first 64 KiB (a dead letter downstream), not held whole
     assert lines[:2] == ['{"a": 1}', '{"a": 2}'] and lines[3] == '{"a": 3}'
     assert len(lines[2]) == 64 * 1024 and lines[2].startswith('{"b": "xxx')
-    cut = tmp_path / "cut.jsonl.gz"
-    cut.write_bytes(gzip.compress(b'{"a": 1}\n{"a": 2}\n' * 1000)[:60])
-    assert list(kafka_tools.read_lines(str(cut)))[-1:] != []   # a truncated .gz ends, no exception
+    cut = tmp_path / "cut.jsonl.gz"          # a truncated copy: the readable lines, then a logged end
+    cut.write_bytes(gzip.compress(b'{"a": 1}\n{"a": 2}\n')[:-4])
+    assert list(kafka_tools.read_lines(str(cut))) == ['{"a": 1}', '{"a": 2}']
 
 
 # ---- the whole pipeline: genuine records give the outputs of the world without the 2099 lines ----

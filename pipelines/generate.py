@@ -5,8 +5,8 @@
                                  [--live [--speed X]]
 
 Same arguments, byte-identical files. ``--live`` writes the firehose to
-standard output as it happens instead of to ``tweets.jsonl`` (the world starts
-now unless ``--start`` is given; see ``synthetic.live``). See ``synthetic.world`` for what is
+standard output as it happens instead of to ``tweets.jsonl`` (the world is the
+``--hours`` that have just ended unless ``--start`` is given; see ``synthetic.live``). See ``synthetic.world`` for what is
 written and the formats of ``DIR/truth/``. Exit status 0 on success, 2 with a
 one-line reason on stderr for a bad argument or an unwritable output.
 """
@@ -36,14 +36,14 @@ def parse_args(argv):
     parser.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"platform users (default {DEFAULT_USERS})")
     parser.add_argument("--hours", type=float, default=DEFAULT_HOURS, help=f"hours of activity (default {DEFAULT_HOURS:g})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
-    parser.add_argument("--start", default=None, help=f"RFC 3339 start of the window (default {DEFAULT_START}; with --live, now)")
+    parser.add_argument("--start", default=None, help=f"RFC 3339 start of the window (default {DEFAULT_START}; with --live, now minus --hours)")
     parser.add_argument("--adversarial", action="store_true",
                         help="add forged/replayed/one-sided taps and unparseable lines, labelled in truth/")
     parser.add_argument("--gzip", action="store_true", help="write the input files as NAME.jsonl.gz")
     parser.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     parser.add_argument("--live", action="store_true",
                         help="stream the firehose to stdout in event time instead of writing tweets.jsonl "
-                             "(the world starts now unless --start is given)")
+                             "(the world is the --hours just ended unless --start is given)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="with --live: event seconds per wall second (default 1; 0 = no waiting)")
     return parser.parse_args(argv)
@@ -57,8 +57,11 @@ def main(argv=None) -> int:
     if verbose and args.users * args.hours >= PROGRESS_FROM_USER_HOURS:
         progress = lambda message: print(f"  {message} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
     hours = int(args.hours) if float(args.hours).is_integer() else float(args.hours)
+    # Live, the world is the one that has just ended: its firehose is replayed in
+    # event-time rhythm, and no record (ping, tap, tweet) is dated ahead of the wall
+    # clock, which the pipeline and the gateway refuse (--max_event_future_s).
     start = args.start if args.start is not None else (
-        float(int(time.time())) if args.live else DEFAULT_START)
+        float(int(time.time() - hours * 3600)) if args.live else DEFAULT_START)
     firehose = None
     try:
         # Refuse bad arguments before the slow imports below (Beam comes with the records).

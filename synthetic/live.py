@@ -1,11 +1,12 @@
 """The generator's live firehose: a world's tweets written to a stream as they happen.
 
 ``python -m pipelines.generate --output DIR --live [--speed X]`` builds the
-world starting *now* (unless ``--start`` is given), writes everything but the
-firehose to ``DIR`` (users, pings, taps, truth), and then writes the firehose
-lines -- v1.1 statuses, v2 objects and delete notices, in event-time order --
-to standard output, each one when the wall clock reaches its event time
-(``--speed 60`` plays an hour in a minute). Piped into the gateway, it is the
+world of the ``--hours`` that have just ended (unless ``--start`` is given: no
+record is dated ahead of the wall clock, which the pipeline and the gateway
+refuse), writes everything but the firehose to ``DIR`` (users, pings, taps,
+truth), and then writes the firehose lines -- v1.1 statuses, v2 objects and
+delete notices, in event-time order -- to standard output in their event-time
+rhythm from the moment it starts (``--speed 60`` plays an hour in a minute). Piped into the gateway, it is the
 "live stream" the firehose connector hands on (``serve`` needs a users registry,
 and one that exists before it starts: the live run is still writing its own)::
 

@@ -133,6 +133,25 @@ def test_live_mode_removes_a_stale_firehose_file(tmp_path):
     assert out and not (tmp_path / "tweets.jsonl").exists() and not (tmp_path / "tweets.jsonl.gz").exists()
 
 
+def test_a_live_world_without_start_is_the_one_just_ended_so_nothing_is_ahead_of_the_clock(tmp_path):
+    """The pipeline and the gateway refuse events dated ahead of the clock (max_event_future_s):
+    a live world that started now would date its last hour of pings, taps and tweets in the future."""
+    before = time.time()
+    proc = _generate("--output", str(tmp_path), "--users", "20", "--hours", "1", "--live", "--speed", "0", "--quiet")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    from schemas.parse import parse_line
+    times = []
+    for kind, lines in (("pings", (tmp_path / "pings.jsonl").read_text().splitlines()),
+                        ("taps", (tmp_path / "taps.jsonl").read_text().splitlines()),
+                        ("tweets", out.decode().splitlines())):
+        for line in lines:
+            record = parse_line(kind, line)
+            times.append(record.ts)
+    assert times and max(times) <= time.time()
+    assert min(times) >= before - 3600 - 1             # and it is the hour that has just ended
+
+
 @pytest.mark.parametrize("args, reason", [
     (["--live", "--speed", "-2"], "--speed must be >= 0"),
     (["--live", "--speed", "nan"], "--speed must be >= 0"),

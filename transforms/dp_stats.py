@@ -618,7 +618,7 @@ class ReleaseDpStatistics(beam.PTransform):
         # The schedule, not the data, decides which hours exist: one empty tick per scheduled
         # hour (a bounded source, so in streaming each hour still waits for the watermark).
         ticks = (inputs["users"].pipeline
-                 | "ScheduledHours" >> beam.Create(hours)
+                 | "ScheduledHours" >> beam.Create(hours, reshuffle=False)
                  | "HourTicks" >> beam.Map(_hour_tick)
                  | "TickWindows" >> beam.WindowInto(window.FixedWindows(acct.HOUR_S)))
         released = ((user_hours, ticks)

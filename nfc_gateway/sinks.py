@@ -18,13 +18,12 @@ write-ahead spool and a scan of the topic's tail on start.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from nfc_gateway.spool import DurableLog, fsync_dir, read_lines, write_json_atomic
+from nfc_gateway.spool import DurableLog, fsync_dir, read_lines, write_all, write_json_atomic
 
 STATE_DIR = ".gateway"
 
@@ -116,12 +115,7 @@ class FileTweetSink:
         try:
             if os.fstat(self._fd).st_size != self.size:
                 self._cut_back()
-            view = memoryview(data)
-            while view:
-                written = self._write(self._fd, view)
-                if written <= 0:
-                    raise OSError(errno.EIO, "write made no progress")
-                view = view[written:]
+            write_all(self._write, self._fd, data)
             os.fsync(self._fd)
             # the output and the committed state must agree: if the commit fails, the
             # batch is not committed and is cut back like a failed write

@@ -89,6 +89,17 @@ class SpoolUnavailable(OSError):
     """The spool cannot take a line now (disk full, I/O error, closed); nothing of it is stored."""
 
 
+def write_all(write, fd: int, data: bytes) -> None:
+    """``write(fd, view)`` until all of ``data`` is written (``os.write`` may write less);
+    OSError when a write makes no progress."""
+    view = memoryview(data)
+    while view:
+        written = write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+
+
 class DurableLog:
     """An append-only JSONL file with group-committed fsync.
 
@@ -157,12 +168,7 @@ class DurableLog:
             return future.result()
 
     def _write_all(self, data: bytes):
-        view = memoryview(data)
-        while view:
-            written = self._write(self._fd, view)
-            if written <= 0:
-                raise OSError(errno.EIO, "write made no progress")
-            view = view[written:]
+        write_all(self._write, self._fd, data)
 
     def _repair(self):
         """Cut the file back to the confirmed size (caller holds ``_io``)."""

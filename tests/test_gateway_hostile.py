@@ -7,38 +7,15 @@ from __future__ import annotations
 
 import errno
 import json
-import socket
 import threading
-import time
 
 import pytest
 
-from nfc_gateway.service import Gateway, GatewayConfig, client_key
+from nfc_gateway.service import client_key
 from nfc_gateway.spool import DurableLog, read_lines
-from nfc_gateway.testing import PUBKEYS, connect, get, post, raw_request, read_until_closed, signed_report
+from nfc_gateway.testing import connect, get, post, raw_request, read_until_closed, signed_report
+from tests.gateway_helpers import DEADLINE_S, counters, start, stored, wait_for
 
-DEADLINE_S = 60.0          # generous: CI is a loaded 2-core machine
-
-
-def wait_for(condition, what: str, deadline_s: float = DEADLINE_S, step: float = 0.02):
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(step)
-
-
-def start(tmp_path, **overrides) -> Gateway:
-    config = dict(port=0, output_dir=str(tmp_path), public_keys=PUBKEYS, device_rate=1000, device_burst=1000)
-    config.update(overrides)
-    return Gateway(GatewayConfig(**config)).start()
-
-
-def counters(gw) -> dict:
-    return get(gw.port, "/metrics")[1]["counters"]
-
-
-def stored(gw) -> list[dict]:
-    return [json.loads(line) for _, line in read_lines(gw.tap_sink.path)]
 
 
 POST_HEAD = (b"POST /v1/taps HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"

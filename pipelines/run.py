@@ -119,8 +119,11 @@ def dedupe_horizon_s(cfg: RunConfig) -> float:
     return max(cfg.alerts.allowed_lateness_s, float(cfg.dp.late_count_horizon_s)) + 3600.0
 
 
-def build(pipeline, cfg: RunConfig) -> dict[str, str]:
-    """Wire sources, the three business steps and the sinks onto ``pipeline``; returns the inputs' origins."""
+def build(pipeline, cfg: RunConfig, noise=None) -> dict[str, str]:
+    """Wire sources, the three business steps and the sinks onto ``pipeline``; returns the inputs' origins.
+
+    ``noise`` replaces the statistics' noise (code only, never a flag: tests and
+    ``tools.same_outputs`` pass ``NoNoiseForTests`` to compare exact values)."""
     out = lambda folder: os.path.join(cfg.output_dir, folder)  # noqa: E731
     users_raw, events_raw, origins = read_inputs(pipeline, cfg)
     parsed_users = users_raw | "ParseUsers" >> ParseInputs(origins, with_raw=("users",))
@@ -140,7 +143,7 @@ def build(pipeline, cfg: RunConfig) -> dict[str, str]:
                   "taps": events["taps"], "follows": follow_out["follows"], "users": users}
                  | "FanOutGeofencedAlerts" >> FanOutGeofencedAlerts(cfg.alerts))
     dp_out = ({"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "users": users}
-              | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp, live=cfg.source == "kafka"))
+              | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp, noise=noise, live=cfg.source == "kafka"))
 
     follows = follow_out["follows"] | "CountFollows" >> sinks.CountEmitted("follows")
     alerts = alert_out["alerts"] | "CountAlerts" >> sinks.CountEmitted("alerts")

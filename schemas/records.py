@@ -5,16 +5,16 @@ Inputs (``User``, ``Ping``, ``TapReport``, ``Tweet``, ``TweetDelete``) come out 
 go to the sinks of ``shared/CONTRACTS.md``. Times are float epoch seconds (UTC)
 inside the pipeline (see ``schemas.timefmt``) and RFC 3339 in files.
 
-Each record is registered with Beam's ``RowCoder`` (so runners move it as a
-schema'd row, not a pickle), and ``arrow_schema(Record)`` gives its Arrow
-schema, derived from the same annotations so the two never disagree.
+No engine is imported here: the Beam adapter registers each record with Beam's
+``RowCoder`` (``transforms/__init__.py``: runners move it as a schema'd row, not
+a pickle), and ``arrow_schema(Record)`` gives its Arrow schema, derived from the
+same annotations so the two never disagree.
 """
 from __future__ import annotations
 
 import typing
 from typing import List, NamedTuple, Optional
 
-import apache_beam as beam
 import pyarrow as pa
 
 from schemas.timefmt import format_rfc3339
@@ -114,9 +114,10 @@ class DeadLetter(NamedTuple):
     raw: str                     # the input as received
 
 
+# Every record an engine moves between steps. The engine adapters give each one their
+# schema'd coder (Beam: ``transforms/__init__.py`` registers ``RowCoder``); nothing here
+# imports an engine, so a worker without Beam reads and writes these records.
 ALL_RECORDS = (User, Ping, TapReport, Tweet, TweetDelete, Follow, Alert, Statistic, DeadLetter)
-for _record in ALL_RECORDS:
-    beam.coders.registry.register_coder(_record, beam.coders.RowCoder)
 
 # Fields holding event time; sinks write them as RFC 3339.
 TIME_FIELDS = frozenset({"ts", "established_at", "window_start", "window_end"})

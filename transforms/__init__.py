@@ -20,3 +20,12 @@ window; each step windows as its logic needs.
 """
 
 import schemas  # noqa: F401,E402 -- installs the Beam import-noise filter first (schemas/quiet.py)
+
+import apache_beam as beam  # noqa: E402
+
+from schemas.records import ALL_RECORDS  # noqa: E402
+
+# The records cross every Beam step as schema'd rows, not pickles. Registered here, in
+# the Beam adapter, so that the records themselves import no engine.
+for _record in ALL_RECORDS:
+    beam.coders.registry.register_coder(_record, beam.coders.RowCoder)

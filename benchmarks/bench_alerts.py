@@ -88,7 +88,7 @@ def peak_rss_mb() -> float:
 
 def child_core(n, args):
     from transforms.alerts import AlertParams, fan_out
-    from transforms.locations import report_from_ping, report_from_tweet
+    from core.locations import report_from_ping, report_from_tweet
     users, pings, follows, tweets = make_batch(n, args.venues, args.chatter, args.seed)
     params = AlertParams()
     settle()
@@ -101,7 +101,7 @@ def child_core(n, args):
 def child_brute(n, args):
     from transforms.alerts import AlertParams, find_happenings
     from transforms.geo import distance_m
-    from transforms.locations import current_location, report_from_ping, report_from_tweet
+    from core.locations import current_location, report_from_ping, report_from_tweet
     users, pings, _follows, tweets = make_batch(n, args.venues, args.chatter, args.seed)
     params = AlertParams()
     happenings = find_happenings(tweets, params)

@@ -50,9 +50,9 @@ import h3
 from schemas.parse import parse_line
 from schemas.records import Ping, TapReport, Tweet
 from schemas.service_area import public_cells
-from transforms import dp_accounting as acct
-from transforms import dp_bounding as bnd
-from transforms.dp_noise import SecureGaussianNoise
+from core import dp_accounting as acct
+from core import dp_bounding as bnd
+from core.dp_noise import SecureGaussianNoise
 from transforms.dp_stats import DpParams, release_window
 
 RES = 8

@@ -44,7 +44,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import h3
 
-from transforms.dp_accounting import day_of, hour_start
+from core.dp_accounting import day_of, hour_start
 
 PING, TWEET, TOUCH = "ping", "tweet", "touch"
 UNKNOWN_BAND = "unknown"

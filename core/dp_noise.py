@@ -5,7 +5,7 @@ from ``pydp``'s ``GaussianMechanism`` (Google's C++ differential-privacy
 library), which samples with a cryptographically secure generator and a
 discretised Gaussian that is safe against floating-point attacks (Mironov
 2012) — never Python's ``random`` or NumPy. The accountant
-(``transforms.dp_accounting``) decides the standard deviation; this module
+(``core.dp_accounting``) decides the standard deviation; this module
 only draws it.
 
 Tests need reproducible values (e.g. "opted-out users change nothing"), so

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 from pipelines.errors import ConfigError
 from schemas.timefmt import parse_rfc3339
-from transforms import dp_accounting as acct
+from core import dp_accounting as acct
 from transforms.dp_stats import DpParams
 
 WORLD_MANIFEST = "world.json"

@@ -19,7 +19,7 @@ from schemas.records import Alert, Follow, Ping, TapReport, Tweet, TweetDelete, 
 from transforms.alerts import (
     AlertParams, CellIndex, DecideForUser, FanOutGeofencedAlerts, alert_id, apply_retractions, fan_out,
     find_happenings)
-from transforms.locations import LocationReport, report_from_ping, report_from_tap, report_from_tweet
+from core.locations import LocationReport, report_from_ping, report_from_tap, report_from_tweet
 
 T0 = 1_764_000_000.0          # 2025-11-24T16:00:00Z, on an hour boundary
 assert T0 % 3600 == 0

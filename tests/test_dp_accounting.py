@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from pydp.algorithms.numerical_mechanisms import GaussianMechanism
 
 from schemas.timefmt import parse_rfc3339
-from transforms import dp_accounting as acct
+from core import dp_accounting as acct
 from transforms.dp_stats import DpParams
 
 

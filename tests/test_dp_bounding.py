@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from schemas.service_area import public_cells
 from schemas.timefmt import parse_rfc3339
-from transforms import dp_bounding as bnd
+from core import dp_bounding as bnd
 
 CELLS = public_cells(8)
 A, B, C, D = CELLS[10], CELLS[20], CELLS[30], CELLS[40]

@@ -14,7 +14,7 @@ import statistics
 
 import pytest
 
-from transforms.dp_noise import NoNoiseForTests, SecureGaussianNoise, ci95_halfwidth
+from core.dp_noise import NoNoiseForTests, SecureGaussianNoise, ci95_halfwidth
 
 N = 20_000
 

@@ -12,7 +12,7 @@ from pipelines.dp_schedule import with_release_schedule, world_period
 from pipelines.errors import ConfigError
 from pipelines.sinks import read_jsonl_folder
 from schemas.timefmt import parse_rfc3339
-from transforms import dp_accounting as acct
+from core import dp_accounting as acct
 from transforms.dp_stats import DpParams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,9 +21,9 @@ from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 from schemas.records import Ping, Statistic, TapReport, Tweet, User, arrow_schema
 from schemas.service_area import public_cells
 from schemas.timefmt import format_rfc3339, parse_rfc3339
-from transforms import dp_accounting as acct
-from transforms.dp_noise import NoNoiseForTests, SecureGaussianNoise
-from transforms import dp_bounding as bnd
+from core import dp_accounting as acct
+from core.dp_noise import NoNoiseForTests, SecureGaussianNoise
+from core import dp_bounding as bnd
 from transforms.dp_stats import BoundUserHourFn, DpParams, ReleaseDpStatistics, ToContributionsFn, release_window
 
 T0 = parse_rfc3339("2026-11-25T01:00:00Z")  # 10:00 JST

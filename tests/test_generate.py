@@ -31,7 +31,7 @@ from schemas.touch import follow_for_touch
 from schemas.tweets import normalize_hashtag
 from synthetic import adversary, clock, geo, twitter
 from synthetic.world import INPUT_FILES, TRUTH_FILES, write_world
-from transforms import pairing
+from core import pairing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(users=40, hours=3, seed=42)

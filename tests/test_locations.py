@@ -1,4 +1,4 @@
-"""transforms.locations: which reports place a user, and where a user is at a given time."""
+"""core.locations (and its Beam host transforms.locations): which reports place a user, and where a user is at a given time."""
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -6,9 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.records import Ping, TapReport, Tweet
-from transforms.locations import (
-    ExtractLocationReports, LocationReport, current_location, report_from_ping, report_from_tap,
-    report_from_tweet)
+from core.locations import LocationReport, current_location, report_from_ping, report_from_tap, report_from_tweet
+from transforms.locations import ExtractLocationReports
 
 T0 = 1_764_000_000.0
 

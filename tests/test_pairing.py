@@ -1,4 +1,4 @@
-"""The mutual-follow rules (transforms.pairing) on small hand-made touches, no runner.
+"""The mutual-follow rules (core.pairing) on small hand-made touches, no runner.
 
 Also the small world builder the Beam tests (tests/test_follows.py) share.
 """
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from schemas.proofs import make_nonce, new_keypair, nonce_time, sign_claim, sign_report_of
 from schemas.records import Follow, TapReport
 from schemas.touch import follow_for_touch
-from transforms import pairing
-from transforms.pairing import (EMPTY_MEMORY, CheckedTap, NonceMemory, Rejection, Verifier, check_report,
+from core import pairing
+from core.pairing import (EMPTY_MEMORY, CheckedTap, NonceMemory, Rejection, Verifier, check_report,
                                 expire_touch, judge_touch, keep_first_follow, resolve_reports)
 
 # ---- a small world: users with deterministic keys, and genuine touches --------------------

@@ -1,6 +1,6 @@
 """The trust model of a follow (issue #10): two reports, each signed whole by its own phone.
 
-Attacks on transforms.pairing's pure rules, on small hand-made touches.
+Attacks on core.pairing's pure rules, on small hand-made touches.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from schemas.timefmt import parse_rfc3339
 from schemas.touch import follow_for_touch
 from tests.test_pairing import (A, B, C, PRIVATE, PUBKEYS, SKEW, EXPIRY, T0, VENUE, kinds, nonce_at, report,
                                 resolve, signed, touch)
-from transforms.pairing import CheckedTap, check_report, resolve_reports
+from core.pairing import CheckedTap, check_report, resolve_reports
 
 _, MALLORY_PUB = new_keypair(bytes([99]) * 32)
 

@@ -50,7 +50,7 @@ def run_once(world: str, out: str, streaming: bool) -> dict:
 
     from pipelines.dp_schedule import with_release_schedule
     from pipelines.run import add_runner_experiments, build, config_from, prepare_output
-    from transforms.dp_noise import NoNoiseForTests
+    from core.dp_noise import NoNoiseForTests
 
     args = ["--input", world, "--output", out] + (["--streaming"] if streaming else [])
     options = PipelineOptions(args)

@@ -99,7 +99,8 @@ from transforms import geo
 from transforms.happenings import (
     DEFAULT_RULES, BurstCandidate, CollapseCopies, DetectBursts, Happening, RuleSet, SessionKeys,
     burst_messages, is_precise, session_group, text_fingerprint)
-from transforms.locations import ExtractLocationReports, LocationReport, newer
+from core.locations import LocationReport, newer
+from transforms.locations import ExtractLocationReports
 
 NS = "tapfollow"
 RETRACT_PREFIX = "retract:"

@@ -17,7 +17,7 @@ chain, the same in batch and streaming except where step 2 says:
    the grouping, not before it, so the registry side input never holds back
    the watermark of raw events: lateness is judged on event arrival, and it is
    one lookup per user-hour instead of one per event.) Then one user's hour
-   becomes one ``UserHour`` within the hour's bounds (``transforms.dp_bounding``).
+   becomes one ``UserHour`` within the hour's bounds (``core.dp_bounding``).
    A second grouping per user, over "the JST day so far" windows
    (``DaySoFarWindows``), then fits each hour, in time order, into what is
    left of the user's day (``max_hours_per_day`` hours, ``max_cells_per_day``
@@ -72,8 +72,8 @@ hours exist; each user-day is still charged at most its budget (a day's 24
 windows add up to it exactly; a schedule that covers part of a day charges
 that part).
 
-Sensitivity and bounds of each metric: see ``transforms.dp_bounding``; the
-noise they imply and the ledger: ``transforms.dp_accounting``.
+Sensitivity and bounds of each metric: see ``core.dp_bounding``; the
+noise they imply and the ledger: ``core.dp_accounting``.
 
 Post-processing. Noisy values below ``suppress_below`` (default 0: negative
 counts) are published as 0.0; rows are never omitted, so the release set is
@@ -82,7 +82,7 @@ noise before that clamp. Row ``epsilon``/``delta`` are the ledger charge of
 the release the row belongs to (see ``dp_accounting``).
 
 Tests make noise reproducible by passing ``noise=NoNoiseForTests(for_tests_only=True)``
-(an object, never a flag; see ``transforms.dp_noise``).
+(an object, never a flag; see ``core.dp_noise``).
 """
 from __future__ import annotations
 
@@ -104,9 +104,9 @@ import h3
 from schemas import service_area
 from schemas.records import Statistic
 from schemas.timefmt import format_rfc3339, parse_rfc3339
-from transforms import dp_accounting as acct
-from transforms import dp_bounding as bnd
-from transforms.dp_noise import SecureGaussianNoise, ci95_halfwidth
+from core import dp_accounting as acct
+from core import dp_bounding as bnd
+from core.dp_noise import SecureGaussianNoise, ci95_halfwidth
 
 _NS = "tapfollow"
 

@@ -1,6 +1,6 @@
 """ResolveMutualFollows: tap reports in, mutual follows and dead letters out.
 
-The rules live in ``transforms.pairing`` (pure, tested without a runner); this
+The rules live in ``core.pairing`` (pure, tested without a runner); this
 module is the Beam wiring, the same for batch and streaming::
 
     {'taps': PCollection[TapReport], 'users': PCollection[User]}
@@ -107,8 +107,8 @@ from apache_beam.utils.timestamp import Duration
 
 from schemas.proofs import nonce_time
 from schemas.records import DeadLetter, Follow, TapReport, to_json_dict
-from transforms import pairing
-from transforms.pairing import EMPTY_MEMORY, CheckedTap, Rejection
+from core import pairing
+from core.pairing import EMPTY_MEMORY, CheckedTap, Rejection
 
 beam.coders.registry.register_coder(CheckedTap, beam.coders.RowCoder)
 
@@ -166,7 +166,7 @@ def dead_letter(rejection: Rejection) -> DeadLetter:
 
 
 class _Counters:
-    """``Metrics.counter`` objects by name, made on first use (kinds come from ``transforms.pairing``)."""
+    """``Metrics.counter`` objects by name, made on first use (kinds come from ``core.pairing``)."""
 
     def __init__(self):
         self._counters = {}

@@ -1,79 +1,18 @@
-"""Where each user is now: location reports from pings, own precise tweets and taps.
+"""ExtractLocationReports: the Beam host of ``core.locations`` (which reports place a user).
 
-A user's *current location at time t* is their latest accepted report with
-``ts <= t`` (ties: the report that sorts last by ``(ts, source, lat, lng)``, so
-the choice never depends on delivery order), provided ``t - ts <=
-location_stale_s``; otherwise the user has no location and is alerted about
-nothing.
-
-Accepted reports (:func:`report_from_ping` etc.; the rest are counted, never
-used to place anyone):
-
-- a ping whose ``accuracy_m`` is at most ``max_accuracy_m``; a ping without
-  ``accuracy_m`` only if its source is not ``cell`` (a cell-tower fix is
-  hundreds of metres wide, so an unqualified one cannot place a user);
-- the user's own tweet with precise coordinates (``coarse`` place-only tweets
-  and tweets without location are not positions);
-- the user's own tap report: the phone stood where it touched the other phone.
-
-:class:`ExtractLocationReports` is the Beam step; :func:`current_location`
-the rule itself, used by the alert fan-out and by the tests' oracle.
+The rules, and what a user's current location is, live in ``core.locations``;
+this module only wires them into a pipeline and counts what they refuse.
 """
 from __future__ import annotations
-
-from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from schemas.records import Ping, TapReport, Tweet
+from core.locations import (PING_INACCURATE, TWEET_NOT_PRECISE, LocationReport, report_from_ping, report_from_tap,
+                            report_from_tweet)
 
-
-class LocationReport(NamedTuple):
-    user_id: str
-    ts: float
-    lat: float
-    lng: float
-    source: str        # ping | tweet | tap
-
-
-def report_from_ping(ping: Ping, max_accuracy_m: float) -> Optional[LocationReport]:
-    if ping.accuracy_m is None:
-        if ping.source == "cell":
-            return None
-    elif ping.accuracy_m > max_accuracy_m:
-        return None
-    return LocationReport(ping.user_id, ping.ts, ping.lat, ping.lng, "ping")
-
-
-def report_from_tweet(tweet: Tweet) -> Optional[LocationReport]:
-    if tweet.lat is None or tweet.lng is None or tweet.coarse:
-        return None
-    return LocationReport(tweet.author_id, tweet.ts, tweet.lat, tweet.lng, "tweet")
-
-
-def report_from_tap(tap: TapReport) -> LocationReport:
-    return LocationReport(tap.user_id, tap.ts, tap.lat, tap.lng, "tap")
-
-
-def report_order(report: LocationReport):
-    """Total order of one user's reports; the last one at or before t is current."""
-    return (report.ts, report.source, report.lat, report.lng)
-
-
-def newer(candidate: LocationReport, current: Optional[LocationReport]) -> bool:
-    return current is None or report_order(candidate) > report_order(current)
-
-
-def current_location(reports: Iterable[LocationReport], at: float, stale_s: float) -> Optional[LocationReport]:
-    """The user's location at ``at`` from all their accepted reports, or None."""
-    best = None
-    for report in reports:
-        if report.ts <= at and newer(report, best):
-            best = report
-    if best is None or at - best.ts > stale_s:
-        return None
-    return best
+# The reports cross Beam steps as schema'd rows; registered in the adapter so core imports no engine.
+beam.coders.registry.register_coder(LocationReport, beam.coders.RowCoder)
 
 
 class ExtractLocationReports(beam.PTransform):
@@ -88,8 +27,8 @@ class ExtractLocationReports(beam.PTransform):
 
     def expand(self, inputs):
         max_acc = self._max_accuracy_m
-        rejected_ping = Metrics.counter("tapfollow", "alerts_location_ping_inaccurate")
-        rejected_tweet = Metrics.counter("tapfollow", "alerts_location_tweet_not_precise")
+        rejected_ping = Metrics.counter("tapfollow", PING_INACCURATE)
+        rejected_tweet = Metrics.counter("tapfollow", TWEET_NOT_PRECISE)
 
         def from_ping(ping):
             report = report_from_ping(ping, max_acc)
@@ -109,6 +48,3 @@ class ExtractLocationReports(beam.PTransform):
         tweets = inputs["tweets"] | "TweetReports" >> beam.FlatMap(from_tweet).with_output_types(LocationReport)
         taps = inputs["taps"] | "TapReports" >> beam.Map(report_from_tap).with_output_types(LocationReport)
         return (pings, tweets, taps) | "AllReports" >> beam.Flatten()
-
-
-beam.coders.registry.register_coder(LocationReport, beam.coders.RowCoder)

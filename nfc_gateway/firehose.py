@@ -18,6 +18,7 @@ import errno
 import gzip
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -94,8 +95,18 @@ class FirehoseReplay:
             ends: list[int] = []          # input offset after each line, for exact resumption
             batch_started = time.monotonic()
             sent = 0
-            for raw in source:
-                if self._stop.is_set():
+            lines = _LineFeed(source, self._stop)
+            while not self._stop.is_set():
+                # A live stream may pause for minutes: a partial batch is handed on once it is
+                # batch_s old, whether or not another line has come.
+                wait = max(0.0, batch_started + self.batch_s - time.monotonic()) if batch else 0.5
+                raw = lines.next(wait)
+                if raw is _LineFeed.EMPTY:
+                    self._flush(key, batch, ends)
+                    batch, ends = [], []
+                    batch_started = time.monotonic()
+                    continue
+                if raw is _LineFeed.END or self._stop.is_set():
                     break
                 offset += len(raw)
                 line = raw.rstrip(b"\r\n")
@@ -104,6 +115,8 @@ class FirehoseReplay:
                 self.read += 1
                 if not line.lstrip().startswith(b"{"):
                     self.not_json += 1
+                if not batch:
+                    batch_started = time.monotonic()
                 batch.append(line)
                 ends.append(offset)
                 sent += 1
@@ -145,6 +158,53 @@ class FirehoseReplay:
                 backoff = min(self.retry_max_s, backoff * 2)
         self.error = None
         self.written += len(batch)
+
+
+class _LineFeed:
+    """The source's lines, read by a thread of their own so that the replay can stop
+    waiting for the next line (and hand on a partial batch) while a live source is
+    quiet. The queue is bounded: a slow sink holds the reader back, nothing piles up."""
+
+    EMPTY = object()     # nothing arrived in time
+    END = object()       # the source is exhausted (or failed: the error is raised)
+
+    def __init__(self, source, stop: threading.Event, depth: int = 10_000):
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._stop = stop
+        self._error: Optional[BaseException] = None
+        threading.Thread(target=self._read, args=(source,), name="firehose-reader", daemon=True).start()
+
+    def _read(self, source):
+        try:
+            for raw in source:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(raw, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the replay thread, which reports it
+            self._error = exc
+        finally:
+            while True:
+                try:
+                    self._queue.put(self.END, timeout=0.5)
+                    return
+                except queue.Full:
+                    if self._stop.is_set():
+                        return
+
+    def next(self, timeout: Optional[float]):
+        """The next raw line, EMPTY after ``timeout`` seconds without one, or END."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return self.EMPTY
+        if item is self.END and self._error is not None:
+            raise self._error
+        return item
 
 
 def _error_name(exc: BaseException) -> str:

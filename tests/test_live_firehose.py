@@ -207,3 +207,37 @@ def test_the_gateway_hands_on_the_live_stream_unchanged_and_in_event_time(file_w
     assert (out / "tweets.jsonl").read_bytes() == (file_world / "tweets.jsonl").read_bytes()
     assert span_s > 1.0
     assert done_at - first_line_at >= 0.8 * span_s          # paced, not dumped (generation time not counted)
+
+
+def test_a_partial_batch_is_handed_on_while_the_live_source_is_quiet(tmp_path):
+    """A live firehose may pause for minutes: the lines already read must not wait for the
+    next one to arrive before they are written (the batch is handed on when batch_s old)."""
+    from nfc_gateway.firehose import FirehoseReplay
+
+    class Sink:
+        def __init__(self):
+            self.lines = []
+
+        def resume_offset(self, key):
+            return 0
+
+        def write_batch(self, key, batch, ends):
+            self.lines.extend(batch)
+
+    read_end, write_end = os.pipe()
+    sink = Sink()
+    replay = FirehoseReplay(f"/dev/fd/{read_end}", sink, batch_s=0.05).start()
+    try:
+        os.write(write_end, b'{"id": 1}\n{"id": 2}\n')          # then the source goes quiet, pipe still open
+        deadline = time.monotonic() + 60
+        while len(sink.lines) < 2:
+            assert time.monotonic() < deadline, "the partial batch waited for a line that never came"
+            time.sleep(0.01)
+        assert sink.lines == [b'{"id": 1}', b'{"id": 2}'] and not replay.done.is_set()
+        os.write(write_end, b'{"id": 3}\n')
+        os.close(write_end)
+        assert replay.done.wait(60)
+        assert sink.lines == [b'{"id": 1}', b'{"id": 2}', b'{"id": 3}'] and replay.error is None
+    finally:
+        replay.stop()
+        os.close(read_end)

@@ -39,7 +39,8 @@ from schemas.proofs import (decode_pubkey, make_nonce, new_keypair, nonce_time, 
                             verify_claim, verify_report_signature)
 from schemas.records import Follow, TapReport, User
 from schemas.touch import follow_for_touch
-from transforms.follows import FollowParams, ResolveMutualFollows
+from core.follows import FollowParams
+from transforms.follows import ResolveMutualFollows
 
 T0 = 1_790_000_000.0
 

@@ -1,8 +1,9 @@
 """The rules that turn NFC tap reports into mutual follows, as pure functions.
 
-No Beam here: ``transforms.follows.ResolveMutualFollows`` wires these functions
-into a pipeline, and ``resolve_reports`` runs the whole rule set on a plain list
-(the reference the Beam tests and the benchmark compare against).
+No engine here: ``core.follows`` composes these rules into the follow step's
+processors, which ``transforms.follows.ResolveMutualFollows`` hosts in Beam, and
+``core.follows.resolve_reports`` runs on a plain list (the reference the Beam
+tests and the benchmark compare against).
 
 A touch is identified by its nonce (``schemas.proofs``: 48-bit touch time ||
 80 random bits). The rules, in the order they are applied:
@@ -79,7 +80,7 @@ TAPS_BAD_POSITION = "taps_bad_position"
 TAPS_OUTSIDE_AREA = "taps_outside_service_area"
 TAPS_TOO_FAR = "taps_too_far_apart"
 
-# Defaults of the rules (``transforms.follows.FollowParams`` mirrors them).
+# Defaults of the rules (``core.follows.FollowParams`` mirrors them).
 DEFAULT_MAX_FUTURE_S = 300.0
 DEFAULT_MAX_ACCURACY_M = 100.0
 DEFAULT_MAX_PAIR_DISTANCE_M = 50.0
@@ -116,12 +117,6 @@ class Verdict(NamedTuple):
     follows: List[Follow]
     rejections: List[Rejection]
     expire_at: Optional[float]   # event time at which expire_touch must run; None when nothing waits
-
-
-class Resolution(NamedTuple):
-    follows: List[Follow]        # one per followed pair, sorted
-    rejections: List[Rejection]  # sorted by (tap_id, kind, reason)
-    repeats: List[Follow]        # confirmed touches of an already-followed pair, sorted
 
 
 # ---- 1. one report, no crypto -------------------------------------------------------------
@@ -417,47 +412,3 @@ def keep_first_follow(edge: Optional[Follow], candidates: Iterable[Follow]):
     if edge is None and ordered:
         return ordered[0], ordered[0], ordered[1:]
     return edge, None, ordered
-
-
-# ---- the whole rule set on a list ---------------------------------------------------------
-
-def resolve_reports(reports: Iterable[TapReport], pubkeys: Mapping[str, str], *,
-                    max_clock_skew_s: float = 10.0, pending_expiry_s: float = 600.0,
-                    max_future_s: float = DEFAULT_MAX_FUTURE_S, max_accuracy_m: float = DEFAULT_MAX_ACCURACY_M,
-                    max_pair_distance_m: float = DEFAULT_MAX_PAIR_DISTANCE_M,
-                    now: Optional[float] = None) -> Resolution:
-    """All reports at once, as a bounded input is resolved: follows, rejections and repeats."""
-    rejections: List[Rejection] = []
-    by_nonce: Dict[str, List[CheckedTap]] = defaultdict(list)
-    key_cache: Dict[str, Optional[str]] = {}
-    now = time.time() if now is None else now
-    for report in reports:
-        checked = check_report(report, pubkeys, max_clock_skew_s, key_cache, now=now,
-                               max_future_s=max_future_s, max_accuracy_m=max_accuracy_m)
-        if isinstance(checked, Rejection):
-            rejections.append(checked)
-        else:
-            by_nonce[checked.report.nonce].append(checked)
-    confirmed: List[Follow] = []
-    for group in by_nonce.values():
-        verdict = judge_touch(EMPTY_MEMORY, group, max_clock_skew_s=max_clock_skew_s,
-                              pending_expiry_s=pending_expiry_s, max_pair_distance_m=max_pair_distance_m)
-        confirmed.extend(verdict.follows)
-        rejections.extend(verdict.rejections)
-        if verdict.expire_at is not None:
-            rejections.extend(expire_touch(verdict.memory, max_clock_skew_s=max_clock_skew_s,
-                                           pending_expiry_s=pending_expiry_s,
-                                           max_pair_distance_m=max_pair_distance_m).rejections)
-    by_pair: Dict[Tuple[str, str], List[Follow]] = defaultdict(list)
-    for follow in confirmed:
-        by_pair[(follow.user_a, follow.user_b)].append(follow)
-    follows, repeats = [], []
-    for candidates in by_pair.values():
-        _, emitted, rest = keep_first_follow(None, candidates)
-        follows.append(emitted)
-        repeats.extend(rest)
-    return Resolution(sorted(follows), sorted(rejections, key=rejection_order), sorted(repeats))
-
-
-def rejection_order(rejection: Rejection):
-    return (rejection.report.tap_id, rejection.kind, rejection.reason, rejection.report)

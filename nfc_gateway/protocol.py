@@ -55,7 +55,7 @@ MAX_NDEF_BYTES = 1024
 MAX_PAYLOAD_BYTES = 512
 RANDOM_HALF_BYTES = 5
 # The pipeline dead-letters a report whose ts is further than this from its nonce
-# time (transforms.follows.FollowParams.max_clock_skew_s); refusing such a touch
+# time (core.follows.FollowParams.max_clock_skew_s); refusing such a touch
 # on the phone keeps a doomed report from ever being signed.
 DEFAULT_MAX_SKEW_S = 10.0
 

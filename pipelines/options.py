@@ -15,7 +15,7 @@ import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.errors import ConfigError
+from core.config import ConfigError
 
 
 def _flag_type(annotation):
@@ -52,9 +52,9 @@ def params_from(options: PipelineOptions, prefix: str, params_cls):
 
 def _step_params():
     """(flag prefix, params dataclass) of every business step."""
-    from transforms.alerts import AlertParams
+    from core.alerts import AlertParams
     from transforms.dp_stats import DpParams
-    from transforms.follows import FollowParams
+    from core.follows import FollowParams
     return (("follows", FollowParams), ("alerts", AlertParams), ("dp", DpParams))
 
 

@@ -24,15 +24,18 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from core.lines import iter_lines
 from pipelines import sinks, sources
 from pipelines.dp_schedule import with_release_schedule
-from pipelines.errors import ConfigError
+from core.config import ConfigError
 from pipelines.options import TapFollowOptions, help_text, params_from
 from pipelines.summary import counters_of, print_summary, write_summary
 from schemas.records import DeadLetter
-from transforms.alerts import AlertParams, FanOutGeofencedAlerts
+from core.alerts import AlertParams
+from transforms.alerts import FanOutGeofencedAlerts
 from transforms.dp_stats import DpParams, ReleaseDpStatistics
-from transforms.follows import FollowParams, ResolveMutualFollows
+from core.follows import FollowParams
+from transforms.follows import ResolveMutualFollows
 from transforms.parse_inputs import ParseInputs
 from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry
 
@@ -88,29 +91,31 @@ def config_from(options: PipelineOptions) -> RunConfig:
 
 
 def read_inputs(pipeline, cfg: RunConfig):
-    """(users lines, event lines, origins): users always bounded, events per cfg.source."""
+    """(users lines, event lines, origins, lines read per kind when the launcher itself read
+    them -- the streaming replay -- else None: the pipeline's ``read.<kind>`` counters count)."""
     if cfg.source == "kafka":
+        from kafka_client import snapshot_topic
         from pipelines import kafka_io
         topics = {kind: kind for kind in sources.EVENT_KINDS}
         users = pipeline | "UsersSnapshot" >> beam.Create(
-            [("users", line) for line in kafka_io.snapshot_topic(cfg.kafka_bootstrap_servers, "users")])
+            [("users", line) for line in snapshot_topic(cfg.kafka_bootstrap_servers, "users")])
         events = pipeline | "ReadKafka" >> kafka_io.ReadRawFromKafka(
             topics, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service)
-        return users, events, {kind: f"kafka:{kind}" for kind in sources.SOURCES}
+        return users, events, {kind: f"kafka:{kind}" for kind in sources.SOURCES}, None
     files = sources.input_files(cfg.input_dir)
     if cfg.streaming:
         # The registry snapshot is taken at launch, like the replayed stream itself
         # (DirectRunner's streaming mode cannot run the SDF file reader).
-        users = pipeline | "UsersSnapshot" >> beam.Create(
-            [sources.as_element("users", line) for path in files["users"] for line in sources.read_lines(path)])
-        events = sources.stream_from_files(pipeline, files, cfg.stream_disorder_s, cfg.stream_seed,
-                                           max_future_s=cfg.max_event_future_s)
-    else:
-        users = pipeline | "ReadUsers" >> sources.ReadKindFromFiles("users", files["users"])
-        reads = [pipeline | f"Read{kind.title()}" >> sources.ReadKindFromFiles(kind, files[kind])
-                 for kind in sources.EVENT_KINDS]
-        events = tuple(reads) | "AllEvents" >> beam.Flatten()
-    return users, events, sources.origin_names(files)
+        snapshot = [sources.as_element("users", line) for path in files["users"] for line in iter_lines(path)]
+        users = pipeline | "UsersSnapshot" >> beam.Create(snapshot)
+        events, lines_read = sources.stream_from_files(pipeline, files, cfg.stream_disorder_s, cfg.stream_seed,
+                                                       max_future_s=cfg.max_event_future_s)
+        return users, events, sources.origin_names(files), dict(users=len(snapshot), **lines_read)
+    users = pipeline | "ReadUsers" >> sources.ReadKindFromFiles("users", files["users"])
+    reads = [pipeline | f"Read{kind.title()}" >> sources.ReadKindFromFiles(kind, files[kind])
+             for kind in sources.EVENT_KINDS]
+    events = tuple(reads) | "AllEvents" >> beam.Flatten()
+    return users, events, sources.origin_names(files), None
 
 
 def dedupe_horizon_s(cfg: RunConfig) -> float:
@@ -119,13 +124,14 @@ def dedupe_horizon_s(cfg: RunConfig) -> float:
     return max(cfg.alerts.allowed_lateness_s, float(cfg.dp.late_count_horizon_s)) + 3600.0
 
 
-def build(pipeline, cfg: RunConfig, noise=None) -> dict[str, str]:
-    """Wire sources, the three business steps and the sinks onto ``pipeline``; returns the inputs' origins.
+def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[str, int] | None]:
+    """Wire sources, the three business steps and the sinks onto ``pipeline``; returns the inputs'
+    origins and, when the launcher read the lines itself (the streaming replay), their counts.
 
     ``noise`` replaces the statistics' noise (code only, never a flag: tests and
     ``tools.same_outputs`` pass ``NoNoiseForTests`` to compare exact values)."""
     out = lambda folder: os.path.join(cfg.output_dir, folder)  # noqa: E731
-    users_raw, events_raw, origins = read_inputs(pipeline, cfg)
+    users_raw, events_raw, origins, lines_read = read_inputs(pipeline, cfg)
     parsed_users = users_raw | "ParseUsers" >> ParseInputs(origins, with_raw=("users",))
     # One record per user and per tweet id, and only registered users' pings, before any step uses them.
     registry = parsed_users["users"] | "MergeRegistry" >> MergeRegistry(origins["users"])
@@ -167,7 +173,7 @@ def build(pipeline, cfg: RunConfig, noise=None) -> dict[str, str]:
                     | "AllDeadLetters" >> beam.Flatten().with_output_types(DeadLetter))
     (dead_letters | "CountDeadLetters" >> sinks.CountEmitted("dead_letters")
      | "WriteDeadLetters" >> sinks.WriteJsonl(out("deadletter"), cfg.streaming))
-    return origins
+    return origins, lines_read
 
 
 # Prism splits a slow bundle's input at run time (dynamic splitting). A split Kafka
@@ -240,7 +246,7 @@ def run(argv=None) -> int:
         return 2
     add_runner_experiments(options)
     pipeline = beam.Pipeline(options=options)
-    origins = build(pipeline, cfg)
+    origins, lines_read = build(pipeline, cfg)
     result = pipeline.run()
     try:
         result.wait_until_finish()
@@ -251,10 +257,7 @@ def run(argv=None) -> int:
             raise
         print("pipelines.run: the job was cancelled", file=sys.stderr)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if cfg.source == "files":
-        lines_read = {kind: sum(sources.count_lines(path) for path in paths)
-                      for kind, paths in sources.input_files(cfg.input_dir).items()}
-    else:
+    if lines_read is None:  # ParseInputs counted every line it was given (read.<kind>)
         counters = counters_of(result)
         lines_read = {kind: counters.get(f"read.{kind}", 0) for kind in sources.SOURCES}
     summary = write_summary(result, cfg, lines_read, origins, runner, wall_time_s=time.time() - started)

@@ -21,8 +21,8 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas.records import Follow, TapReport, User
 from schemas.touch import follow_for_touch
 from tests.test_pairing import A, B, C, D, PUBKEYS, SKEW, T0, crowd, report, signed, touch
-from transforms.follows import FollowParams, ResolveMutualFollows, dead_letter
-from core.pairing import resolve_reports
+from core.follows import FollowParams, dead_letter, resolve_reports
+from transforms.follows import ResolveMutualFollows
 
 PARAMS = FollowParams(max_clock_skew_s=SKEW, pending_expiry_s=600.0, replay_memory_s=3600.0)
 

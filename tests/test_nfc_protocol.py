@@ -75,7 +75,7 @@ def test_reports_built_from_a_touch_are_valid_contract_records():
 
 
 def test_agent_reports_pair_into_exactly_one_follow():
-    from core.pairing import resolve_reports
+    from core.follows import resolve_reports
     a, b = run_touch(initiator(), target())
     reports = [parse_line("taps", json.dumps(build_report(a, 35.681, 139.761, KEY_A))),
                parse_line("taps", json.dumps(build_report(b, 35.6810001, 139.7610002, KEY_B)))]

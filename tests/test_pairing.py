@@ -15,8 +15,9 @@ from schemas.proofs import make_nonce, new_keypair, nonce_time, sign_claim, sign
 from schemas.records import Follow, TapReport
 from schemas.touch import follow_for_touch
 from core import pairing
+from core.follows import resolve_reports
 from core.pairing import (EMPTY_MEMORY, CheckedTap, NonceMemory, Rejection, Verifier, check_report,
-                                expire_touch, judge_touch, keep_first_follow, resolve_reports)
+                          expire_touch, judge_touch, keep_first_follow)
 
 # ---- a small world: users with deterministic keys, and genuine touches --------------------
 

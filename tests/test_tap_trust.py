@@ -14,7 +14,8 @@ from schemas.timefmt import parse_rfc3339
 from schemas.touch import follow_for_touch
 from tests.test_pairing import (A, B, C, PRIVATE, PUBKEYS, SKEW, EXPIRY, T0, VENUE, kinds, nonce_at, report,
                                 resolve, signed, touch)
-from core.pairing import CheckedTap, check_report, resolve_reports
+from core.follows import resolve_reports
+from core.pairing import CheckedTap, check_report
 
 _, MALLORY_PUB = new_keypair(bytes([99]) * 32)
 

@@ -1,7 +1,9 @@
 """ResolveMutualFollows: tap reports in, mutual follows and dead letters out.
 
-The rules live in ``core.pairing`` (pure, tested without a runner); this
-module is the Beam wiring, the same for batch and streaming::
+The rules live in ``core.pairing``, their composition -- ``FollowParams``, the
+key-free check and the two stateful processors (``JudgeTouch`` per nonce,
+``KeepFirstFollow`` per user pair) -- in ``core.follows`` (engine-neutral, tested
+without a runner); this module is the Beam host, the same for batch and streaming::
 
     {'taps': PCollection[TapReport], 'users': PCollection[User]}
         | 'ResolveMutualFollows' >> ResolveMutualFollows(FollowParams())
@@ -91,10 +93,7 @@ arrived first.
 """
 from __future__ import annotations
 
-import json
-import math
 import time
-from dataclasses import dataclass, fields
 from typing import Iterable, Tuple
 
 import apache_beam as beam
@@ -105,64 +104,21 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.windowed_value import PaneInfoTiming
 from apache_beam.utils.timestamp import Duration
 
-from schemas.proofs import nonce_time
-from schemas.records import DeadLetter, Follow, TapReport, to_json_dict
-from core import pairing
-from core.pairing import EMPTY_MEMORY, CheckedTap, Rejection
+from core.follows import (DEADLINE_GRANULE_S, FOLLOWS_EMITTED, TAPS_READ, TOUCHES_CONFIRMED, TOUCHES_REPEAT,
+                          FollowParams, JudgeTouch, KeepFirstFollow, PairTouches, RepeatedTouch, TapChecker,
+                          TouchPane, dead_letter, deadline_granule, pair_key, touch_deadline)
+from core.pairing import CheckedTap, Rejection
+from schemas.records import DeadLetter, Follow, TapReport
 
 beam.coders.registry.register_coder(CheckedTap, beam.coders.RowCoder)
 
 NAMESPACE = "tapfollow"
-SOURCE = "taps"
 DEAD = "dead_letters"
-# Width of the deadline windows. Each nonce is its own key, so this only rounds
-# a touch's deadline up to the next whole second.
-DEADLINE_GRANULE_S = 1.0
 
 
 def deadline_window(deadline: float) -> window.IntervalWindow:
     """The window a touch with this deadline is decided in (streaming) and stamped with (both)."""
-    start = math.floor(deadline / DEADLINE_GRANULE_S) * DEADLINE_GRANULE_S
-    return window.IntervalWindow(start, start + DEADLINE_GRANULE_S)
-
-
-@dataclass(frozen=True)
-class FollowParams:
-    """Knobs of mutual-follow resolution (each becomes ``--follows_<field>`` on the command line)."""
-    max_clock_skew_s: float = 10.0     # max |ts - nonce time| per report and |ts_A - ts_B| per pair
-    pending_expiry_s: float = 600.0    # event time after the touch that a report waits for its partner
-    replay_memory_s: float = 86400.0   # event time after the expiry that a nonce is still remembered
-    # How far a touch time may lie ahead of the run's clock. The run's clock is the worker's
-    # wall clock, in batch and streaming alike: no genuine touch happens in the future, so a
-    # far-future touch time (2099) is refused rather than becoming a follow's established_at.
-    max_future_s: float = pairing.DEFAULT_MAX_FUTURE_S
-    max_accuracy_m: float = pairing.DEFAULT_MAX_ACCURACY_M      # a report's signed accuracy may be at most this
-    max_pair_distance_m: float = pairing.DEFAULT_MAX_PAIR_DISTANCE_M  # the two signed positions' distance,
-    #                                                              beyond both accuracies, may be at most this
-
-    def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"follows_{f.name}: expected a finite number of seconds, got {value!r}")
-        if self.max_clock_skew_s <= 0:
-            raise ValueError(f"follows_max_clock_skew_s={self.max_clock_skew_s}: must be > 0 "
-                             "(phone clocks are never exactly equal; 10 s is the default)")
-        if self.pending_expiry_s < self.max_clock_skew_s:
-            raise ValueError(f"follows_pending_expiry_s={self.pending_expiry_s}: must be >= "
-                             f"follows_max_clock_skew_s={self.max_clock_skew_s}, or an honest partner "
-                             "whose clock lags could expire before its report is even due")
-        for name in ("max_future_s", "max_accuracy_m", "max_pair_distance_m"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"follows_{name}={getattr(self, name)}: must be >= 0")
-        if self.replay_memory_s < 0:
-            raise ValueError(f"follows_replay_memory_s={self.replay_memory_s}: must be >= 0 "
-                             "(0 forgets a nonce as soon as its touch expires)")
-
-
-def dead_letter(rejection: Rejection) -> DeadLetter:
-    raw = json.dumps(to_json_dict(rejection.report), separators=(",", ":"), ensure_ascii=False)
-    return DeadLetter(source=SOURCE, error=rejection.reason, raw=raw)
+    return window.IntervalWindow(*deadline_granule(deadline))
 
 
 class _Counters:
@@ -178,81 +134,61 @@ class _Counters:
         counter.inc(n)
 
 
-def _reject(counters: _Counters, rejections):
-    for rejection in rejections:
-        counters.inc(rejection.kind)
-        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(rejection))
+def _reject(counters: _Counters, rejection: Rejection):
+    counters.inc(rejection.kind)
+    return beam.pvalue.TaggedOutput(DEAD, dead_letter(rejection))
 
 
 class _CheckTapReportsFn(beam.DoFn):
-    """Key-free checks; survivors keyed by nonce and stamped at the touch's deadline."""
+    """Key-free checks (``core.follows.TapChecker``); survivors keyed by nonce and stamped at the touch's deadline."""
 
     def __init__(self, params: FollowParams):
-        self._skew = params.max_clock_skew_s
-        self._expiry = params.pending_expiry_s
-        self._future = params.max_future_s
-        self._accuracy = params.max_accuracy_m
+        self._params = params
 
     def setup(self):
         self._counters = _Counters()
-        self._keys_ok = {}
+        self._checker = TapChecker(self._params)
 
     def process(self, report: TapReport, pubkeys):
-        self._counters.inc("taps_read")
+        self._counters.inc(TAPS_READ)
         # The run's clock is this worker's wall clock (see FollowParams.max_future_s).
-        checked = pairing.check_report(report, pubkeys, self._skew, self._keys_ok, now=time.time(),
-                                       max_future_s=self._future, max_accuracy_m=self._accuracy)
+        checked = self._checker.check(report, pubkeys, now=time.time())
         if isinstance(checked, Rejection):
-            yield from _reject(self._counters, [checked])
+            yield _reject(self._counters, checked)
             return
         # Forward in time only (the check above bounds ts <= nonce time + skew <= deadline).
-        deadline = nonce_time(report.nonce) + self._expiry
-        yield window.TimestampedValue((report.nonce, checked), deadline)
+        yield window.TimestampedValue((report.nonce, checked), touch_deadline(report.nonce, self._params))
 
 
 class _JudgeFn(beam.DoFn):
-    """Shared by both judges: run the pure rules on one pane and emit follows and dead letters."""
+    """Shared by both hosts of ``core.follows.JudgeTouch``: route its outputs to follows and dead letters."""
 
     def __init__(self, params: FollowParams):
-        self._skew = params.max_clock_skew_s
-        self._expiry = params.pending_expiry_s
-        self._distance = params.max_pair_distance_m
+        self._params = params
 
     def setup(self):
         self._counters = _Counters()
-        self._key_cache = {}
+        self._judge = JudgeTouch(self._params)
 
-    def _judge(self, memory, taps, final: bool):
-        verdict = pairing.judge_touch(memory, taps, max_clock_skew_s=self._skew, pending_expiry_s=self._expiry,
-                                      verifier=pairing.Verifier(self._key_cache), max_pair_distance_m=self._distance)
-        rejections = verdict.rejections
-        if final:
-            # The watermark has passed the deadline: whatever still waits is unmatched, and is
-            # dropped from the memory (which keeps only the ids seen and the outcome).
-            expired = pairing.expire_touch(verdict.memory, max_clock_skew_s=self._skew,
-                                           pending_expiry_s=self._expiry, max_pair_distance_m=self._distance)
-            verdict = expired._replace(follows=verdict.follows)
-            rejections = rejections + expired.rejections
-        return verdict.memory, verdict.follows, rejections
-
-    def _emit(self, follows, rejections):
-        for follow in follows:
-            self._counters.inc("touches_confirmed")
-            # a JSON pair is an unambiguous, deterministically encoded string key
-            yield json.dumps([follow.user_a, follow.user_b]), follow
-        yield from _reject(self._counters, rejections)
+    def _emit(self, outputs):
+        for out in outputs:
+            if isinstance(out, Rejection):
+                yield _reject(self._counters, out)
+            else:
+                self._counters.inc(TOUCHES_CONFIRMED)
+                yield pair_key(out), out
 
 
 class _JudgeWholeTouchFn(_JudgeFn):
-    """Bounded input: the one group of a nonce holds every report of the touch; no state."""
+    """Bounded input: the one group of a nonce holds every report of the touch (one final pane); no state."""
 
     def process(self, element):
         nonce, taps = element
-        _, follows, rejections = self._judge(EMPTY_MEMORY, taps, final=True)
+        _, outputs = self._judge.process(self._judge.initial_state(), TouchPane(nonce, tuple(taps), True))
         # Stamp outputs as the streaming path does (its panes leave at the deadline window's end),
         # not at the end of the global window, so downstream event time agrees in both modes.
-        closed_at = deadline_window(nonce_time(nonce) + self._expiry).max_timestamp()
-        for output in self._emit(follows, rejections):
+        closed_at = deadline_window(touch_deadline(nonce, self._params)).max_timestamp()
+        for output in self._emit(outputs):
             if isinstance(output, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(output.tag, window.TimestampedValue(output.value, closed_at))
             else:
@@ -260,15 +196,20 @@ class _JudgeWholeTouchFn(_JudgeFn):
 
 
 class _JudgeTouchPanesFn(_JudgeFn):
-    """Unbounded input: one call per (nonce, pane), with the nonce's memory between panes."""
+    """Unbounded input: one call per (nonce, pane), with the nonce's state between panes.
+
+    The state is freed with the deadline window, ``replay_memory_s`` after its end
+    (allowed lateness): the same horizon as ``JudgeTouch.gc_time``.
+    """
     MEMORY = ReadModifyWriteStateSpec("nonce_memory", PickleCoder())
 
     def process(self, element, pane=beam.DoFn.PaneInfoParam, memory=beam.DoFn.StateParam(MEMORY)):
-        _nonce, taps = element
-        current, follows, rejections = self._judge(memory.read() or EMPTY_MEMORY, taps,
-                                                   final=pane.timing != PaneInfoTiming.EARLY)
-        memory.write(current)
-        yield from self._emit(follows, rejections)
+        nonce, taps = element
+        state = memory.read() or self._judge.initial_state()
+        state, outputs = self._judge.process(
+            state, TouchPane(nonce, tuple(taps), final=pane.timing != PaneInfoTiming.EARLY))
+        memory.write(state)
+        yield from self._emit(outputs)
 
 
 class PairReportsByNonce(beam.PTransform):
@@ -302,22 +243,33 @@ class PairReportsByNonce(beam.PTransform):
                 .with_outputs(DEAD, main="confirmed"))
 
 
-class _KeepFirstFollowOfGroupFn(beam.DoFn):
-    """Bounded input: every touch of a pair is in one group, so the earliest is known exactly."""
+class _KeepFirstFollowFn(beam.DoFn):
+    """Shared by both hosts of ``core.follows.KeepFirstFollow``: emit the edge, count the repeats."""
 
     def setup(self):
         self._counters = _Counters()
+        self._graph = KeepFirstFollow()
+
+    def _emit(self, outputs):
+        repeats = sum(isinstance(out, RepeatedTouch) for out in outputs)
+        if repeats:
+            self._counters.inc(TOUCHES_REPEAT, repeats)
+        for out in outputs:
+            if isinstance(out, Follow):
+                self._counters.inc(FOLLOWS_EMITTED)
+                yield out
+
+
+class _KeepFirstFollowOfGroupFn(_KeepFirstFollowFn):
+    """Bounded input: every touch of a pair is in one group, so the earliest is known exactly."""
 
     def process(self, element):
         _pair, candidates = element
-        _, emitted, repeats = pairing.keep_first_follow(None, candidates)
-        self._counters.inc("follows_emitted")
-        if repeats:
-            self._counters.inc("touches_repeat", len(repeats))
-        yield emitted
+        _, outputs = self._graph.process(self._graph.initial_state(), PairTouches(tuple(candidates)))
+        yield from self._emit(outputs)
 
 
-class _KeepFirstFollowPerPairFn(beam.DoFn):
+class _KeepFirstFollowPerPairFn(_KeepFirstFollowFn):
     """Unbounded input: the follow graph as state; the earliest touch of a pair's first group is its edge.
 
     A pair's touches come grouped per deadline window, each group when the
@@ -327,18 +279,12 @@ class _KeepFirstFollowPerPairFn(beam.DoFn):
     """
     EDGE = ReadModifyWriteStateSpec("edge", PickleCoder())
 
-    def setup(self):
-        self._counters = _Counters()
-
     def process(self, element, edge=beam.DoFn.StateParam(EDGE)):
         _pair, follows = element
-        current, emitted, repeats = pairing.keep_first_follow(edge.read(), list(follows))
-        if emitted is not None:
+        current, outputs = self._graph.process(edge.read(), PairTouches(tuple(follows)))
+        if any(isinstance(out, Follow) for out in outputs):
             edge.write(current)
-            self._counters.inc("follows_emitted")
-            yield emitted
-        if repeats:
-            self._counters.inc("touches_repeat", len(repeats))
+        yield from self._emit(outputs)
 
 
 class KeepFirstFollowPerPair(beam.PTransform):

@@ -14,8 +14,8 @@ Each size runs in its own subprocess (so peak RSS, ``ru_maxrss``, is that
 size's own; it includes the inputs held in memory, which are frozen out of the
 cyclic GC before timing) and prints wall time of:
 
-* ``core``: ``transforms.alerts.fan_out``, the pure fan-out the Beam steps
-  run (happenings, H3 cell index, friends, per-user decisions, deletes);
+* ``core``: ``core.alerts.fan_out``, the one fan-out wiring the Beam step
+  also hosts, here on ``LocalOps`` (happenings, H3 cell index, friends, per-user decisions, deletes);
 * ``brute``: the users x happening-tweets join it replaces: every opted-in
   user's latest fresh location against every happening tweet with the exact
   distance (a lower bound of a brute-force fan-out: no dedupe, cap or friends).
@@ -87,7 +87,7 @@ def peak_rss_mb() -> float:
 
 
 def child_core(n, args):
-    from transforms.alerts import AlertParams, fan_out
+    from core.alerts import AlertParams, fan_out
     from core.locations import report_from_ping, report_from_tweet
     users, pings, follows, tweets = make_batch(n, args.venues, args.chatter, args.seed)
     params = AlertParams()
@@ -99,8 +99,9 @@ def child_core(n, args):
 
 
 def child_brute(n, args):
-    from transforms.alerts import AlertParams, find_happenings
-    from transforms.geo import distance_m
+    from core.alerts import AlertParams
+    from core.geo import distance_m
+    from core.happenings import find_happenings
     from core.locations import current_location, report_from_ping, report_from_tweet
     users, pings, _follows, tweets = make_batch(n, args.venues, args.chatter, args.seed)
     params = AlertParams()
@@ -130,7 +131,8 @@ def child_beam(n, args):
     import apache_beam as beam
     from apache_beam.transforms.window import TimestampedValue
     from schemas.records import Follow, Ping, TapReport, Tweet, TweetDelete
-    from transforms.alerts import AlertParams, FanOutGeofencedAlerts
+    from core.alerts import AlertParams
+    from transforms.alerts import FanOutGeofencedAlerts
     users, pings, follows, tweets = make_batch(n, args.venues, args.chatter, args.seed)
     settle()
     start = time.perf_counter()

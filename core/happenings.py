@@ -1,6 +1,12 @@
 """Which tweets are about a local happening: the rule set, bursts, and collapsing copies.
 
-Pure logic, no Beam; ``transforms.alerts`` runs it keyed and in event-time order.
+Engine-neutral (see ``core``): the rules, the processors, and the one wiring of
+happening-finding, :func:`find_happenings_over`, written over ``core.ops`` so that
+``transforms.alerts.FanOutGeofencedAlerts`` (Beam) and :func:`find_happenings`
+(plain lists) run the same steps::
+
+    tweets -> Triage -> CollapseCopies[text] -> Route -+-> rule happenings --------------+
+                                                       +-> DetectBursts[tag|cell] -------+-> SessionKeys[class|cell]
 
 A tweet can start a happening only if it is *precise* (``lat``/``lng`` present
 and not ``coarse``) and *original* (not a retweet; not a near-duplicate of an
@@ -43,6 +49,7 @@ copies collapse into (a deletion withdraws the tweet's own alerts, nothing else)
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -53,7 +60,11 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import h3
 
+from core.ops import LocalOps, Ops
+from core.processor import Processor
 from schemas.records import Tweet
+
+# ``params`` below is a ``core.alerts.AlertParams`` (named, not imported: core.alerts imports this module).
 
 KINDS = ("concert", "sale", "festival", "incident", "burst")
 
@@ -204,7 +215,7 @@ def session_group(h: Happening, h3_res: int) -> str:
     return f"{happening_class(h)}|{h3.latlng_to_cell(h.lat, h.lng, h3_res)}"
 
 
-class SessionKeys:
+class SessionKeys(Processor):
     """Ordered processor keyed by session_group: gives each happening tweet its happening key.
 
     State: (session start, last tweet time). A tweet more than ``gap_s`` after
@@ -239,7 +250,7 @@ class SessionKeys:
 
 # ---- near-duplicate collapsing: one processor per fingerprint --------------------------
 
-class CollapseCopies:
+class CollapseCopies(Processor):
     """Ordered processor keyed by text fingerprint: passes originals, drops copies.
 
     State: (ts, tweet_id) of the current original. A tweet more than ``window_s``
@@ -305,7 +316,7 @@ def burst_messages(tweet: Tweet, res: int, as_candidate: bool):
             yield burst_key(tag, own), BurstCandidate(tweet.ts, tweet, tag)
 
 
-class DetectBursts:
+class DetectBursts(Processor):
     """Ordered processor: a candidate bursts when enough distinct authors used its tag nearby.
 
     State: deque of evidence (ts, author, tweet id) within ``window_s`` of now;
@@ -341,3 +352,111 @@ class DetectBursts:
 
     def gc_time(self, state):
         return state[-1][0] + self.window_s + 1e-3
+
+
+# ---- triage: what the rule set says about one tweet -----------------------------------
+
+class TweetTriage(NamedTuple):
+    """What the rule set says about one tweet before copies and bursts are considered."""
+    verdict: str                 # retweet | not_precise | not_happening | candidate
+    rule_kind: Optional[str]
+    rule_label: Optional[str]
+
+
+VERDICTS = ("retweet", "not_precise", "not_happening", "candidate")
+
+
+def triage(tweet: Tweet, rules: RuleSet) -> TweetTriage:
+    if tweet.retweet_of is not None:
+        return TweetTriage("retweet", None, None)
+    if not is_precise(tweet):
+        return TweetTriage("not_precise", None, None)
+    if rules.is_not_now(tweet.text):
+        return TweetTriage("not_happening", None, None)
+    rule = rules.match(tweet.text, tweet.hashtags)
+    if rule is None and not tweet.hashtags:
+        return TweetTriage("not_happening", None, None)
+    return TweetTriage("candidate", rule.kind if rule else None, rule.name if rule else None)
+
+
+@functools.lru_cache(maxsize=8)
+def rule_set(path: str) -> RuleSet:
+    """The compiled rule set of ``AlertParams.rules_path``, once per worker process (not once per tweet)."""
+    return RuleSet.from_json_file(path) if path else RuleSet(DEFAULT_RULES)
+
+
+def rule_happening(tweet: Tweet, kind: str, label: str, params: "AlertParams") -> Happening:
+    return Happening(tweet.tweet_id, tweet.author_id, tweet.ts, tweet.lat, tweet.lng, kind, label, "",
+                     params.radius_for(kind))
+
+
+def burst_happening(candidate: BurstCandidate, params: "AlertParams") -> Happening:
+    return rule_happening(candidate.tweet, "burst", f"#{candidate.hashtag}", params)
+
+
+def collapse_key(tweet: Tweet) -> str:
+    """The near-duplicate class; a tweet with no comparable text is its own class."""
+    return text_fingerprint(tweet.text) or f"tweet:{tweet.tweet_id}"
+
+
+class CollapseTriaged(CollapseCopies):
+    """CollapseCopies over (tweet, triage) pairs, so the verdict travels with the tweet.
+
+    -> ("original", pair) or ("copy", pair): the copies are counted by the next
+    step (a processor counts nothing itself, so every engine hosts it alike).
+    """
+
+    @staticmethod
+    def sort_key(msg):
+        return CollapseCopies.sort_key(msg[0])
+
+    def process(self, state, msg):
+        state, out = CollapseCopies.process(self, state, msg[0])
+        return state, [("original" if out else "copy", msg)]
+
+
+# ---- the one wiring of happening-finding ------------------------------------------------
+
+def find_happenings_over(ops: Ops, tweets, params: "AlertParams") -> dict:
+    """tweets -> {'happenings': Happening at the tweet's event time, 'late': DeadLetter}, on any engine."""
+    verdict_counters = {v: ops.counter(f"alerts_tweet_{v}") for v in VERDICTS}
+    copies = ops.counter("alerts_tweet_copy_collapsed")
+
+    def ordered(col, processor, stage_name):
+        return ops.run_ordered(col, processor, stage_name, tick_s=params.stream_tick_s,
+                               allowed_lateness_s=params.allowed_lateness_s,
+                               step="alerts")
+
+    def triaged(tweet):
+        verdict = triage(tweet, rule_set(params.rules_path))
+        verdict_counters[verdict.verdict].inc()
+        if verdict.verdict == "candidate":
+            yield collapse_key(tweet), (tweet, verdict)
+
+    def route(collapsed):
+        kind, (tweet, verdict) = collapsed
+        if kind == "copy":
+            copies.inc()
+            return
+        if verdict.rule_kind is not None:
+            yield "rule", rule_happening(tweet, verdict.rule_kind, verdict.rule_label, params)
+        for kv in burst_messages(tweet, params.burst_h3_res, as_candidate=verdict.rule_kind is None):
+            yield "burst", kv
+
+    candidates = ops.flat_map(tweets, triaged, "Triage")
+    # candidates : (text fingerprint, (Tweet, TweetTriage))
+    collapsed = ordered(candidates, CollapseTriaged(params.near_dup_window_s), "CollapseCopies")
+    routed = ops.tagged(collapsed["out"], route, ("rule", "burst"), "Route")
+    # routed['rule'] : Happening;  routed['burst'] : (hashtag|cell, BurstEvidence | BurstCandidate)
+    bursts = ordered(routed["burst"], DetectBursts(params.burst_min_authors, params.burst_window_s), "DetectBursts")
+    burst_happenings = ops.map(bursts["out"], lambda c: burst_happening(c, params), "BurstHappenings")
+    unkeyed = ops.flatten([routed["rule"], burst_happenings], "AllHappenings")
+    by_group = ops.map(unkeyed, lambda h: (session_group(h, params.happening_h3_res), h), "BySessionGroup")
+    keyed = ordered(by_group, SessionKeys(params.happening_h3_res, params.happening_gap_s), "SessionKeys")
+    late = ops.flatten([collapsed["late"], bursts["late"], keyed["late"]], "LateTweets")
+    return {"happenings": keyed["out"], "late": late}
+
+
+def find_happenings(tweets: Iterable[Tweet], params: "AlertParams") -> list[Happening]:
+    """Every happening of a bounded input (plain lists, no engine)."""
+    return find_happenings_over(LocalOps(), list(tweets), params)["happenings"]

@@ -21,8 +21,11 @@ key's messages at once: :meth:`Processor.run_batch_timed`.
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any, Hashable, Iterable, Optional, Protocol, Sequence, runtime_checkable
+
+from schemas.records import DeadLetter
 
 
 @runtime_checkable
@@ -126,3 +129,33 @@ def run_keyed_timed(processor: ProcessorProtocol, keyed_messages: Iterable[tuple
 def run_keyed(processor: ProcessorProtocol, keyed_messages: Iterable[tuple[Hashable, Any]]) -> list:
     """[(key, msg)] -> all outputs, each key run separately (the batch semantics), keys in order."""
     return [out for _due, out in run_keyed_timed(processor, keyed_messages)]
+
+
+# ---- late messages: what every streaming host does with one ---------------------------
+
+def late_counter_name(step: str, processor: ProcessorProtocol) -> str:
+    return f"{step}_late_{processor.name}"
+
+
+def late_dead_letter(step: str, processor: ProcessorProtocol, msg, done_until: float) -> DeadLetter:
+    """The dead letter of a message due before what its key has already decided (streaming)."""
+    due = processor.sort_key(msg)[0]
+    return DeadLetter(
+        source=f"{step}:{processor.name}",
+        error=f"late: event time {due:.3f} is behind {done_until:.3f}, up to which "
+              f"this key was already decided; raise the source's watermark delay",
+        raw=message_json(msg))
+
+
+def message_json(value) -> str:
+    """A processor message as JSON (records as objects), for a dead letter's ``raw``."""
+    def plain(v):
+        if hasattr(v, "_asdict"):  # a NamedTuple record
+            return {k: plain(x) for k, x in v._asdict().items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    try:
+        return json.dumps(plain(value), ensure_ascii=False, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return repr(value)

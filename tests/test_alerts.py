@@ -1,4 +1,4 @@
-"""transforms.alerts: every fan-out rule on hand-made worlds, a brute-force oracle, and
+"""core.alerts and transforms.alerts: every fan-out rule on hand-made worlds, a brute-force oracle, and
 batch == streaming (shuffled, out-of-order, late deletes) through FanOutGeofencedAlerts."""
 import copy
 import hashlib
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.records import Alert, Follow, Ping, TapReport, Tweet, TweetDelete, User
-from transforms.alerts import (
-    AlertParams, CellIndex, DecideForUser, FanOutGeofencedAlerts, alert_id, apply_retractions, fan_out,
-    find_happenings)
+from core.alerts import AlertParams, CellIndex, DecideForUser, alert_id, apply_retractions, fan_out
+from core.happenings import find_happenings
+from transforms.alerts import FanOutGeofencedAlerts
 from core.locations import LocationReport, report_from_ping, report_from_tap, report_from_tweet
 
 T0 = 1_764_000_000.0          # 2025-11-24T16:00:00Z, on an hour boundary
@@ -27,7 +27,7 @@ HERE = (35.6595, 139.7005)    # Shibuya crossing
 EARTH_R = 6371008.8
 
 
-# ---- an oracle's own geometry (independent of transforms.geo) --------------------------
+# ---- an oracle's own geometry (independent of core.geo) --------------------------
 
 def sphere_distance(a, b):
     """Spherical law of cosines in a numerically careful form (Vincenty's special case)."""

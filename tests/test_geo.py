@@ -1,4 +1,4 @@
-"""transforms.geo: exact spherical distance, and a covering that never misses a point."""
+"""core.geo: exact spherical distance, and a covering that never misses a point."""
 import math
 
 import h3
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import geo
+from core import geo
 
 R = 6371008.8
 

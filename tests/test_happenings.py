@@ -1,4 +1,4 @@
-"""transforms.happenings: the rule set, copies collapsing into originals, local bursts."""
+"""core.happenings: the rule set, copies collapsing into originals, local bursts."""
 import json
 import random
 
@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.records import Tweet
-from transforms.alerts import AlertParams, find_happenings, run_keyed
-from transforms.happenings import (
+from core.alerts import AlertParams
+from core.processor import run_keyed
+from core.happenings import (
     DEFAULT_RULES, BurstCandidate, CollapseCopies, DetectBursts, Happening, Rule, RuleSet, SessionKeys,
-    burst_messages, is_precise, normalise_text, session_group, text_fingerprint)
+    burst_messages, find_happenings, is_precise, normalise_text, session_group, text_fingerprint)
 
 T0 = 1_764_000_000.0
 SHIBUYA = (35.6595, 139.7005)

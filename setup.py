@@ -36,7 +36,7 @@ setup(
     ),
     python_requires=">=3.11",
     packages=find_packages(
-        include=["schemas*", "transforms*", "pipelines*", "nfc_gateway*", "synthetic*"]
+        include=["schemas*", "core*", "kafka_client*", "transforms*", "pipelines*", "nfc_gateway*", "synthetic*"]
     ),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

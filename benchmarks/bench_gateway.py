@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nfc_gateway.testing import signed_report, start_gateway, users_jsonl  # noqa: E402
-from pipelines.kafka_tools import port_open  # noqa: E402
+from kafka_client import port_open  # noqa: E402
 
 PAIRS = [("1001", "1002"), ("1002", "1001"), ("1003", "1004"), ("1004", "1003")]
 
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
             sink = KafkaTweetSink(str(work / "kafka-out"), "127.0.0.1:9092", topic, "bench")
             kafka = bench_firehose(kafka_source, kafka_size, args.kafka_records, sink, f"kafka:{topic}")
             summary["firehose_kafka"] = kafka
-            from pipelines.kafka_tools import delete_topics
+            from kafka_client import delete_topics
             delete_topics([topic], "127.0.0.1:9092")      # the broker is shared: leave nothing behind
             print(f"firehose -> Kafka topic {topic}: {kafka['records_per_s']} records/s ({kafka['mb_per_s']} MB/s)", flush=True)
         else:

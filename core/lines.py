@@ -1,8 +1,8 @@
 """Reading input lines from ``.jsonl`` and ``.jsonl.gz`` files, in bounded memory.
 
-The one line reader of the launcher: batch reads, the streaming replay, the
-registry snapshot and the summary's line counts all use :func:`iter_lines`, so
-they see the same lines. No Beam here.
+The one line reader: batch reads, the streaming replay, the registry snapshot
+(:func:`iter_lines`) and the Kafka producers (:func:`read_lines`, the same lines as
+text) all use it, so they see the same lines. Engine-neutral: no Beam here.
 
 * The line limit applies while reading (and decompressing): a line over
   ``max_line_bytes`` is never held whole. Its first ``MAX_RAW_KEPT`` bytes are kept
@@ -21,6 +21,7 @@ that is not gzip at all is a configuration error (exit 2 with one line).
 """
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from typing import Iterator, NamedTuple
@@ -28,7 +29,7 @@ from typing import Iterator, NamedTuple
 CHUNK = 1 << 16
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
-# How much of an over-long or broken line a dead letter keeps (as transforms.parse_inputs).
+# How much of an over-long or broken line a dead letter keeps (core.conventions.raw_text).
 MAX_RAW_KEPT = 64 * 1024
 
 
@@ -156,3 +157,17 @@ def iter_lines(path: str, max_line_bytes: int | None = None) -> Iterator[bytes |
             return
     if buf or over is not None:
         yield finish()
+
+
+def read_lines(path: str) -> Iterator[str]:
+    """The non-blank lines of a ``.jsonl``/``.jsonl.gz`` file as str (bytes that are not UTF-8
+    kept as surrogate escapes, sent back as the same bytes), by :func:`iter_lines`. A line it
+    could not read whole (over-long, a damaged ``.gz``) is given as its kept first bytes -- not
+    JSON, so the pipeline dead-letters it -- and logged with the reason."""
+    for line in iter_lines(path):
+        if isinstance(line, DamagedLine):
+            logging.getLogger(__name__).warning("%s: %s", path, line.error)
+            line = line.raw
+        if not line.strip():
+            continue
+        yield line.decode("utf-8", errors="surrogateescape")

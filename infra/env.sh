@@ -30,6 +30,9 @@ BEAM_JAVA_VERSION="${BEAM_JAVA_VERSION:-2.73.0}"
 BEAM_XLANG_LIB="$INFRA_CACHE/beam-xlang-$BEAM_JAVA_VERSION/libs"
 EXPANSION_SERVICE_JAR="$INFRA_CACHE/beam-xlang-$BEAM_JAVA_VERSION/beam-kafka-expansion-service.jar"
 EXPANSION_PORT="${EXPANSION_PORT:-8097}"      # KafkaIO expansion service (gRPC)
+# pipelines.kafka_io never looks into infra/: it takes these from the environment.
+export BEAM_KAFKA_EXPANSION_JAR="$EXPANSION_SERVICE_JAR"
+export BEAM_KAFKA_EXPANSION_SERVICE="${BEAM_KAFKA_EXPANSION_SERVICE:-127.0.0.1:$EXPANSION_PORT}"
 JAVA_WORKER_PORT="${JAVA_WORKER_PORT:-8099}"  # Java SDK harness worker pool (EXTERNAL env)
 PRISM_BIN="$INFRA_CACHE/bin/prism"   # Beam Prism runner built from the Go module proxy
 PRISM_JOB_PORT="${PRISM_JOB_PORT:-8073}"

@@ -93,7 +93,7 @@ topics() {
   ready || die "kafka is not running"
   # fast path: one Python process (confluent-kafka) instead of one JVM per topic
   local py="${PYTHON:-$INFRA_DIR/../.venv/bin/python}"
-  if [[ -x "$py" ]] && (cd "$INFRA_DIR/.." && "$py" -m pipelines.kafka_tools --bootstrap "$KAFKA_BOOTSTRAP" \
+  if [[ -x "$py" ]] && (cd "$INFRA_DIR/.." && "$py" -m kafka_client --bootstrap "$KAFKA_BOOTSTRAP" \
         create-topics --partitions "${KAFKA_PARTITIONS:-1}" $KAFKA_TOPICS 2>/dev/null | sed 's/^/kafka: /'); then
     return 0
   fi

@@ -14,7 +14,7 @@ PY="$ROOT/.venv/bin/python"
 if [[ $# -gt 0 && -d "$1" ]]; then
   world="$1"; shift
   echo "loading $world into the input topics (event time = Kafka CreateTime)"
-  "$PY" -m pipelines.kafka_tools load-world "$world"
+  "$PY" -m kafka_client load-world "$world"
 fi
 common=(--streaming --source kafka --alerts_sink kafka --kafka_bootstrap_servers "$KAFKA_BOOTSTRAP"
         --kafka_expansion_service "127.0.0.1:$EXPANSION_PORT" --environment_type=LOOPBACK

@@ -1,12 +1,14 @@
-"""Plain-Python Kafka helpers (confluent-kafka, i.e. librdkafka) for tests, tools and the pipeline's launch.
+"""The one Kafka client (confluent-kafka, i.e. librdkafka) of the launcher, the gateway,
+``infra/`` scripts and tests.
 
-No Beam here: these talk to the broker directly.
+No Beam here: these talk to the broker directly (the pipeline's own Beam KafkaIO reads
+and writes are ``pipelines.kafka_io``).
 
 * :func:`produce_jsonl` sends a JSON Lines file (``.jsonl`` or ``.jsonl.gz``) to a topic,
   one message per line, the message timestamp (Kafka CreateTime) set to the record's
   event time so that a Beam read with ``create_time_policy`` sees event time -- for the
-  pipeline's inputs read exactly as the pipeline reads them (:func:`record_time_ms`).
-  Lines are read by the pipeline's one line reader (``pipelines.lines``: bounded memory,
+  pipeline's inputs read exactly as the pipeline reads them (``core.conventions.event_time``).
+  Lines are read by the pipeline's one line reader (``core.lines``: bounded memory,
   a damaged ``.gz`` or over-long line sent as its kept first bytes, so it is a dead letter).
 * No CreateTime is ever set beyond the producer's clock plus ``MAX_CREATE_TIME_AHEAD_S``
   (:func:`create_time_ms`): KafkaIO's watermark follows CreateTime, and one record stamped
@@ -19,10 +21,10 @@ No Beam here: these talk to the broker directly.
 
 Command line::
 
-    python -m pipelines.kafka_tools produce --topic taps world/taps.jsonl   # [--kind taps]
-    python -m pipelines.kafka_tools load-world world/         # users/pings/taps/tweets -> same-named topics
-    python -m pipelines.kafka_tools consume --topic alerts --max 10 --timeout 30
-    python -m pipelines.kafka_tools create-topics taps tweets pings users alerts follows
+    python -m kafka_client produce --topic taps world/taps.jsonl   # [--kind taps]
+    python -m kafka_client load-world world/         # users/pings/taps/tweets -> same-named topics
+    python -m kafka_client consume --topic alerts --max 10 --timeout 30
+    python -m kafka_client create-topics taps tweets pings users alerts follows
 """
 from __future__ import annotations
 
@@ -36,9 +38,11 @@ import sys
 import time
 from typing import Iterable, Iterator
 
+from core.config import DEFAULT_KAFKA_BOOTSTRAP as DEFAULT_BOOTSTRAP
+from core import conventions
+from core.lines import read_lines
 from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
 
-DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 WORLD_KINDS = ("users", "pings", "taps", "tweets")
 # How far ahead of the producer's clock a CreateTime may be (the pipeline's --max_event_future_s).
 MAX_CREATE_TIME_AHEAD_S = DEFAULT_MAX_EVENT_FUTURE_S
@@ -70,7 +74,7 @@ def parse_time_ms(value) -> int | None:
 def event_time_ms(record) -> int | None:
     """The event time of any JSON record, by its usual fields: ``ts``; tweets ``created_at`` /
     ``data.created_at``; a compliance message's ``timestamp_ms``. For the contract's inputs,
-    :func:`record_time_ms` is exact."""
+    ``core.conventions.event_time`` is exact."""
     if not isinstance(record, dict):
         return None
     notice = next((v for v in record.values() if isinstance(v, dict) and "timestamp_ms" in v), None) \
@@ -84,38 +88,6 @@ def event_time_ms(record) -> int | None:
         if ms is not None:
             return ms
     return None
-
-
-def record_time_ms(kind: str, line) -> int | None:
-    """The event time the pipeline will give this input line (``schemas.parse``), in epoch
-    ms, or None if the pipeline will reject it (or, like a user, it has no time)."""
-    from schemas.errors import InvalidRecord
-    from schemas.parse import parse_line  # imports Beam (the records' coders): only when asked
-    try:
-        ts = getattr(parse_line(kind, line), "ts", None)
-    except InvalidRecord:
-        return None
-    except Exception:  # noqa: BLE001 - a parser bug: the pipeline dead-letters the line, no time here
-        return None
-    return None if ts is None else int(round(ts * 1000))
-
-
-def read_lines(path: str) -> Iterator[str]:
-    """The non-blank lines of a ``.jsonl``/``.jsonl.gz`` file as str (bytes that are not UTF-8
-    kept as surrogate escapes, sent back as the same bytes), read by ``pipelines.lines``, the
-    pipeline's one line reader: bounded memory, a BOM dropped. A line it could not read whole
-    (over-long, a damaged ``.gz``) is sent as its kept first bytes -- not JSON, so the pipeline
-    dead-letters it -- and logged with the reason."""
-    from pipelines.lines import DamagedLine, iter_lines
-    for line in iter_lines(path):
-        if isinstance(line, DamagedLine):
-            logging.getLogger(__name__).warning("%s: %s", path, line.error)
-            line = line.raw
-            if not line.strip():
-                continue
-        elif not line.strip():
-            continue
-        yield line.decode("utf-8", errors="surrogateescape")
 
 
 def too_far_ahead(ms: int | None, now_ms: int | None = None, max_ahead_s: float = MAX_CREATE_TIME_AHEAD_S) -> bool:
@@ -148,7 +120,7 @@ def timestamped(lines: Iterable[str], kind: str | None = None, now_ms: int | Non
     never moves a reader's watermark (the pipeline dead-letters it by its own time).
 
     ``kind`` (``pings``, ``taps``, ``tweets``) reads it as the pipeline will
-    (:func:`record_time_ms`); without one, by the usual fields (:func:`event_time_ms`).
+    (``core.conventions.event_time``); without one, by the usual fields (:func:`event_time_ms`).
 
     Lines before the first datable record get the first event time found (so a file
     that opens with a compliance message still replays in event time); unparseable
@@ -159,7 +131,7 @@ def timestamped(lines: Iterable[str], kind: str | None = None, now_ms: int | Non
     last: int | None = None
     for line in lines:
         if kind is not None:
-            ms = record_time_ms(kind, line)
+            ms = conventions.event_time_ms(kind, line)
         else:
             try:
                 ms = event_time_ms(json.loads(line))
@@ -387,7 +359,7 @@ def delete_topics(names: Iterable[str], bootstrap: str = DEFAULT_BOOTSTRAP) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.kafka_tools", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m kafka_client", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("produce", help="produce a JSONL(.gz) file into a topic with event-time timestamps")
@@ -419,13 +391,10 @@ def main(argv: list[str] | None = None) -> int:
             created = create_topics(args.names, args.bootstrap, args.partitions)
             print("created: " + (" ".join(created) if created else "(none)"))
     except (OSError, TimeoutError) as exc:
-        print(f"kafka_tools: {exc}", file=sys.stderr)
+        print(f"kafka_client: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # KafkaException (no broker, ...)
-        print(f"kafka_tools: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"kafka_client: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ Each batch goes out in one Kafka transaction (confluent-kafka, i.e. librdkafka:
 ``acks=all``, idempotent, ``transactional.id`` per gateway instance, topic and
 source), and progress is committed to a local state file only after the
 transaction is committed. Readers use ``read_committed`` (the pipeline's
-KafkaIO read and ``pipelines.kafka_tools`` set it), so an aborted batch is never
+KafkaIO read and ``kafka_client`` set it), so an aborted batch is never
 read. Idempotence alone would not do: a broker that dies with a batch in
 flight can end up holding it twice (librdkafka #4953; the broker-kill test
 below found exactly that). A crash between the Kafka commit and the local
@@ -22,9 +22,9 @@ uncommitted window that already landed.
 * Every record's Kafka timestamp is its event time (the report's ``ts``, the
   tweet's ``created_at``/``timestamp_ms``): the pipeline reads CreateTime as
   event time, so a replayed firehose lands in the right windows. Never beyond the
-  gateway's clock plus ``pipelines.kafka_tools.MAX_CREATE_TIME_AHEAD_S`` (300 s):
+  gateway's clock plus ``kafka_client.MAX_CREATE_TIME_AHEAD_S`` (300 s):
   a record stamped further ahead (2099) is sent unchanged with the gateway's clock
-  as its CreateTime (``kafka_tools.create_time_ms``, applied by ``produce_all``), so
+  as its CreateTime (``kafka_client.create_time_ms``, applied by ``produce_all``), so
   it cannot drag the pipeline's watermark; the pipeline dead-letters it by its own time.
 * Tweets: each firehose batch is committed in Kafka before the source offset
   is committed; records are keyed by nothing (the broker spreads them).
@@ -38,8 +38,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
+from core.conventions import event_time_ms
+from kafka_client import client_config, consumer, partitions_of, produce_all, read_partitions
 from nfc_gateway.sinks import STATE_DIR
-from pipelines.kafka_tools import client_config, consumer, partitions_of, produce_all, read_partitions, record_time_ms
 from nfc_gateway.spool import DurableLog, read_lines, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class KafkaTapSink:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            records = [(json.loads(line)["tap_id"].encode(), line, end, record_time_ms("taps", line)) for end, line in batch]
+            records = [(json.loads(line)["tap_id"].encode(), line, end, event_time_ms("taps", line)) for end, line in batch]
             if not publish_exactly(self.sender, self.topic, records, self.gateway, "taps-wal", self.bootstrap,
                                    self.committed, self._skip, self._stop):
                 return
@@ -278,7 +279,7 @@ class KafkaTweetSink:
             if connected is None:
                 raise RuntimeError("stopped before Kafka was reachable")
             self.sender = connected[0]
-        records = [(None, line, end, record_time_ms("tweets", line)) for line, end in zip(lines, ends)]
+        records = [(None, line, end, event_time_ms("tweets", line)) for line, end in zip(lines, ends)]
         committed = int(self.state["sources"].get(source, 0)) if source else 0
         if not publish_exactly(self.sender, self.topic, records, self.gateway, source or "-", self.bootstrap,
                                committed, self._skip, self._stop):

@@ -18,10 +18,10 @@ import json
 import os
 from typing import Optional, Tuple
 
-from pipelines.errors import ConfigError
+from core.config import ConfigError
 from schemas.timefmt import parse_rfc3339
 from core import dp_accounting as acct
-from transforms.dp_stats import DpParams
+from core.dp_stats import DpParams
 
 WORLD_MANIFEST = "world.json"
 

@@ -4,54 +4,53 @@
   as the element timestamp (event time flows), reading every topic from the earliest
   offset. Unbounded unless ``max_num_records`` / ``max_read_time`` is given.
 * :class:`WriteLinesToKafka` writes ``str`` lines (JSON) as UTF-8 message values.
-* :func:`resolve_expansion_service` / :func:`expansion_service_jar` find the Java
-  expansion service that ``infra/install.sh`` put under ``infra/.cache``.
+* :func:`resolve_expansion_service` turns ``--kafka_expansion_service`` (or the
+  environment ``infra/`` sets) into what Beam's Kafka transforms take.
 
 KafkaIO is Java: Python hands it to an *expansion service*, and the runner executes it
 in a *Java SDK worker*. With no Docker here, ``infra/xlang.sh start`` (part of
 ``infra/up.sh``) runs both from Maven Central jars: the expansion service on
 127.0.0.1:8097, whose Java transforms get an EXTERNAL environment served by the Java
-worker pool on 127.0.0.1:8099.
+worker pool on 127.0.0.1:8099. This module only connects to what is configured: it
+never starts services or looks into ``infra/`` (a library must not shell out to a
+deployment's scripts); ``infra/env.sh`` exports where things are.
 """
 from __future__ import annotations
 
-import glob
 import os
-import subprocess
 from typing import Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
 
-from pipelines.kafka_tools import port_open, snapshot_topic  # snapshot_topic: re-exported for pipelines.run  # noqa: F401
+from core.config import DEFAULT_KAFKA_BOOTSTRAP
+from kafka_client import port_open
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INFRA_DIR = os.path.join(REPO_ROOT, "infra")
-INFRA_CACHE = os.environ.get("INFRA_CACHE", os.path.join(INFRA_DIR, ".cache"))
+# Set by infra/env.sh (and so by every infra script and the integration tests' fixture).
 DEFAULT_EXPANSION_ADDRESS = os.environ.get("BEAM_KAFKA_EXPANSION_SERVICE", "127.0.0.1:8097")
 JAVA_WORKER_ADDRESS = os.environ.get("BEAM_JAVA_WORKER_POOL", "127.0.0.1:8099")
 _BYTES = "org.apache.kafka.common.serialization.ByteArraySerializer"
 
 
-def expansion_service_jar(cache_dir: str = INFRA_CACHE) -> Optional[str]:
-    """The launcher jar of the locally installed KafkaIO expansion service, or None.
+def expansion_service_jar() -> Optional[str]:
+    """The launcher jar of the installed KafkaIO expansion service (``$BEAM_KAFKA_EXPANSION_JAR``,
+    which ``infra/env.sh`` exports), or None.
 
     It is a manifest-only jar (Main-Class + Class-Path over the Maven Central jars next
     to it), usable as ``java -jar JAR <port>`` or with Beam's ``JavaJarExpansionService``.
     """
-    found = sorted(glob.glob(os.path.join(cache_dir, "beam-xlang-*", "beam-kafka-expansion-service.jar")))
-    return found[-1] if found else None
+    jar = os.environ.get("BEAM_KAFKA_EXPANSION_JAR")
+    return jar if jar and os.path.isfile(jar) else None
 
 
-def resolve_expansion_service(expansion_service=None, start_if_missing: bool = True):
+def resolve_expansion_service(expansion_service=None):
     """What to pass as ``expansion_service=`` to Beam's Kafka transforms.
 
     * ``"host:port"`` -> used as is (a running expansion service);
     * a path to a ``.jar`` -> Beam starts it for the pipeline (Java transforms get an
       EXTERNAL environment at ``BEAM_JAVA_WORKER_POOL``, default 127.0.0.1:8099);
-    * ``None`` -> ``$BEAM_KAFKA_EXPANSION_SERVICE`` or 127.0.0.1:8097; if nothing answers
-      there and ``start_if_missing``, runs ``infra/xlang.sh start`` (idempotent; stop it
-      with ``infra/xlang.sh stop`` or ``infra/down.sh``).
+    * ``None`` -> ``$BEAM_KAFKA_EXPANSION_SERVICE`` or 127.0.0.1:8097, which must answer
+      (``infra/xlang.sh start`` or ``infra/up.sh`` starts it).
     """
     if expansion_service is not None and not isinstance(expansion_service, str):
         return expansion_service  # already an ExpansionService object
@@ -64,10 +63,6 @@ def resolve_expansion_service(expansion_service=None, start_if_missing: bool = T
     address = expansion_service or DEFAULT_EXPANSION_ADDRESS
     if port_open(address):
         return address
-    if expansion_service is None and start_if_missing and os.path.exists(os.path.join(INFRA_DIR, "xlang.sh")):
-        subprocess.run(["bash", os.path.join(INFRA_DIR, "xlang.sh"), "start"], check=True)
-        if port_open(address):
-            return address
     raise RuntimeError(
         f"no Beam expansion service at {address}: run `bash infra/install.sh && bash infra/xlang.sh start` "
         "(or infra/up.sh), or pass --kafka_expansion_service HOST:PORT|JAR")
@@ -107,7 +102,7 @@ class ReadRawFromKafka(beam.PTransform):
     topic holds the watermark until its own backlog is read.
     """
 
-    def __init__(self, topics: Mapping[str, str], bootstrap_servers: str = "127.0.0.1:9092",
+    def __init__(self, topics: Mapping[str, str], bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP,
                  expansion_service=None, *, group_id: Optional[str] = None,
                  max_num_records: Optional[int] = None, max_read_time: Optional[int] = None,
                  consumer_config: Optional[Mapping[str, str]] = None, commit_offsets: bool = False):
@@ -158,7 +153,7 @@ class ReadRawFromKafka(beam.PTransform):
 class WriteLinesToKafka(beam.PTransform):
     """Write ``str`` lines (e.g. JSON records) to ``topic`` as UTF-8 values (empty key)."""
 
-    def __init__(self, topic: str, bootstrap_servers: str = "127.0.0.1:9092", expansion_service=None,
+    def __init__(self, topic: str, bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP, expansion_service=None,
                  *, producer_config: Optional[Mapping[str, str]] = None):
         super().__init__()
         self._topic = topic

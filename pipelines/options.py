@@ -53,7 +53,7 @@ def params_from(options: PipelineOptions, prefix: str, params_cls):
 def _step_params():
     """(flag prefix, params dataclass) of every business step."""
     from core.alerts import AlertParams
-    from transforms.dp_stats import DpParams
+    from core.dp_stats import DpParams
     from core.follows import FollowParams
     return (("follows", FollowParams), ("alerts", AlertParams), ("dp", DpParams))
 

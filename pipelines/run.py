@@ -33,7 +33,8 @@ from pipelines.summary import counters_of, print_summary, write_summary
 from schemas.records import DeadLetter
 from core.alerts import AlertParams
 from transforms.alerts import FanOutGeofencedAlerts
-from transforms.dp_stats import DpParams, ReleaseDpStatistics
+from core.dp_stats import DpParams
+from transforms.dp_stats import ReleaseDpStatistics
 from core.follows import FollowParams
 from transforms.follows import ResolveMutualFollows
 from transforms.parse_inputs import ParseInputs

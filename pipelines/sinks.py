@@ -19,7 +19,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
 from schemas.records import Statistic, TIME_FIELDS, arrow_schema, to_json_dict
-from transforms.parse_inputs import METRICS_NAMESPACE
+from core.conventions import METRICS_NAMESPACE
 
 STREAMING_FILE_WINDOW_S = 3600
 # Streaming shards are named by their window in UTC, e.g.
@@ -145,14 +145,6 @@ class WriteMarketingParquet(beam.PTransform):
                 prefix, schema=schema, file_name_suffix=".parquet",
                 shard_name_template=STREAMING_SHARD_NAME_TEMPLATE,
                 triggering_frequency=STREAMING_FILE_WINDOW_S))
-
-
-def count_jsonl_lines(folder: str) -> int:
-    total = 0
-    for path in glob.glob(os.path.join(folder, "**", "*.jsonl"), recursive=True):
-        with open(path, "rb") as handle:
-            total += sum(1 for _ in handle)
-    return total
 
 
 def read_jsonl_folder(folder: str) -> list[dict]:

@@ -17,10 +17,11 @@ import apache_beam as beam
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.errors import ConfigError
-from pipelines.lines import DamagedLine, InputFileError, check_input_file, iter_lines
-from schemas.parse import SOURCES, parse_line
-from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S, ahead_of_clock
+from core.config import ConfigError
+from core.conventions import event_time
+from core.lines import DamagedLine, InputFileError, check_input_file, iter_lines
+from schemas.parse import SOURCES
+from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
 
 EVENT_KINDS = tuple(kind for kind in SOURCES if kind != "users")
 
@@ -64,7 +65,7 @@ def _read_file(path: str, kind: str):
 
 
 class ReadKindFromFiles(beam.PTransform):
-    """Bounded ``(kind, line bytes)`` from one kind's files (``pipelines.lines``: bounded memory,
+    """Bounded ``(kind, line bytes)`` from one kind's files (``core.lines``: bounded memory,
     damage as ``(kind, raw, error)``); bytes so bad UTF-8 is a dead letter, not a crash."""
 
     def __init__(self, kind: str, paths: list[str]):
@@ -75,16 +76,6 @@ class ReadKindFromFiles(beam.PTransform):
         return (pbegin
                 | "Files" >> beam.Create(self._paths)
                 | "ReadLines" >> beam.FlatMap(_read_file, self._kind))
-
-
-def read_lines(path: str):
-    """Every line of ``path`` (bytes), damage as :class:`pipelines.lines.DamagedLine`."""
-    return iter_lines(path)
-
-
-def count_lines(path: str) -> int:
-    """Lines read from ``path`` as the pipeline reads them (a damaged tail counts as one)."""
-    return sum(1 for _ in iter_lines(path))
 
 
 def replay_schedule(events, disorder_s: float, seed: int, step_s: float = 600.0):
@@ -120,20 +111,15 @@ def replay_schedule(events, disorder_s: float, seed: int, step_s: float = 600.0)
 
 def peek_event_time(kind: str, line, previous: float, now: float | None = None,
                     max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S) -> float:
-    """Event time used to schedule a raw line; a line that will be rejected keeps its neighbour's.
+    """Event time used to schedule a raw line: its own (``core.conventions.event_time``, the one
+    ParseInputs stamps), or its neighbour's for a line ParseInputs will reject.
 
     That includes a line stamped more than ``max_future_s`` ahead of ``now`` (the clock
-    ParseInputs judges it by, default the wall clock): ParseInputs dead-letters it, and
-    its time must not move the replay's watermark (a 2099 line would make every genuine
-    line after it late)."""
-    if isinstance(line, DamagedLine):
-        return previous
-    try:
-        ts = parse_line(kind, line).ts
-    except Exception:  # noqa: BLE001 - rejected (or a parser bug): ParseInputs dead-letters it
-        return previous
+    ParseInputs judges it by, default the wall clock): its time must not move the replay's
+    watermark (a 2099 line would make every genuine line after it late)."""
     clock = time.time() if now is None else now
-    return previous if ahead_of_clock(ts, clock, max_future_s) is not None else ts
+    ts = event_time(kind, line, clock, max_future_s)
+    return previous if ts is None else ts
 
 
 def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
@@ -149,12 +135,12 @@ def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
     for kind in EVENT_KINDS:
         previous = None
         for path in files[kind]:
-            for line in read_lines(path):
-                event_time = peek_event_time(kind, line, previous, now, max_future_s)
-                if event_time is not None:
-                    previous = event_time
-                    first = event_time if first is None else min(first, event_time)
-                events.append([event_time, as_element(kind, line)])
+            for line in iter_lines(path):
+                scheduled = peek_event_time(kind, line, previous, now, max_future_s)
+                if scheduled is not None:
+                    previous = scheduled
+                    first = scheduled if first is None else min(first, scheduled)
+                events.append([scheduled, as_element(kind, line)])
     for event in events:  # a leading run of bad lines takes the earliest time seen
         if event[0] is None:
             event[0] = first if first is not None else 0.0
@@ -163,12 +149,18 @@ def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
 
 def stream_from_files(pipeline, files: dict[str, list[str]], disorder_s: float, seed: int,
                       max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None):
-    """Unbounded ``(kind, line)`` from the event files, in event time (DirectRunner): :func:`replay_steps`."""
+    """Unbounded ``(kind, line)`` from the event files, in event time (DirectRunner): :func:`replay_steps`.
+
+    Returns (the stream, lines delivered per kind): the run summary's ``read`` counts, as
+    DirectRunner's streaming counters are not exact and the files need no second reading."""
     stream = TestStream()
+    delivered = {kind: 0 for kind in EVENT_KINDS}
     for step, value in replay_steps(files, disorder_s, seed, max_future_s, now):
         if step == "elements":
             stream.add_elements(value)
+            for timestamped in value:
+                delivered[timestamped.value[0]] += 1
         else:
             stream.advance_watermark_to(value)
     stream.advance_watermark_to_infinity()
-    return pipeline | "ReplayEventsInEventTime" >> stream
+    return pipeline | "ReplayEventsInEventTime" >> stream, delivered

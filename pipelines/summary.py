@@ -1,15 +1,17 @@
 """``run_summary.json``: counts per stage, privacy budget spent, wall time.
 
 The stage counts are taken from what the run actually wrote, so they are exact
-on every runner: ``read`` is the number of input lines (counted by the
-launcher), ``rejected`` the dead letters whose ``source`` is that input, and
+on every runner: ``read`` is the number of input lines (the pipeline's own
+``read.<kind>`` counters; streaming from files on DirectRunner, whose counters are
+not exact, the lines the replay delivered), ``rejected`` the dead letters whose ``source`` is that input, and
 ``emitted`` the records in each output folder. ``read = parsed + rejected``
 holds per input; records a later step rejects (an unmatched tap, a late event)
 appear under ``dead_letters`` by their step's source. Each step's own Beam
 counters (namespace ``tapfollow``) are added under ``counters`` — except on
 DirectRunner in streaming mode, whose bundle-based executor keeps only the last
 bundle's value of a counter, so there they are left out rather than be wrong.
-The privacy figures are summed from the ledger the DP step wrote.
+The privacy figures are summed from the ledger the DP step wrote, by its own
+``check_ledger`` (a double release or an overspent day is reported, never summed).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import sys
 
 from apache_beam.metrics.metric import MetricsFilter
 
+from core.conventions import METRICS_NAMESPACE
+from core.dp_accounting import BudgetError, check_ledger
 from pipelines.sinks import read_jsonl_folder
-from transforms.parse_inputs import METRICS_NAMESPACE
 
 JSONL_OUTPUTS = ("follows", "alerts", "privacy_ledger")
 
@@ -46,16 +49,22 @@ def parquet_rows(folder: str) -> int:
                for path in glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True))
 
 
-def privacy_spent(ledger_rows: list[dict]) -> dict:
-    """Budget spent per user-day, from the ledger: the largest day's total is what a user lost."""
-    per_day: dict[str, dict[str, float]] = {}
-    for row in ledger_rows:
-        day = per_day.setdefault(str(row.get("date")), {"epsilon": 0.0, "delta": 0.0, "releases": 0})
-        day["epsilon"] += float(row.get("epsilon", 0.0))
-        day["delta"] += float(row.get("delta", 0.0))
-        day["releases"] += 1
+def privacy_spent(ledger_rows: list[dict], epsilon: float, delta: float) -> dict:
+    """Budget spent per user-day, from the ledger: the largest day's total is what a user lost.
+
+    Summed by the DP step's own ``check_ledger``, so a window released twice or a day over
+    the budget is reported (``ledger_check``) rather than added up as if it were sound."""
+    try:
+        spends = check_ledger(ledger_rows, epsilon, delta)
+        verdict = "ok"
+    except BudgetError as exc:
+        spends = {}
+        verdict = f"failed: {exc}"
+    per_day = {day: {"epsilon": s.epsilon, "delta": s.delta, "releases": s.releases}
+               for day, s in spends.items()}
     return {
         "ledger_rows": len(ledger_rows),
+        "ledger_check": verdict,
         "per_user_day": dict(sorted(per_day.items())),
         "max_epsilon_per_user_day": max((d["epsilon"] for d in per_day.values()), default=0.0),
         "max_delta_per_user_day": max((d["delta"] for d in per_day.values()), default=0.0),
@@ -98,7 +107,7 @@ def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, st
         "output": cfg.output_dir,
         "stages": stages,
         "counters": counters,
-        "privacy": dict(privacy_spent(ledger),
+        "privacy": dict(privacy_spent(ledger, cfg.dp.epsilon_per_user_day, cfg.dp.delta_per_user_day),
                         budget_epsilon_per_user_day=cfg.dp.epsilon_per_user_day,
                         budget_delta_per_user_day=cfg.dp.delta_per_user_day),
         "wall_time_s": round(wall_time_s, 3),

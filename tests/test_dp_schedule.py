@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pipelines.dp_schedule import with_release_schedule, world_period
-from pipelines.errors import ConfigError
+from core.config import ConfigError
 from pipelines.sinks import read_jsonl_folder
 from schemas.timefmt import parse_rfc3339
 from core import dp_accounting as acct
-from transforms.dp_stats import DpParams
+from core.dp_stats import DpParams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H0 = parse_rfc3339("2026-11-25T01:00:00Z")

@@ -16,7 +16,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import kafka_tools, sources
+import kafka_client
+from core.conventions import event_time_ms
+from core.lines import read_lines
+from pipelines import sources
 from pipelines.run import run
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import DeadLetter
@@ -125,12 +128,12 @@ NOW_MS = int(NOW * 1000)
 
 
 def test_create_time_is_never_beyond_the_producers_clock_plus_the_skew():
-    assert kafka_tools.create_time_ms(NOW_MS - 5000, NOW_MS) == NOW_MS - 5000            # the past: unchanged
-    assert kafka_tools.create_time_ms(NOW_MS + 300_000, NOW_MS) == NOW_MS + 300_000      # drift within the skew
-    assert kafka_tools.create_time_ms(NOW_MS + 300_001, NOW_MS) == NOW_MS                # beyond: the clock
-    assert kafka_tools.create_time_ms(FUTURE_MS, NOW_MS) == NOW_MS
-    assert kafka_tools.create_time_ms(FUTURE_MS, NOW_MS, max_ahead_s=1e10) == FUTURE_MS
-    assert kafka_tools.create_time_ms(None, NOW_MS) is None                              # the broker's now
+    assert kafka_client.create_time_ms(NOW_MS - 5000, NOW_MS) == NOW_MS - 5000            # the past: unchanged
+    assert kafka_client.create_time_ms(NOW_MS + 300_000, NOW_MS) == NOW_MS + 300_000      # drift within the skew
+    assert kafka_client.create_time_ms(NOW_MS + 300_001, NOW_MS) == NOW_MS                # beyond: the clock
+    assert kafka_client.create_time_ms(FUTURE_MS, NOW_MS) == NOW_MS
+    assert kafka_client.create_time_ms(FUTURE_MS, NOW_MS, max_ahead_s=1e10) == FUTURE_MS
+    assert kafka_client.create_time_ms(None, NOW_MS) is None                              # the broker's now
 
 
 class _Recorder:
@@ -152,7 +155,7 @@ def test_produce_all_clamps_every_producers_create_time():
     """The gateway's tap and tweet sinks and kafka_tools' helpers all send through produce_all."""
     producer = _Recorder()
     past = NOW_MS - 3_600_000
-    kafka_tools.produce_all(producer, "t", [(None, b"old", past, None), (None, b"2099", FUTURE_MS, None),
+    kafka_client.produce_all(producer, "t", [(None, b"old", past, None), (None, b"2099", FUTURE_MS, None),
                                             (None, b"undated", None, None)])
     sent = dict(producer.sent)
     assert sent[b"old"] == past and sent[b"undated"] == 0
@@ -163,11 +166,11 @@ def test_produce_all_clamps_every_producers_create_time():
 def test_file_replays_into_kafka_give_a_future_line_its_neighbours_time(world):
     pings = _lines(world, "pings")[:3]
     bad = future_lines(world)["pings"][0]
-    times = [kafka_tools.record_time_ms("pings", line) for line in pings]
-    got = list(kafka_tools.timestamped([pings[0], bad, pings[1], pings[2]], kind="pings", now_ms=NOW_MS))
+    times = [event_time_ms("pings", line) for line in pings]
+    got = list(kafka_client.timestamped([pings[0], bad, pings[1], pings[2]], kind="pings", now_ms=NOW_MS))
     assert got == [(pings[0], times[0]), (bad, times[0]), (pings[1], times[1]), (pings[2], times[2])]
     # a leading future line takes the first genuine time, like any undatable line
-    got = list(kafka_tools.timestamped([bad, pings[0]], kind="pings", now_ms=NOW_MS))
+    got = list(kafka_client.timestamped([bad, pings[0]], kind="pings", now_ms=NOW_MS))
     assert got == [(bad, times[0]), (pings[0], times[0])]
 
 
@@ -176,13 +179,13 @@ def test_kafka_tools_reads_lines_with_the_pipelines_bounded_reader(tmp_path):
     path = tmp_path / "pings.jsonl.gz"
     whole = gzip.compress(b'\xef\xbb\xbf{"a": 1}\n\n{"a": 2}\r\n' + b'{"b": "' + b"x" * (2 << 20) + b'"}\n{"a": 3}\n')
     path.write_bytes(whole)
-    lines = list(kafka_tools.read_lines(str(path)))
+    lines = list(read_lines(str(path)))
     # the BOM is dropped, the over-long line is sent as its first 64 KiB (a dead letter downstream), not held whole
     assert lines[:2] == ['{"a": 1}', '{"a": 2}'] and lines[3] == '{"a": 3}'
     assert len(lines[2]) == 64 * 1024 and lines[2].startswith('{"b": "xxx')
     cut = tmp_path / "cut.jsonl.gz"          # a truncated copy: the readable lines, then a logged end
     cut.write_bytes(gzip.compress(b'{"a": 1}\n{"a": 2}\n')[:-4])
-    assert list(kafka_tools.read_lines(str(cut))) == ['{"a": 1}', '{"a": 2}']
+    assert list(read_lines(str(cut))) == ['{"a": 1}', '{"a": 2}']
 
 
 # ---- the whole pipeline: genuine records give the outputs of the world without the 2099 lines ----

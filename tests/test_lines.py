@@ -1,4 +1,4 @@
-"""pipelines.lines: every line of a plain or gzip file, damage reported, memory bounded."""
+"""core.lines: every line of a plain or gzip file, damage reported, memory bounded."""
 from __future__ import annotations
 
 import gzip
@@ -8,7 +8,7 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipelines.lines import DamagedLine, InputFileError, check_input_file, iter_lines
+from core.lines import DamagedLine, InputFileError, check_input_file, iter_lines
 
 LINES = [b'{"a": %d}' % i for i in range(2000)]
 

@@ -6,7 +6,7 @@ import sys
 import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("schemas", "transforms", "pipelines", "nfc_gateway", "synthetic")
+PACKAGES = ("schemas", "core", "kafka_client", "transforms", "pipelines", "nfc_gateway", "synthetic")
 
 
 def test_sdist_carries_every_module_of_every_package(tmp_path):

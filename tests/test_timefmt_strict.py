@@ -1,7 +1,7 @@
 """Strict RFC 3339 and v1.1 dates: the forms Python's own parsers accept but RFC 3339 does not.
 
 One parser (``schemas.timefmt``) is used by the records, the generator and the Kafka
-tools (``pipelines.kafka_tools.parse_time_ms``); these tests pin both.
+tools (``kafka_client.parse_time_ms``); these tests pin both.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.kafka_tools import parse_time_ms
+from kafka_client import parse_time_ms
 from schemas.errors import InvalidRecord
 from schemas.timefmt import format_rfc3339, parse_rfc3339, parse_twitter_v1
 

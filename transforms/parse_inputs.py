@@ -3,7 +3,7 @@
 The first step of every run, batch or streaming, files or Kafka. Each element
 is ``(kind, line)`` with kind one of users|pings|taps|tweets and line the
 record as received (bytes or str), or ``(kind, raw, error)`` for a line the
-reader could not read whole (``pipelines.lines``: over-long, a damaged ``.gz``). Every line ends in exactly one output:
+reader could not read whole (``core.lines``: over-long, a damaged ``.gz``). Every line ends in exactly one output:
 its typed collection, or ``dead_letters`` with a specific reason, and is
 counted (``read.<kind>``, ``parsed.<kind>``, ``rejected.<kind>``), so the
 counts in ``run_summary.json`` add up.
@@ -25,43 +25,15 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
+from core.conventions import METRICS_NAMESPACE, dead_letter, raw_text
 from schemas.errors import InvalidRecord
 from schemas.parse import SOURCES, parse_line
 from schemas.records import DeadLetter, Ping, TapReport, Tweet, TweetDelete, User
 from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S, ahead_of_clock
 
-METRICS_NAMESPACE = "tapfollow"
 OUTPUTS = ("users", "pings", "taps", "tweets", "deletes")
 _TAG_OF_TYPE = {User: "users", Ping: "pings", TapReport: "taps", Tweet: "tweets", TweetDelete: "deletes"}
 _TYPE_OF_TAG = {tag: record_type for record_type, tag in _TAG_OF_TYPE.items()}
-# A dead letter keeps the raw input, but not without bound: the 10 MB line that
-# was rejected for its size is kept as its first 64 KiB plus a marker.
-MAX_RAW_KEPT = 64 * 1024
-
-
-def raw_text(line) -> str:
-    """The input as received, always writable as UTF-8: bytes that are not UTF-8 and lone
-    surrogates are kept as backslash escapes (``\\xff``, ``\\ud800``), a huge line truncated."""
-    if isinstance(line, bytes):
-        size = len(line)
-        text = line[: MAX_RAW_KEPT + 4].decode("utf-8", errors="backslashreplace")
-        if size > MAX_RAW_KEPT:
-            return text[:MAX_RAW_KEPT] + f"…[truncated from {size} bytes]"
-        return text
-    if not isinstance(line, str):
-        line = repr(line)
-    if len(line) > MAX_RAW_KEPT:
-        line = line[:MAX_RAW_KEPT] + f"…[truncated from {len(line)} chars]"
-    return writable(line)
-
-
-def writable(text: str) -> str:
-    """``text`` with anything UTF-8 cannot encode (lone surrogates) as a backslash escape."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
-
-
 def classify(kind: str, origin: str, line):
     """(tag, value) for one raw line: the typed record, or a DeadLetter (the event-time rule
     against the run's clock is ``_ParseLineFn``'s, see the module's docstring)."""
@@ -69,11 +41,9 @@ def classify(kind: str, origin: str, line):
         record = parse_line(kind, line)
         return _TAG_OF_TYPE[type(record)], record
     except InvalidRecord as exc:
-        return "dead_letters", DeadLetter(source=origin, error=writable(str(exc)), raw=raw_text(line))
+        return "dead_letters", dead_letter(origin, str(exc), line)
     except Exception as exc:  # a parser bug must not lose the record either
-        return "dead_letters", DeadLetter(
-            source=origin, error=writable(f"internal parser error {type(exc).__name__}: {exc}"),
-            raw=raw_text(line))
+        return "dead_letters", dead_letter(origin, f"internal parser error {type(exc).__name__}: {exc}", line)
 
 
 def _identity(value):
@@ -100,13 +70,11 @@ class _ParseLineFn(beam.DoFn):
         kind, line = element[0], element[1]
         if kind not in self._origins:
             self._unknown.inc()
-            yield beam.pvalue.TaggedOutput("dead_letters", DeadLetter(
-                source=str(kind), error=f"unknown input kind {kind!r}", raw=raw_text(line)))
+            yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(str(kind), f"unknown input kind {kind!r}", line))
             return
         self._counters["read", kind].inc()
         if len(element) == 3:  # (kind, raw, error): the reader could not read this line whole
-            tag, value = "dead_letters", DeadLetter(
-                source=self._origins[kind], error=writable(element[2]), raw=raw_text(line))
+            tag, value = "dead_letters", dead_letter(self._origins[kind], element[2], line)
         else:
             tag, value = classify(kind, self._origins[kind], line)
             if tag not in ("dead_letters", "users"):  # the one rule on event times, for every kind
@@ -114,8 +82,7 @@ class _ParseLineFn(beam.DoFn):
                 problem = ahead_of_clock(value.ts, now, self._max_future_s)
                 if problem is not None:
                     self._counters["future", kind].inc()
-                    tag, value = "dead_letters", DeadLetter(source=self._origins[kind], error=problem,
-                                                            raw=raw_text(line))
+                    tag, value = "dead_letters", dead_letter(self._origins[kind], problem, line)
         if tag == "dead_letters":
             self._counters["rejected", kind].inc()
             yield beam.pvalue.TaggedOutput(tag, value)

@@ -106,6 +106,8 @@ def infra():
     t0 = time.monotonic()
     print(_run("up.sh"))
     up_seconds = time.monotonic() - t0
+    # What infra/env.sh exports to its scripts, for pipelines.kafka_io in this process.
+    os.environ.setdefault("BEAM_KAFKA_EXPANSION_JAR", _env_value("EXPANSION_SERVICE_JAR"))
     prism_bin = _env_value("PRISM_BIN")
     jar = _env_value("FLINK_JOB_SERVER_JAR")
     rest_port = _env_value("FLINK_REST_PORT")

@@ -24,7 +24,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
-from pipelines import kafka_io, kafka_tools
+import kafka_client
+from pipelines import kafka_io
 from tests.integration.conftest import slow_machine, wait_for
 
 pytestmark = pytest.mark.flink
@@ -50,7 +51,7 @@ def _pings(n: int, start_s: int = 0, phase: str = "pre") -> list[str]:
 def test_services_up(infra):
     overview = infra.rest("/overview")
     assert overview["taskmanagers"] >= 1 and overview["slots-total"] >= 2, overview
-    assert TOPICS <= kafka_tools.list_topics(infra.bootstrap)
+    assert TOPICS <= kafka_client.list_topics(infra.bootstrap)
     print(f"infra up in {infra.up_seconds:.1f}s")
 
 
@@ -64,12 +65,12 @@ def test_produce_uses_event_time(infra, tmp_path):
     ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert kafka_tools.produce_jsonl(str(path), topic, infra.bootstrap) == 4
-    got = kafka_tools.consume(topic, infra.bootstrap, max_messages=4, timeout_s=slow_machine(30))
+    assert kafka_client.produce_jsonl(str(path), topic, infra.bootstrap) == 4
+    got = kafka_client.consume(topic, infra.bootstrap, max_messages=4, timeout_s=slow_machine(30))
     base = 1793534400000  # 2026-11-01T12:00:00Z
     assert [ts for ts, _ in got] == [base, base + 5000, base + 7000, base + 7000]
     assert [json.loads(v) for _, v in got] == records
-    assert kafka_tools.snapshot_topic(infra.bootstrap, topic) == [json.dumps(r) for r in records]
+    assert kafka_client.snapshot_topic(infra.bootstrap, topic) == [json.dumps(r) for r in records]
 
 
 # ------------------------------------------------ Beam, portable runner ----
@@ -91,10 +92,10 @@ def test_beam_streaming_kafka_to_kafka(infra):
     caught up (KafkaIO's CreateTime watermark). The job is cancelled at the end."""
     _needs_prism(infra)
     src_a, src_b, out, counts = _topic("in-a"), _topic("in-b"), _topic("out"), _topic("counts")
-    kafka_tools.create_topics([src_a, src_b, out, counts], infra.bootstrap)
+    kafka_client.create_topics([src_a, src_b, out, counts], infra.bootstrap)
     # the backlog: produced before the job starts, so none of it is late
-    kafka_tools.produce_lines(src_a, _pings(5), infra.bootstrap)
-    kafka_tools.produce_lines(src_b, [json.dumps({"tap_id": "t1", "ts": "2026-11-01T12:00:30Z", "phase": "pre"})],
+    kafka_client.produce_lines(src_a, _pings(5), infra.bootstrap)
+    kafka_client.produce_lines(src_b, [json.dumps({"tap_id": "t1", "ts": "2026-11-01T12:00:30Z", "phase": "pre"})],
                               infra.bootstrap)
 
     pipeline = beam.Pipeline(options=PipelineOptions(infra.portable_runner_args(streaming=True)))
@@ -115,20 +116,20 @@ def test_beam_streaming_kafka_to_kafka(infra):
     t0 = time.monotonic()
     result = pipeline.run()
     try:
-        _wait(lambda: len(kafka_tools.consume(out, infra.bootstrap, 6, timeout_s=2)) >= 6, 120, "first 6 outputs")
+        _wait(lambda: len(kafka_client.consume(out, infra.bootstrap, 6, timeout_s=2)) >= 6, 120, "first 6 outputs")
         first_out = time.monotonic() - t0
-        kafka_tools.produce_lines(src_a, _pings(4, start_s=10, phase="post"), infra.bootstrap)
+        kafka_client.produce_lines(src_a, _pings(4, start_s=10, phase="post"), infra.bootstrap)
         got = _wait(lambda: (lambda m: m if len(m) >= 10 else None)(
-            kafka_tools.consume(out, infra.bootstrap, 10, timeout_s=2)), 90, "10 outputs")
+            kafka_client.consume(out, infra.bootstrap, 10, timeout_s=2)), 90, "10 outputs")
         window_counts = _wait(lambda: (lambda m: m if sum(json.loads(v)["count"] for _, v in m) >= 6 else None)(
-            kafka_tools.consume(counts, infra.bootstrap, None, timeout_s=2)), 120, "event-time window counts")
+            kafka_client.consume(counts, infra.bootstrap, None, timeout_s=2)), 120, "event-time window counts")
     finally:
         result.cancel()
     rows = [json.loads(v) for _, v in got]
     assert {r["source"] for r in rows} == {"pings", "taps"}
     assert sorted(json.loads(r["raw"])["phase"] for r in rows) == ["post"] * 4 + ["pre"] * 6
     for r in rows:  # element timestamp == record event time (Kafka CreateTime)
-        assert r["event_ms"] == kafka_tools.event_time_ms(json.loads(r["raw"]))
+        assert r["event_ms"] == kafka_client.event_time_ms(json.loads(r["raw"]))
     totals = {}
     for _, v in window_counts:
         c = json.loads(v)
@@ -143,7 +144,7 @@ def test_beam_batch_files_and_kafka(infra, tmp_path):
     read goes through the launcher jar (Beam starts and stops its own expansion service)."""
     _needs_prism(infra)
     topic = _topic("batch")
-    kafka_tools.create_topics([topic], infra.bootstrap)
+    kafka_client.create_topics([topic], infra.bootstrap)
     src = tmp_path / "pings.jsonl"
     lines = _pings(20)
     src.write_text("\n".join(lines) + "\n")
@@ -151,7 +152,7 @@ def test_beam_batch_files_and_kafka(infra, tmp_path):
     with beam.Pipeline(options=PipelineOptions(infra.portable_runner_args(streaming=False))) as p:
         (p | beam.io.ReadFromText(str(src))
          | kafka_io.WriteLinesToKafka(topic, infra.bootstrap, infra.expansion_service))
-    assert sorted(kafka_tools.snapshot_topic(infra.bootstrap, topic)) == sorted(lines)
+    assert sorted(kafka_client.snapshot_topic(infra.bootstrap, topic)) == sorted(lines)
 
     out_prefix = str(tmp_path / "out" / "part")
     with beam.Pipeline(options=PipelineOptions(infra.portable_runner_args(streaming=False))) as p:
@@ -175,14 +176,14 @@ def _needs_job_server(infra):
 def test_beam_streaming_on_flink(infra):
     _needs_job_server(infra)
     src, out = _topic("flink-in"), _topic("flink-out")
-    kafka_tools.create_topics([src, out], infra.bootstrap)
-    kafka_tools.produce_lines(src, _pings(5), infra.bootstrap)
+    kafka_client.create_topics([src, out], infra.bootstrap)
+    kafka_client.produce_lines(src, _pings(5), infra.bootstrap)
     pipeline = beam.Pipeline(options=PipelineOptions(infra.flink_runner_args(streaming=True, checkpoint_ms=2000)))
     (pipeline | kafka_io.ReadRawFromKafka({"pings": src}, infra.bootstrap, infra.expansion_service)
      | beam.Map(_format) | kafka_io.WriteLinesToKafka(out, infra.bootstrap, infra.expansion_service))
     result = pipeline.run()
     try:
-        _wait(lambda: len(kafka_tools.consume(out, infra.bootstrap, 5, timeout_s=2)) >= 5, 180, "Flink outputs")
+        _wait(lambda: len(kafka_client.consume(out, infra.bootstrap, 5, timeout_s=2)) >= 5, 180, "Flink outputs")
     finally:
         result.cancel()
 

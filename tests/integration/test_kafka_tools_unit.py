@@ -1,38 +1,41 @@
-"""Pure-Python parts of pipelines.kafka_tools / kafka_io (no broker, no JVM)."""
+"""Pure-Python parts of kafka_client / pipelines.kafka_io (no broker, no JVM)."""
 import gzip
 import json
 
 import pytest
 
-from pipelines import kafka_io, kafka_tools
+import kafka_client
+from core.conventions import event_time_ms
+from core.lines import read_lines
+from pipelines import kafka_io
 
 BASE = 1793534400000  # 2026-11-01T12:00:00Z
 
 
 def test_parse_time_formats():
-    assert kafka_tools.parse_time_ms("2026-11-01T12:00:00Z") == BASE
-    assert kafka_tools.parse_time_ms("2026-11-01T13:00:00.250+01:00") == BASE + 250
-    assert kafka_tools.parse_time_ms("Sun Nov 01 12:00:00 +0000 2026") == BASE
-    assert kafka_tools.parse_time_ms(BASE) == BASE
-    assert kafka_tools.parse_time_ms(BASE / 1000) == BASE
+    assert kafka_client.parse_time_ms("2026-11-01T12:00:00Z") == BASE
+    assert kafka_client.parse_time_ms("2026-11-01T13:00:00.250+01:00") == BASE + 250
+    assert kafka_client.parse_time_ms("Sun Nov 01 12:00:00 +0000 2026") == BASE
+    assert kafka_client.parse_time_ms(BASE) == BASE
+    assert kafka_client.parse_time_ms(BASE / 1000) == BASE
     for bad in (None, "", "yesterday", True, [], {}):
-        assert kafka_tools.parse_time_ms(bad) is None
+        assert kafka_client.parse_time_ms(bad) is None
 
 
 def test_event_time_fields():
-    assert kafka_tools.event_time_ms({"ts": "2026-11-01T12:00:00Z"}) == BASE
-    assert kafka_tools.event_time_ms({"created_at": "Sun Nov 01 12:00:01 +0000 2026"}) == BASE + 1000
-    assert kafka_tools.event_time_ms({"data": {"created_at": "2026-11-01T12:00:02.000Z"}}) == BASE + 2000
-    assert kafka_tools.event_time_ms({"delete": {"status": {"id_str": "1"}}}) is None
-    assert kafka_tools.event_time_ms(["not", "a", "record"]) is None
+    assert kafka_client.event_time_ms({"ts": "2026-11-01T12:00:00Z"}) == BASE
+    assert kafka_client.event_time_ms({"created_at": "Sun Nov 01 12:00:01 +0000 2026"}) == BASE + 1000
+    assert kafka_client.event_time_ms({"data": {"created_at": "2026-11-01T12:00:02.000Z"}}) == BASE + 2000
+    assert kafka_client.event_time_ms({"delete": {"status": {"id_str": "1"}}}) is None
+    assert kafka_client.event_time_ms(["not", "a", "record"]) is None
 
 
 def test_timestamped_carries_previous_and_backfills_leading():
     lines = [json.dumps({"delete": {}}), "not json", json.dumps({"ts": "2026-11-01T12:00:00Z"}),
              json.dumps({"delete": {}}), json.dumps({"ts": "2026-11-01T12:00:05Z"})]
-    assert [ts for _, ts in kafka_tools.timestamped(lines)] == [BASE, BASE, BASE, BASE, BASE + 5000]
-    assert [line for line, _ in kafka_tools.timestamped(lines)] == lines
-    assert list(kafka_tools.timestamped([json.dumps({"x": 1})])) == [(json.dumps({"x": 1}), None)]
+    assert [ts for _, ts in kafka_client.timestamped(lines)] == [BASE, BASE, BASE, BASE, BASE + 5000]
+    assert [line for line, _ in kafka_client.timestamped(lines)] == lines
+    assert list(kafka_client.timestamped([json.dumps({"x": 1})])) == [(json.dumps({"x": 1}), None)]
 
 
 def test_read_lines_plain_and_gzip(tmp_path):
@@ -41,9 +44,9 @@ def test_read_lines_plain_and_gzip(tmp_path):
     packed = tmp_path / "a.jsonl.gz"
     with gzip.open(packed, "wt", encoding="utf-8") as fh:
         fh.write('{"a": 1}\n{"a": 2}\n')
-    assert list(kafka_tools.read_lines(str(plain))) == ['{"a": 1}', '{"a": 2}']
-    assert list(kafka_tools.read_lines(str(packed))) == ['{"a": 1}', '{"a": 2}']
-    assert kafka_tools.find_input(str(tmp_path), "a") == str(plain)
+    assert list(read_lines(str(plain))) == ['{"a": 1}', '{"a": 2}']
+    assert list(read_lines(str(packed))) == ['{"a": 1}', '{"a": 2}']
+    assert kafka_client.find_input(str(tmp_path), "a") == str(plain)
 
 
 def test_resolve_expansion_service_explicit_address_unreachable_raises():
@@ -95,22 +98,22 @@ class FakeProducer:
 def test_produce_all_waits_out_a_full_queue_and_sends_everything_in_order():
     producer = FakeProducer(capacity=3)
     items = [(b"k%d" % i, b"v%d" % i, 1000 + i if i % 2 else None, [("h", b"x")]) for i in range(10)]
-    assert kafka_tools.produce_all(producer, "t", items) == 10
+    assert kafka_client.produce_all(producer, "t", items) == 10
     assert producer.polls >= 3                                  # the full queue was drained, not dropped
     assert producer.sent == [("t", k, v, ts or 0, h) for k, v, ts, h in items]   # None -> 0: the broker's now
 
 
 def test_produce_all_raises_on_a_delivery_error_or_an_unacknowledged_record():
     with pytest.raises(RuntimeError, match="delivery failed: boom"):
-        kafka_tools.produce_all(FakeProducer(fail="boom"), "t", [(None, b"ok", None, None), (None, b"bad", None, None)])
+        kafka_client.produce_all(FakeProducer(fail="boom"), "t", [(None, b"ok", None, None), (None, b"bad", None, None)])
     with pytest.raises(RuntimeError, match="1 records not acknowledged within 5 s"):
-        kafka_tools.produce_all(FakeProducer(stuck=1), "t", [(None, b"a", None, None)], timeout_s=5)
+        kafka_client.produce_all(FakeProducer(stuck=1), "t", [(None, b"a", None, None)], timeout_s=5)
 
 
 def test_compliance_notices_carry_their_own_time():
     notice = {"delete": {"status": {"id_str": "1", "user_id_str": "2"}, "timestamp_ms": str(BASE + 7)}}
-    assert kafka_tools.event_time_ms(notice) == BASE + 7
-    assert kafka_tools.event_time_ms({"delete": {"status": {}}, "other": 1}) is None
+    assert kafka_client.event_time_ms(notice) == BASE + 7
+    assert kafka_client.event_time_ms({"delete": {"status": {}}, "other": 1}) is None
 
 
 def test_with_a_kind_times_are_read_exactly_as_the_pipeline_reads_them():
@@ -120,12 +123,12 @@ def test_with_a_kind_times_are_read_exactly_as_the_pipeline_reads_them():
     notice = json.dumps({"delete": {"status": {"id_str": "1", "user_id_str": "9"}, "timestamp_ms": str(BASE + 6000)}})
     broken = '{"data": {"id": "3"'
     lines = [v1, v2, broken, notice]
-    assert [ms for _, ms in kafka_tools.timestamped(lines, kind="tweets")] == [BASE + 3000, BASE + 4500, BASE + 4500,
+    assert [ms for _, ms in kafka_client.timestamped(lines, kind="tweets")] == [BASE + 3000, BASE + 4500, BASE + 4500,
                                                                               BASE + 6000]
-    assert kafka_tools.record_time_ms("tweets", broken) is None
-    assert kafka_tools.record_time_ms("pings", json.dumps({"user_id": "1", "ts": "2026-11-01T12:00:00Z",
+    assert event_time_ms("tweets", broken) is None
+    assert event_time_ms("pings", json.dumps({"user_id": "1", "ts": "2026-11-01T12:00:00Z",
                                                            "lat": 35.6, "lng": 139.7})) == BASE
-    assert kafka_tools.record_time_ms("pings", json.dumps({"user_id": "1", "ts": "2026-11-01T12:00:00Z",
+    assert event_time_ms("pings", json.dumps({"user_id": "1", "ts": "2026-11-01T12:00:00Z",
                                                            "lat": 91, "lng": 139.7})) is None   # rejected
 
 
@@ -166,7 +169,7 @@ class FakeConsumer:
 def test_read_partitions_ends_by_position_even_when_the_last_offsets_are_markers():
     import time
     client = FakeConsumer()
-    got = list(kafka_tools.read_partitions(client, "t", {0: 0, 1: 5}, {0: 4, 1: 5}, time.monotonic() + 5))
+    got = list(kafka_client.read_partitions(client, "t", {0: 0, 1: 5}, {0: 4, 1: 5}, time.monotonic() + 5))
     assert [m.offset() for m in got] == [0, 1]
     assert client.assigned == [("t", 0, 0)]          # partition 1 is empty in range: not even assigned
 
@@ -179,4 +182,4 @@ def test_read_partitions_gives_up_at_the_deadline():
             from confluent_kafka import TopicPartition
             return [TopicPartition(tp.topic, tp.partition, 1) for tp in tps]
     with pytest.raises(TimeoutError, match=r"partitions \[0\] not read to their end"):
-        list(kafka_tools.read_partitions(Stuck(), "t", {0: 0}, {0: 4}, time.monotonic() + 0.2))
+        list(kafka_client.read_partitions(Stuck(), "t", {0: 0}, {0: 4}, time.monotonic() + 0.2))

@@ -23,7 +23,7 @@ from nfc_gateway.kafka_sink import KafkaTapSink, KafkaTweetSink
 from nfc_gateway.service import Gateway, GatewayConfig
 from nfc_gateway.spool import write_json_atomic
 from nfc_gateway.testing import PUBKEYS, post, signed_report
-from pipelines.kafka_tools import port_open
+from kafka_client import port_open
 from schemas.timefmt import parse_rfc3339
 from tests.integration.conftest import slow_machine, wait_for
 
@@ -44,7 +44,7 @@ def read_topic(topic: str, expect: int, timeout: float = 20.0, bootstrap: str = 
     """Every record of ``topic`` once ``expect`` arrived, plus any that follow within 1.5 s
     (a duplicate would show there)."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-    from pipelines.kafka_tools import consumer, partitions_of
+    from kafka_client import consumer, partitions_of
     client = consumer(bootstrap)
     records, deadline, quiet_until = [], time.monotonic() + slow_machine(timeout), None
     try:
@@ -74,7 +74,7 @@ def drop_test_topics():
     """The broker is shared: leave no test topics behind."""
     yield
     if CREATED and port_open(BOOTSTRAP):
-        from pipelines.kafka_tools import delete_topics
+        from kafka_client import delete_topics
         delete_topics(CREATED, BOOTSTRAP)
 
 

@@ -7,7 +7,7 @@ cross-language KafkaIO the Flink deployment uses:
 * streaming: a generated world is fed into the input topics -- taps and tweets through
   the NFC gateway (``nfc_gateway serve`` with a broker: every tap report POSTed as a
   phone would, the firehose replayed from the file), users and pings with
-  ``kafka_tools`` -- the pipeline runs
+  ``kafka_client`` -- the pipeline runs
   ``--source kafka --streaming --alerts_sink kafka`` on Prism, and what reaches the
   ``follows`` and ``alerts`` topics (alerts after applying retractions) is exactly
   the DirectRunner batch run's output on the same files; follows are exactly the
@@ -36,12 +36,12 @@ from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
 from apache_beam.portability.api import beam_job_api_pb2 as job_api
 from apache_beam.portability.api import beam_job_api_pb2_grpc as job_grpc
 
-from pipelines import kafka_tools
+import kafka_client
 from pipelines.run import PRISM_NO_SPLIT, add_runner_experiments
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
 from tests.integration.conftest import slow_machine, wait_for
-from transforms.alerts import apply_retractions
+from core.alerts import apply_retractions
 
 pytestmark = pytest.mark.flink
 
@@ -144,12 +144,12 @@ def prism(infra):
 
 def _reset_topics(bootstrap: str) -> None:
     """Delete and recreate the standard topics (deletion is asynchronous in Kafka)."""
-    kafka_tools.delete_topics(STANDARD_TOPICS, bootstrap)
-    _wait(lambda: not set(STANDARD_TOPICS) & kafka_tools.list_topics(bootstrap), 60, "topic deletion", 0.5)
+    kafka_client.delete_topics(STANDARD_TOPICS, bootstrap)
+    _wait(lambda: not set(STANDARD_TOPICS) & kafka_client.list_topics(bootstrap), 60, "topic deletion", 0.5)
 
     def created():
         try:
-            kafka_tools.create_topics(STANDARD_TOPICS, bootstrap)
+            kafka_client.create_topics(STANDARD_TOPICS, bootstrap)
         except Exception:  # noqa: BLE001 -- the broker may still be finishing the deletion
             return False
         return True
@@ -159,9 +159,9 @@ def _reset_topics(bootstrap: str) -> None:
 def _feed_through_gateway(world: str, bootstrap: str, workdir) -> dict[str, int]:
     """Taps and tweets of ``world`` into their topics the way production feeds them: through
     ``nfc_gateway serve`` (tap reports POSTed one by one, the firehose file replayed); users
-    and pings (which the gateway does not carry) with ``kafka_tools``. Returns the counts."""
+    and pings (which the gateway does not carry) with ``kafka_client``. Returns the counts."""
     from nfc_gateway.testing import get, post, start_gateway
-    produced = {kind: kafka_tools.produce_jsonl(os.path.join(world, f"{kind}.jsonl"), kind, bootstrap, kind=kind)
+    produced = {kind: kafka_client.produce_jsonl(os.path.join(world, f"{kind}.jsonl"), kind, bootstrap, kind=kind)
                 for kind in ("users", "pings")}
     taps = [json.loads(line) for line in open(os.path.join(world, "taps.jsonl"), encoding="utf-8")]
     with open(os.path.join(world, "tweets.jsonl"), "rb") as handle:
@@ -188,7 +188,7 @@ def _feed_through_gateway(world: str, bootstrap: str, workdir) -> dict[str, int]
 
 
 def _topic_rows(topic: str, bootstrap: str) -> list[dict]:
-    return [json.loads(value) for _ts, value in kafka_tools.consume(topic, bootstrap, None, timeout_s=2)]
+    return [json.loads(value) for _ts, value in kafka_client.consume(topic, bootstrap, None, timeout_s=2)]
 
 
 def _kept_alerts(rows: list[dict]) -> list[dict]:
@@ -204,7 +204,7 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
     # The whole backlog before the job starts: a caught-up partition's watermark jumps to now.
     produced = _feed_through_gateway(world, infra.bootstrap, tmp_path)
     assert produced["taps"] and produced["tweets"] and produced["pings"], produced
-    assert [len(kafka_tools.snapshot_topic(infra.bootstrap, kind)) for kind in ("users", "pings", "taps", "tweets")] \
+    assert [len(kafka_client.snapshot_topic(infra.bootstrap, kind)) for kind in ("users", "pings", "taps", "tweets")] \
         == [produced[kind] for kind in ("users", "pings", "taps", "tweets")]        # each record once
 
     out, log_path = str(tmp_path / "out"), tmp_path / "pipeline.log"

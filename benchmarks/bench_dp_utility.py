@@ -53,7 +53,7 @@ from schemas.service_area import public_cells
 from core import dp_accounting as acct
 from core import dp_bounding as bnd
 from core.dp_noise import SecureGaussianNoise
-from transforms.dp_stats import DpParams, release_window
+from core.dp_stats import DpParams, release_contributions
 
 RES = 8
 EPSILON, DELTA = 1.0, 1e-6
@@ -104,31 +104,11 @@ def truth(contributions):
 
 
 def ours_local(users, contributions, params, noise):
-    """The pipeline's logic without a runner: group, bound, sum, release every public cell."""
-    plan = params.plan()
-    groups = collections.defaultdict(list)
-    for c in contributions:
-        groups[(c.user_id, acct.hour_start(c.ts))].append(c)
-    hour_bounds, bands = params.hour_bounds(), params.bands()
-    by_user = collections.defaultdict(list)
-    for (user_id, start), group in groups.items():
-        user_hour, _ = bnd.bound_user_hour(group, hour_bounds, bnd.age_band_of(users[user_id].age_band, bands))
-        by_user[user_id].append(user_hour)
-    histograms = collections.defaultdict(dict)
-    families = tuple(plan.metrics)
-    for user_hours in by_user.values():
-        kept, _ = bnd.spend_days(user_hours, params.max_hours_per_day, params.cells_per_day())
-        for user_hour in kept:
-            histogram = histograms[user_hour.window_start]
-            for key, amount in bnd.increments(user_hour, families):
-                histogram[key] = histogram.get(key, 0) + amount
-    released = {}
-    for start in params.scheduled_hours():  # every scheduled hour, data or not
-        statistics_, _ = release_window(params, plan, histograms.get(start, {}), start, noise)
-        for s in statistics_:
-            if s.metric == bnd.FOOTFALL:
-                released[(s.window_start, s.h3_cell)] = (s.value, s.noise_scale)
-    return released
+    """The pipeline's logic without a runner (``core.dp_stats.release_contributions``: group, bound,
+    spend days, sum, release every public cell of every scheduled hour)."""
+    statistics_, _, _ = release_contributions(contributions, users, params, noise)
+    return {(s.window_start, s.h3_cell): (s.value, s.noise_scale)
+            for s in statistics_ if s.metric == bnd.FOOTFALL}
 
 
 def _pipeline_dp_params(cells_per_day):

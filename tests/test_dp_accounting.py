@@ -8,7 +8,7 @@ from pydp.algorithms.numerical_mechanisms import GaussianMechanism
 
 from schemas.timefmt import parse_rfc3339
 from core import dp_accounting as acct
-from transforms.dp_stats import DpParams
+from core.dp_stats import DpParams
 
 
 @pytest.mark.parametrize("epsilon,delta", [(1.0, 1e-6), (0.1, 1e-8), (3.0, 1e-5), (0.5, 1e-7)])

@@ -24,7 +24,8 @@ from schemas.timefmt import format_rfc3339, parse_rfc3339
 from core import dp_accounting as acct
 from core.dp_noise import NoNoiseForTests, SecureGaussianNoise
 from core import dp_bounding as bnd
-from transforms.dp_stats import BoundUserHourFn, DpParams, ReleaseDpStatistics, ToContributionsFn, release_window
+from core.dp_stats import DpParams, release_window
+from transforms.dp_stats import BoundUserHourFn, ReleaseDpStatistics, ToContributionsFn
 
 T0 = parse_rfc3339("2026-11-25T01:00:00Z")  # 10:00 JST
 # One cell per user-hour, so that the hand-made world shows the bound at work.

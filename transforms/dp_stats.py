@@ -1,5 +1,9 @@
 """ReleaseDpStatistics: hourly H3-cell statistics with user-day differential privacy.
 
+This module is the Beam host only: ``DpParams`` and every rule of the chain below
+(contributions, bounding a user-hour, spending days, summing, releasing an hour)
+live in ``core.dp_stats`` and ``core.dp_bounding``, engine-neutral.
+
 ``{'pings', 'tweets', 'taps', 'users'} | ReleaseDpStatistics(DpParams())`` returns
 ``{'statistics': PCollection[Statistic], 'ledger': PCollection[dict]}``. The
 chain, the same in batch and streaming except where step 2 says:
@@ -86,244 +90,65 @@ Tests make noise reproducible by passing ``noise=NoNoiseForTests(for_tests_only=
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-import h3
-
-from schemas import service_area
-from schemas.records import Statistic
-from schemas.timefmt import format_rfc3339, parse_rfc3339
 from core import dp_accounting as acct
 from core import dp_bounding as bnd
-from core.dp_noise import SecureGaussianNoise, ci95_halfwidth
-
-_NS = "tapfollow"
-
-
-@dataclasses.dataclass(frozen=True)
-class DpParams:
-    """Configuration of the marketing statistics (each field is a ``--dp_<field>`` flag)."""
-    epsilon_per_user_day: float = 1.0
-    delta_per_user_day: float = 1e-6
-    h3_res: int = 8
-    max_cells_per_hour: int = 3          # C: per metric, per user-hour
-    max_cells_per_day: int = 36          # K: per metric, per user-day (cell-hours); sets the noise
-    max_hours_per_day: int = 24          # per user, per JST day
-    max_tweets_per_cell_hour: int = 2
-    max_touches_per_cell_hour: int = 2
-    share_footfall: float = 0.4          # parts of the user-day budget (μ²); must sum to <= 1
-    share_footfall_by_age: float = 0.2
-    share_tweets: float = 0.2
-    share_nfc_touches: float = 0.2
-    flows: bool = False                  # hourly flows between coarse cells
-    share_flows: float = 0.2
-    flow_res: int = 6
-    age_bands: str = "10-19,20-29,30-39,40-49,50-59,60-69,70+"  # the bands users.jsonl uses
-    max_accuracy_m: float = 250.0        # pings less precise than this place nobody in a cell
-    suppress_below: float = 0.0          # noisy values below this are published as 0.0
-    late_count_horizon_s: int = 6 * 3600  # how long late data is still seen (to count it)
-    # The release schedule (public, never from the data): every hour from first_hour to
-    # last_hour (RFC 3339 hour starts, both included) is released, data or not; events
-    # outside it are dropped and counted. "" = the launcher takes the input's world.json.
-    first_hour: str = ""
-    last_hour: str = ""
-    max_future_s: int = 3600             # live source: events further ahead of the wall clock are dropped
-
-    def __post_init__(self):
-        if not (isinstance(self.epsilon_per_user_day, (int, float)) and math.isfinite(self.epsilon_per_user_day)
-                and self.epsilon_per_user_day > 0):
-            raise ValueError(f"epsilon_per_user_day={self.epsilon_per_user_day}: must be a number > 0 "
-                             f"(e.g. 1.0)")
-        if self.epsilon_per_user_day > 10:
-            raise ValueError(f"epsilon_per_user_day={self.epsilon_per_user_day} protects nobody; "
-                             f"choose at most 10 (1.0 is the default)")
-        if not 0 < self.delta_per_user_day <= 1e-5:
-            raise ValueError(f"delta_per_user_day={self.delta_per_user_day}: must be in (0, 1e-5] "
-                             f"(Gaussian noise needs delta > 0; 1e-6 is the default)")
-        if not 5 <= self.h3_res <= 10:
-            raise ValueError(f"h3_res={self.h3_res}: choose 5..10 (8 is ~0.7 km², the default)")
-        for name in ("max_cells_per_hour", "max_cells_per_day", "max_tweets_per_cell_hour",
-                     "max_touches_per_cell_hour"):
-            value = getattr(self, name)
-            if not 1 <= value <= 1000:
-                raise ValueError(f"{name}={value}: choose 1..1000")
-        if self.flows and not 0 <= self.flow_res < self.h3_res:
-            raise ValueError(f"flow_res={self.flow_res} must be coarser than h3_res={self.h3_res}")
-        if not self.bands():
-            raise ValueError("age_bands is empty: give comma-separated labels like '20-29,30-39'")
-        if len(set(self.bands())) != len(self.bands()):
-            raise ValueError(f"age_bands={self.age_bands!r} lists a band twice")
-        if not self.max_accuracy_m > 0:
-            raise ValueError(f"max_accuracy_m={self.max_accuracy_m}: must be > 0 metres (250 is the default)")
-        if self.late_count_horizon_s < 0:
-            raise ValueError(f"late_count_horizon_s={self.late_count_horizon_s}: must be >= 0")
-        if not (isinstance(self.max_future_s, int) and self.max_future_s >= 0):
-            raise ValueError(f"max_future_s={self.max_future_s}: must be an integer >= 0 seconds "
-                             f"(3600 is the default)")
-        self.schedule()
-        for name in ("share_footfall", "share_footfall_by_age", "share_tweets", "share_nfc_touches",
-                     "share_flows"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be in [0, 1]")
-        if self.flows and self.share_flows <= 0:
-            raise ValueError("flows=True needs share_flows > 0 (and the shares summing to <= 1)")
-        try:
-            self.plan()
-        except acct.BudgetError as exc:
-            raise ValueError(str(exc)) from None
-
-    def schedule(self) -> Optional[Tuple[float, float]]:
-        """(first_hour, last_hour) as epoch seconds, or None when no schedule is configured."""
-        if not self.first_hour and not self.last_hour:
-            return None
-        if not (self.first_hour and self.last_hour):
-            raise ValueError("first_hour and last_hour go together: give both (e.g. "
-                             "--dp_first_hour 2026-11-20T03:00:00Z --dp_last_hour 2026-11-20T08:00:00Z)")
-        bounds = []
-        for name in ("first_hour", "last_hour"):
-            value = getattr(self, name)
-            try:
-                ts = parse_rfc3339(value, name)
-            except ValueError as exc:
-                raise ValueError(f"{exc}; give an RFC 3339 time on the hour, e.g. 2026-11-20T03:00:00Z") from None
-            if ts % acct.HOUR_S:
-                raise ValueError(f"{name}={value!r} is not on the hour: give an hour start, "
-                                 f"e.g. 2026-11-20T03:00:00Z")
-            bounds.append(float(ts))
-        first, last = bounds
-        if last < first:
-            raise ValueError(f"last_hour={self.last_hour!r} is before first_hour={self.first_hour!r}: "
-                             f"swap them")
-        hours = int(last - first) // acct.HOUR_S + 1
-        if hours > acct.MAX_SCHEDULE_HOURS:
-            raise ValueError(f"first_hour..last_hour spans {hours} hours: release at most "
-                             f"{acct.MAX_SCHEDULE_HOURS} (a year) per run")
-        return first, last
-
-    def with_schedule(self, first_hour: float, last_hour: float) -> "DpParams":
-        """The same parameters releasing every hour from first_hour to last_hour (epoch seconds)."""
-        return dataclasses.replace(self, first_hour=format_rfc3339(first_hour),
-                                   last_hour=format_rfc3339(last_hour))
-
-    def scheduled_hours(self) -> List[float]:
-        """The start of every released hour; ValueError when no schedule is configured."""
-        schedule = self.schedule()
-        if schedule is None:
-            raise ValueError("no release schedule: give DpParams(first_hour=..., last_hour=...) "
-                             "(--dp_first_hour/--dp_last_hour); which hours are released must not "
-                             "depend on the data")
-        return acct.scheduled_hours(*schedule)
-
-    def bands(self) -> Tuple[str, ...]:
-        return tuple(b.strip() for b in self.age_bands.split(",") if b.strip())
-
-    def hour_bounds(self) -> bnd.HourBounds:
-        return bnd.HourBounds(self.max_cells_per_hour, self.max_tweets_per_cell_hour,
-                              self.max_touches_per_cell_hour, self.flow_res if self.flows else None)
-
-    def cells_per_day(self) -> int:
-        """K as enforced: a user cannot fill more than max_hours_per_day x max_cells_per_hour."""
-        return min(self.max_cells_per_day, self.max_hours_per_day * self.max_cells_per_hour)
-
-    def metric_bounds(self) -> List[acct.MetricBounds]:
-        c, k, h = self.max_cells_per_hour, self.cells_per_day(), self.max_hours_per_day
-        first = f"first in time per user: {c} cells per hour, {k} cell-hours and {h} hours per JST day"
-        candidates = [
-            (bnd.FOOTFALL, self.share_footfall, c, k, 1, first),
-            (bnd.FOOTFALL_BY_AGE, self.share_footfall_by_age, c, k, 1, f"{first}; one age band per user"),
-            (bnd.TWEETS, self.share_tweets, c, k, self.max_tweets_per_cell_hour,
-             f"{first}; {self.max_tweets_per_cell_hour} tweets per cell-hour"),
-            (bnd.NFC_TOUCHES, self.share_nfc_touches, c, k, self.max_touches_per_cell_hour,
-             f"{first}; {self.max_touches_per_cell_hour} touches per cell-hour"),
-            (bnd.FLOWS, self.share_flows if self.flows else 0.0, 1, h, 1,
-             f"one (first, last) coarse-cell pair per user-hour, {h} hours per JST day"),
-        ]
-        return [acct.MetricBounds(*row) for row in candidates if row[1] > 0]
-
-    def plan(self) -> acct.BudgetPlan:
-        return acct.plan_budget(self.epsilon_per_user_day, self.delta_per_user_day,
-                                self.max_hours_per_day, self.metric_bounds())
+from core.dp_noise import SecureGaussianNoise
+from core.dp_stats import (BOUNDED_HOURS, BOUNDED_PRESENCE, BOUNDED_TOUCHES, BOUNDED_TWEETS, FUTURE, LATE,
+                           OPTED_OUT, OUTSIDE_SCHEDULE, STATISTICS_RELEASED, UNKNOWN_USER, USED,
+                           WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram, bound_user_hour_of,
+                           drop_counter, hour_end_us, hour_tick, merge_histograms, release_window,
+                           to_contribution)
+from core.conventions import METRICS_NAMESPACE as _NS, is_bounded
+from core.processor import run_ordered
+from schemas import service_area
+from schemas.records import Statistic
 
 
-# ---------------------------------------------------------------- pure release
 
-def release_window(params: DpParams, plan: acct.BudgetPlan, histogram: Dict[Tuple[str, str], int],
-                   window_start: float, noise) -> Tuple[List[Statistic], List[dict]]:
-    """All rows and ledger entries of one hour: every public partition, noised."""
-    public = service_area.public_cells(params.h3_res)
-    statistics, ledger = [], []
-    for family, metric_plan in plan.metrics.items():
-        partitions = bnd.public_partitions(family, public, params.bands(), params.flow_res)
-        add_noise = noise.sampler(metric_plan.noise_stddev)
-        row = acct.ledger_row(plan, family, window_start, len(partitions))
-        res = params.flow_res if family == bnd.FLOWS else params.h3_res
-        for metric, cell in partitions:
-            value = add_noise(histogram.get((metric, cell), 0))
-            statistics.append(Statistic(
-                window_start=window_start,
-                window_end=window_start + acct.HOUR_S,
-                h3_cell=cell,
-                h3_res=res,
-                metric=metric,
-                value=value if value >= params.suppress_below else 0.0,
-                mechanism=noise.mechanism,
-                noise_scale=metric_plan.noise_stddev,
-                ci95_halfwidth=ci95_halfwidth(metric_plan.noise_stddev),
-                epsilon=row["epsilon"],
-                delta=row["delta"],
-            ))
-        row["mechanism"] = noise.mechanism
-        ledger.append(row)
-    return statistics, ledger
+class _Counters:
+    """The step's ``Metrics.counter`` objects by name, made up front (names from ``core.dp_stats``)."""
 
+    def __init__(self, names):
+        self._counters = {name: Metrics.counter(_NS, name) for name in names}
 
-# ---------------------------------------------------------------- Beam steps
+    def count(self, pairs):
+        for name, amount in pairs:
+            self._counters[name].inc(amount)
+
+    def inc(self, name: str, amount: int = 1):
+        self._counters[name].inc(amount)
+
 
 class ToContributionsFn(beam.DoFn):
-    """A ping / touch / tweet -> a Contribution, or a counted drop (never an exception).
-
-    ``schedule`` is (first_hour, last_hour): an event outside every scheduled hour
-    (before, after, far future) is dropped first (``dp_outside_schedule_dropped``), so
-    it neither opens a window nor uses its user's day. ``max_future_s`` (live sources only,
-    None for batch and replays): an event stamped further than that ahead of the wall clock is dropped
-    (``dp_future_dropped``).
-    """
+    """A ping / touch / tweet -> a Contribution, or a counted drop (``core.dp_stats.to_contribution``)."""
 
     def __init__(self, kind: str, h3_res: int, max_accuracy_m: float,
                  schedule: Tuple[float, float], max_future_s: Optional[float] = None):
         self._kind, self._res, self._max_accuracy_m = kind, h3_res, max_accuracy_m
-        self._first, self._last = schedule
+        self._schedule = tuple(schedule)
         self._max_future_s = max_future_s
         self._now = time.time  # the wall clock (tests swap it)
-        self._dropped = {reason: Metrics.counter(_NS, f"dp_{reason}_dropped")
-                         for reason in (bnd.UNLOCATED, bnd.IMPRECISE, bnd.OUTSIDE)}
-        self._unscheduled = Metrics.counter(_NS, "dp_outside_schedule_dropped")
-        self._future = Metrics.counter(_NS, "dp_future_dropped")
+        self._counters = _Counters([OUTSIDE_SCHEDULE, FUTURE] + [drop_counter(reason) for reason in
+                                                                 (bnd.UNLOCATED, bnd.IMPRECISE, bnd.OUTSIDE)])
 
     def setup(self):
         self._public = frozenset(service_area.public_cells(self._res))
 
     def process(self, record):
-        if not acct.in_schedule(record.ts, self._first, self._last):
-            self._unscheduled.inc()
-            return
-        if self._max_future_s is not None and record.ts > self._now() + self._max_future_s:
-            self._future.inc()
-            return
-        result = bnd.contribution_of(record, self._kind, self._res, self._public, self._max_accuracy_m)
+        result = to_contribution(record, self._kind, self._res, self._public, self._max_accuracy_m,
+                                 self._schedule, self._max_future_s, lambda: self._now())
         if isinstance(result, str):
-            self._dropped[result].inc()
+            self._counters.inc(result)
             return
         yield result
 
@@ -350,39 +175,20 @@ class ToContributions(beam.PTransform):
 
 
 class BoundUserHourFn(beam.DoFn):
-    """(user, [Contribution] of one hour) -> (user, UserHour); drops are counted."""
+    """(user, [Contribution] of one hour) -> (user, UserHour); drops are counted (``core.dp_stats``)."""
 
     def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...]):
         self._bounds, self._bands = bounds, bands
-        self._opted_out = Metrics.counter(_NS, "dp_opted_out_dropped")
-        self._unknown = Metrics.counter(_NS, "dp_unknown_user_dropped")
-        self._late = Metrics.counter(_NS, "dp_late_dropped")
-        self._used = Metrics.counter(_NS, "dp_contributions_used")
-        self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
-        self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
-        self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
+        self._counters = _Counters([OPTED_OUT, UNKNOWN_USER, LATE, USED, BOUNDED_PRESENCE, BOUNDED_TWEETS,
+                                    BOUNDED_TOUCHES])
 
     def process(self, element, users, pane=beam.DoFn.PaneInfoParam):
         user_id, contributions = element
-        contributions = list(contributions)
-        user = users.get(user_id)
-        if user is not None and user.stats_opt_out:
-            self._opted_out.inc(len(contributions))
-            return
-        if user is None:
-            self._unknown.inc(len(contributions))
-            return
-        if pane.timing == PaneInfoTiming.LATE:
-            # The hour was already released: adding these would need a second release.
-            self._late.inc(len(contributions))
-            return
-        self._used.inc(len(contributions))
-        user_hour, dropped = bnd.bound_user_hour(contributions, self._bounds,
-                                                 bnd.age_band_of(user.age_band, self._bands))
-        self._presence.inc(dropped.presence)
-        self._tweets.inc(dropped.tweets)
-        self._touches.inc(dropped.touches)
-        yield user_id, user_hour
+        user_hour, counts = bound_user_hour_of(users.get(user_id), list(contributions),
+                                               pane.timing == PaneInfoTiming.LATE, self._bounds, self._bands)
+        self._counters.count(counts)
+        if user_hour is not None:
+            yield user_id, user_hour
 
 
 class DaySoFarWindows(window.NonMergingWindowFn):
@@ -441,20 +247,21 @@ class _CollectHoursFn(beam.CombineFn):
 
 
 class _SpendDayFn(beam.DoFn):
-    """What both ways of fitting hours into a user's day share: the bounds and the counters."""
+    """Both hosts of ``core.dp_stats.SpendUserDay``: run a user's hours through it, count the drops."""
 
     def __init__(self, max_hours: int, max_cells_per_day: int):
         self._max_hours, self._max_cells = max_hours, max_cells_per_day
-        self._hours = Metrics.counter(_NS, "dp_bounded_hours_dropped")
-        self._presence = Metrics.counter(_NS, "dp_bounded_presence_dropped")
-        self._tweets = Metrics.counter(_NS, "dp_bounded_tweets_dropped")
-        self._touches = Metrics.counter(_NS, "dp_bounded_touches_dropped")
+        self._counters = _Counters([BOUNDED_HOURS, BOUNDED_PRESENCE, BOUNDED_TWEETS, BOUNDED_TOUCHES])
 
-    def _count(self, hours_dropped: int, dropped: bnd.Dropped) -> None:
-        self._hours.inc(hours_dropped)
-        self._presence.inc(dropped.presence)
-        self._tweets.inc(dropped.tweets)
-        self._touches.inc(dropped.touches)
+    def setup(self):
+        self._spender = SpendUserDay(self._max_hours, self._max_cells)
+
+    def _spend(self, items):
+        """The kept UserHours of ``items`` (UserHour and HourUse messages of one user), drops counted."""
+        _, spent = run_ordered(self._spender, items)
+        for hour in spent:
+            self._counters.count(hour.counts())
+        return [hour.kept for hour in spent if hour.kept is not None]
 
 
 class SpendUserDayFn(_SpendDayFn):
@@ -462,32 +269,18 @@ class SpendUserDayFn(_SpendDayFn):
 
     def process(self, element):
         _, items = element
-        current = [h for h in items if isinstance(h, bnd.UserHour)]
-        if not current:
-            # the user had earlier hours today but none in this window's hour
-            return
-        (user_hour,) = current
-        day_use = bnd.DayUse()
-        for earlier in sorted((h for h in items if isinstance(h, bnd.HourUse)), key=lambda h: h.window_start):
-            day_use = bnd.spend_earlier(day_use, earlier, self._max_hours, self._max_cells)
-        kept, _, dropped = bnd.spend_day(user_hour, day_use, self._max_hours, self._max_cells)
-        self._count(int(kept is None), dropped)
-        if kept is not None:
-            yield kept
+        # without this hour's UserHour the user had earlier hours today but none in this window's hour
+        yield from self._spend(items)
 
 
 class SpendWholeDaysFn(_SpendDayFn):
     """Bounded input: (user, [every UserHour]) -> each hour within its day's bounds, stamped at
-    its hour's end (``spend_days``: the same arithmetic as ``SpendUserDayFn``, hour by hour)."""
+    its hour's end (the same processor as ``SpendUserDayFn``, over the user's whole history)."""
 
     def process(self, element):
         _, hours = element
-        hours = list(hours)
-        kept, dropped = bnd.spend_days(hours, self._max_hours, self._max_cells)
-        self._count(len(hours) - len(kept), dropped)
-        for user_hour in kept:
-            hour_end_us = (int(user_hour.window_start) + acct.HOUR_S) * 1_000_000
-            yield window.TimestampedValue(user_hour, Timestamp(micros=hour_end_us - 1))
+        for user_hour in self._spend(hours):
+            yield window.TimestampedValue(user_hour, Timestamp(micros=hour_end_us(user_hour.window_start)))
 
 
 class BoundUserHours(beam.PTransform):
@@ -502,7 +295,7 @@ class BoundUserHours(beam.PTransform):
 
     def expand(self, contributions):
         p, users = self._params, self._registry
-        streaming = contributions.pipeline.options.view_as(StandardOptions).streaming
+        streaming = not is_bounded(contributions)
         if streaming:
             # Late firings exist only so late data can be counted; they are never released.
             hourly_windows = beam.WindowInto(
@@ -539,7 +332,7 @@ class BoundUserHours(beam.PTransform):
 
 
 class SumHistogramFn(beam.CombineFn):
-    """UserHour increments -> {(metric, cell): count} for one hour."""
+    """UserHour increments -> {(metric, cell): count} for one hour (``core.dp_stats``)."""
 
     def __init__(self, families: Tuple[str, ...]):
         self._families = families
@@ -548,27 +341,18 @@ class SumHistogramFn(beam.CombineFn):
         return {}
 
     def add_input(self, acc, user_hour):
-        for key, amount in bnd.increments(user_hour, self._families):
-            acc[key] = acc.get(key, 0) + amount
-        return acc
+        return add_to_histogram(acc, user_hour, self._families)
 
     def merge_accumulators(self, accs):
-        accs = iter(accs)
-        out = next(accs)
-        for acc in accs:
-            for key, amount in acc.items():
-                out[key] = out.get(key, 0) + amount
-        return out
+        return merge_histograms(accs)
 
     def extract_output(self, acc):
         return acc
 
 
 def _hour_tick(hour: float):
-    """An empty UserHour stamped inside ``hour``: it adds nothing, but makes the hour's
-    histogram exist, so the hour is released whether or not anyone was there."""
-    tick = bnd.UserHour(hour, bnd.UNKNOWN_BAND, (), (), (), None)
-    return window.TimestampedValue(tick, Timestamp(micros=(int(hour) + acct.HOUR_S) * 1_000_000 - 1))
+    """``core.dp_stats.hour_tick``, stamped inside its hour."""
+    return window.TimestampedValue(hour_tick(hour), Timestamp(micros=hour_end_us(hour)))
 
 
 class ReleaseHourFn(beam.DoFn):
@@ -576,8 +360,7 @@ class ReleaseHourFn(beam.DoFn):
 
     def __init__(self, params: DpParams, noise):
         self._params, self._noise = params, noise
-        self._released = Metrics.counter(_NS, "dp_statistics_released")
-        self._windows = Metrics.counter(_NS, "dp_windows_released")
+        self._counters = _Counters([STATISTICS_RELEASED, WINDOWS_RELEASED])
 
     def setup(self):
         self._plan = self._params.plan()
@@ -585,8 +368,7 @@ class ReleaseHourFn(beam.DoFn):
     def process(self, histogram, win=beam.DoFn.WindowParam):
         start = win.start.micros / 1_000_000
         statistics, ledger = release_window(self._params, self._plan, histogram, start, self._noise)
-        self._released.inc(len(statistics))
-        self._windows.inc()
+        self._counters.count([(STATISTICS_RELEASED, len(statistics)), (WINDOWS_RELEASED, 1)])
         for row in ledger:
             yield pvalue.TaggedOutput(self.LEDGER, row)
         for stat in statistics:

@@ -56,6 +56,7 @@ class BeamOps(Ops):
         def emit(element):
             for tag, value in fn(element):
                 yield beam.pvalue.TaggedOutput(tag, value)
+        emit.__name__ = fn.__name__  # Beam names the step's inner FlatMap after it, as before
         outputs = col | stage_name >> beam.FlatMap(emit).with_outputs(*tags)
         return {tag: outputs[tag] for tag in tags}
 

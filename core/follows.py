@@ -24,11 +24,11 @@ import time
 from dataclasses import dataclass, fields
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
-from core import pairing
+from core import conventions, pairing
 from core.pairing import EMPTY_MEMORY, CheckedTap, NonceMemory, Rejection
 from core.processor import Processor
 from schemas.proofs import nonce_time
-from schemas.records import DeadLetter, Follow, TapReport, to_json_dict
+from schemas.records import DeadLetter, Follow, TapReport
 
 SOURCE = "taps"   # the dead letters' source
 # Width of the deadline windows. Each nonce is its own key, so this only rounds
@@ -77,8 +77,7 @@ class FollowParams:
 
 
 def dead_letter(rejection: Rejection) -> DeadLetter:
-    raw = json.dumps(to_json_dict(rejection.report), separators=(",", ":"), ensure_ascii=False)
-    return DeadLetter(source=SOURCE, error=rejection.reason, raw=raw)
+    return conventions.dead_letter(SOURCE, rejection.reason, rejection.report)
 
 
 def touch_deadline(nonce: str, params: FollowParams) -> float:

@@ -11,7 +11,8 @@ from hypothesis import given, strategies as st
 
 from schemas.proofs import new_keypair
 from schemas.records import Ping, Tweet, User
-from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry, merge_user_copies
+from core.registry import merge_user_copies
+from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry
 
 KEY_A = new_keypair(bytes(32))[1]
 KEY_B = new_keypair(bytes([1]) * 32)[1]

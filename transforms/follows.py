@@ -107,12 +107,12 @@ from apache_beam.utils.timestamp import Duration
 from core.follows import (DEADLINE_GRANULE_S, FOLLOWS_EMITTED, TAPS_READ, TOUCHES_CONFIRMED, TOUCHES_REPEAT,
                           FollowParams, JudgeTouch, KeepFirstFollow, PairTouches, RepeatedTouch, TapChecker,
                           TouchPane, dead_letter, deadline_granule, pair_key, touch_deadline)
+from core.conventions import METRICS_NAMESPACE as NAMESPACE, is_bounded
 from core.pairing import CheckedTap, Rejection
 from schemas.records import DeadLetter, Follow, TapReport
 
 beam.coders.registry.register_coder(CheckedTap, beam.coders.RowCoder)
 
-NAMESPACE = "tapfollow"
 DEAD = "dead_letters"
 
 
@@ -220,7 +220,7 @@ class PairReportsByNonce(beam.PTransform):
         self._params = params
 
     def expand(self, checked):
-        if checked.is_bounded:
+        if is_bounded(checked):
             # Nothing is late in a bounded input: one global-window group per nonce holds every report
             # of the touch (the runner's fastest GroupByKey), judged once, with no state.
             windowing = beam.WindowInto(window.GlobalWindows())
@@ -295,7 +295,7 @@ class KeepFirstFollowPerPair(beam.PTransform):
         self._lateness_s = lateness_s
 
     def expand(self, confirmed):
-        if confirmed.is_bounded:
+        if is_bounded(confirmed):
             # A global-window GroupByKey fires once, with all of a pair's touches: exact and stateless.
             return (confirmed
                     | "IntoFollowGraph" >> beam.WindowInto(window.GlobalWindows())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from core.conventions import METRICS_NAMESPACE
 from core.locations import (PING_INACCURATE, TWEET_NOT_PRECISE, LocationReport, report_from_ping, report_from_tap,
                             report_from_tweet)
 
@@ -27,8 +28,8 @@ class ExtractLocationReports(beam.PTransform):
 
     def expand(self, inputs):
         max_acc = self._max_accuracy_m
-        rejected_ping = Metrics.counter("tapfollow", PING_INACCURATE)
-        rejected_tweet = Metrics.counter("tapfollow", TWEET_NOT_PRECISE)
+        rejected_ping = Metrics.counter(METRICS_NAMESPACE, PING_INACCURATE)
+        rejected_tweet = Metrics.counter(METRICS_NAMESPACE, TWEET_NOT_PRECISE)
 
         def from_ping(ping):
             report = report_from_ping(ping, max_acc)

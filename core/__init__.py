@@ -10,4 +10,6 @@ the DP math needs them) -- never ``apache_beam``, ``pyflink``, ``transforms``,
 
 - :mod:`core.processor`: the one stateful-processor protocol and its local host.
 - :mod:`core.ops`: the operations a composition is written over, and ``LocalOps``.
+- :mod:`core.happenings`, :mod:`core.alerts`, :mod:`core.geo`: the alert fan-out
+  (``find_happenings_over``, ``fan_out_over``; Beam host: ``transforms.alerts``).
 """

@@ -192,7 +192,8 @@ class RepeatedTouch(NamedTuple):
 class KeepFirstFollow(Processor):
     """Keyed by user pair: the earliest touch of the pair's first group is its edge, for ever.
 
-    Outputs: the new edge (``Follow``) once, and a ``RepeatedTouch`` per other touch.
+    Outputs: the new edge (``Follow``) once, and a ``RepeatedTouch`` per other touch. Hosts tell
+    them apart by the marker: an engine's coder may hand back a Follow as its own row type.
     A group is all of the pair's touches in bounded input (so "first" is exactly
     the earliest); in unbounded input, the touches of one deadline window, which
     reach the graph in event-time order (see ``transforms.follows``).
@@ -253,6 +254,6 @@ def resolve_reports(reports: Iterable[TapReport], pubkeys: Mapping[str, str], *,
     follows, repeats = [], []
     for touches in by_pair.values():
         _, outputs = graph.process(graph.initial_state(), PairTouches(tuple(touches)))
-        follows.extend(o for o in outputs if isinstance(o, Follow))
+        follows.extend(o for o in outputs if not isinstance(o, RepeatedTouch))
         repeats.extend(o.follow for o in outputs if isinstance(o, RepeatedTouch))
     return Resolution(sorted(follows), sorted(rejections, key=rejection_order), sorted(repeats))

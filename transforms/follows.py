@@ -254,8 +254,10 @@ class _KeepFirstFollowFn(beam.DoFn):
         repeats = sum(isinstance(out, RepeatedTouch) for out in outputs)
         if repeats:
             self._counters.inc(TOUCHES_REPEAT, repeats)
+        # Test for the marker, never for Follow: on a worker the RowCoder may decode a Follow
+        # into a generated row type, so isinstance(out, Follow) can be False for a real edge.
         for out in outputs:
-            if isinstance(out, Follow):
+            if not isinstance(out, RepeatedTouch):
                 self._counters.inc(FOLLOWS_EMITTED)
                 yield out
 
@@ -282,7 +284,7 @@ class _KeepFirstFollowPerPairFn(_KeepFirstFollowFn):
     def process(self, element, edge=beam.DoFn.StateParam(EDGE)):
         _pair, follows = element
         current, outputs = self._graph.process(edge.read(), PairTouches(tuple(follows)))
-        if any(isinstance(out, Follow) for out in outputs):
+        if any(not isinstance(out, RepeatedTouch) for out in outputs):
             edge.write(current)
         yield from self._emit(outputs)
 

@@ -100,7 +100,7 @@ RETRACT_PREFIX = "retract:"
 class AlertParams:
     location_stale_s: float = 1800.0          # a location older than this places nobody
     max_accuracy_m: float = 100.0             # pings less accurate than this place nobody
-    radius_m: float = 500.0                   # bursts (hashtag happenings)
+    burst_radius_m: float = 500.0             # bursts (hashtag happenings); the other kinds have their own
     radius_concert_m: float = 500.0
     radius_sale_m: float = 300.0
     radius_festival_m: float = 800.0
@@ -122,14 +122,14 @@ class AlertParams:
     rules_path: str = ""                      # JSON rule set; empty = core.happenings.DEFAULT_RULES
 
     def __post_init__(self):
-        for name in ("location_stale_s", "max_accuracy_m", "radius_m", "radius_concert_m", "radius_sale_m",
+        for name in ("location_stale_s", "max_accuracy_m", "burst_radius_m", "radius_concert_m", "radius_sale_m",
                      "radius_festival_m", "radius_incident_m", "friend_radius_m", "burst_window_s",
                      "near_dup_window_s", "retract_horizon_s", "happening_gap_s", "happening_memory_s",
                      "stream_tick_s", "allowed_lateness_s", "follow_known_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of {'metres' if name.endswith('_m') else 'seconds'}, got {value!r}")
-        for name in ("radius_m", "radius_concert_m", "radius_sale_m", "radius_festival_m",
+        for name in ("burst_radius_m", "radius_concert_m", "radius_sale_m", "radius_festival_m",
                      "radius_incident_m", "friend_radius_m"):
             if getattr(self, name) > 50_000:
                 raise ValueError(f"{name} = {getattr(self, name)} m is not local; set it to at most 50000")
@@ -148,7 +148,7 @@ class AlertParams:
                 raise ValueError(f"rules_path {self.rules_path!r} is not a usable rule file: {exc}") from None
 
     def radius_for(self, kind: str) -> float:
-        return self.radius_m if kind == "burst" else getattr(self, f"radius_{kind}_m")
+        return self.burst_radius_m if kind == "burst" else getattr(self, f"radius_{kind}_m")
 
     def rule_set(self) -> RuleSet:
         return rule_set(self.rules_path)

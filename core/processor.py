@@ -21,10 +21,10 @@ key's messages at once: :meth:`Processor.run_batch_timed`.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any, Hashable, Iterable, Optional, Protocol, Sequence, runtime_checkable
 
+from core.conventions import dead_letter
 from schemas.records import DeadLetter
 
 
@@ -140,22 +140,6 @@ def late_counter_name(step: str, processor: ProcessorProtocol) -> str:
 def late_dead_letter(step: str, processor: ProcessorProtocol, msg, done_until: float) -> DeadLetter:
     """The dead letter of a message due before what its key has already decided (streaming)."""
     due = processor.sort_key(msg)[0]
-    return DeadLetter(
-        source=f"{step}:{processor.name}",
-        error=f"late: event time {due:.3f} is behind {done_until:.3f}, up to which "
-              f"this key was already decided; raise the source's watermark delay",
-        raw=message_json(msg))
-
-
-def message_json(value) -> str:
-    """A processor message as JSON (records as objects), for a dead letter's ``raw``."""
-    def plain(v):
-        if hasattr(v, "_asdict"):  # a NamedTuple record
-            return {k: plain(x) for k, x in v._asdict().items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-    try:
-        return json.dumps(plain(value), ensure_ascii=False, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
+    return dead_letter(f"{step}:{processor.name}",
+                       f"late: event time {due:.3f} is behind {done_until:.3f}, up to which "
+                       f"this key was already decided; raise the source's watermark delay", msg)

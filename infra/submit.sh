@@ -16,7 +16,7 @@ if [[ $# -gt 0 && -d "$1" ]]; then
   echo "loading $world into the input topics (event time = Kafka CreateTime)"
   "$PY" -m kafka_client load-world "$world"
 fi
-common=(--streaming --source kafka --alerts_sink kafka --kafka_bootstrap_servers "$KAFKA_BOOTSTRAP"
+common=(--streaming --source kafka --results_sink kafka --kafka_bootstrap_servers "$KAFKA_BOOTSTRAP"
         --kafka_expansion_service "127.0.0.1:$EXPANSION_PORT" --environment_type=LOOPBACK
         --output "${OUTPUT:-$ROOT/out-stream}")
 # The world's world.json gives the DP release schedule (events still come from Kafka); without

@@ -4,8 +4,9 @@ Project options live in ``TapFollowOptions``; every Beam option (``--runner``,
 ``--streaming``, ``--flink_master`` …) passes through untouched. Each business
 step declares its parameters as a frozen dataclass (``FollowParams``,
 ``AlertParams``, ``DpParams``); ``add_params_arguments`` turns every field into a
-``--<prefix>_<field>`` flag with the dataclass default, and ``params_from``
-builds the validated dataclass back, so a new parameter needs no wiring here.
+``--<prefix>_<field>`` flag with the dataclass default, and ``core.config``
+builds the validated dataclasses back, so a new parameter needs no wiring here.
+:func:`unknown_flags` makes a mistyped flag an error instead of a silent no-op.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from core.config import ConfigError
+from core.config import DEFAULT_KAFKA_BOOTSTRAP, RESULTS_SINKS, SOURCES, STEP_PARAMS
 
 
 def _flag_type(annotation):
@@ -36,28 +37,6 @@ def add_params_arguments(parser, prefix: str, params_cls) -> None:
         )
 
 
-def params_from(options: PipelineOptions, prefix: str, params_cls):
-    """The validated params dataclass; ConfigError with the dataclass's own message."""
-    values = options.get_all_options(retain_unknown_options=True)
-    given = {
-        f.name: values[f"{prefix}_{f.name}"]
-        for f in dataclasses.fields(params_cls)
-        if values.get(f"{prefix}_{f.name}") is not None
-    }
-    try:
-        return params_cls(**given)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"--{prefix}_*: {exc}") from None
-
-
-def _step_params():
-    """(flag prefix, params dataclass) of every business step."""
-    from core.alerts import AlertParams
-    from core.dp_stats import DpParams
-    from core.follows import FollowParams
-    return (("follows", FollowParams), ("alerts", AlertParams), ("dp", DpParams))
-
-
 class TapFollowOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -65,14 +44,15 @@ class TapFollowOptions(PipelineOptions):
                             help="directory of users/pings/taps/tweets .jsonl[.gz]; "
                                  "default: a synthetic world generated in-process")
         parser.add_argument("--output", default="out", help="output directory (default ./out)")
-        parser.add_argument("--source", default="files", choices=("files", "kafka"),
+        parser.add_argument("--source", default="files", choices=SOURCES,
                             help="where events come from (default files)")
-        parser.add_argument("--kafka_bootstrap_servers", default="127.0.0.1:9092")
+        parser.add_argument("--kafka_bootstrap_servers", default=DEFAULT_KAFKA_BOOTSTRAP)
         parser.add_argument("--kafka_expansion_service", default=None,
                             help="host:port of a running Beam expansion service, or a path "
-                                 "to the expansion-service jar (default: infra's jar)")
-        parser.add_argument("--alerts_sink", default="files", choices=("files", "kafka"),
-                            help="where alerts and follows go (default files)")
+                                 "to the expansion-service jar (default: $BEAM_KAFKA_EXPANSION_SERVICE, "
+                                 "which infra/env.sh sets, else 127.0.0.1:8097)")
+        parser.add_argument("--results_sink", default="files", choices=RESULTS_SINKS,
+                            help="where follows and alerts go: output folders or Kafka topics (default files)")
         parser.add_argument("--stream_disorder_s", type=float, default=5.0,
                             help="--streaming from files: events are delivered shuffled "
                                  "within this many seconds of event time")
@@ -88,7 +68,7 @@ class TapFollowOptions(PipelineOptions):
         parser.add_argument("--world_seed", type=int, default=42)
         # Midday to evening in Tokyo: the hours with sales, concerts and crowds.
         parser.add_argument("--world_start", default="2026-11-20T12:00:00+09:00")
-        for prefix, params_cls in _step_params():
+        for prefix, params_cls in STEP_PARAMS:
             add_params_arguments(parser, prefix, params_cls)
 
 
@@ -108,3 +88,34 @@ def help_text() -> str:
     TapFollowOptions._add_argparse_args(parser.add_argument_group("project options"))
     StandardOptions._add_argparse_args(parser.add_argument_group("Beam options (a few of many)"))
     return parser.format_help()
+
+
+def _beam_flags() -> set[str]:
+    """Every flag a registered ``PipelineOptions`` subclass declares (Beam's and ours)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, conflict_handler="resolve")
+    pending, classes = [PipelineOptions], []
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            if sub not in classes:
+                classes.append(sub)
+                pending.append(sub)
+    for cls in classes:
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            continue   # two classes declaring one flag: it is known either way
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def unknown_flags(argv: list[str]) -> list[str]:
+    """The ``--flags`` of ``argv`` that no options class declares. Beam drops unknown flags
+    silently, so ``--engine flink`` or ``--alerts_radiusm 900`` would run a default job."""
+    known = _beam_flags()
+    unknown = []
+    for arg in argv:
+        if not arg.startswith("--") or arg == "--":
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag not in known:
+            unknown.append(flag)
+    return unknown

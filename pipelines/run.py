@@ -12,8 +12,6 @@ input or invalid configuration.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -24,18 +22,15 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from core.config import ConfigError, RunConfig, run_config
 from core.lines import iter_lines
 from pipelines import sinks, sources
 from pipelines.dp_schedule import with_release_schedule
-from core.config import ConfigError
-from pipelines.options import TapFollowOptions, help_text, params_from
+from pipelines.options import TapFollowOptions, help_text, unknown_flags
 from pipelines.summary import counters_of, print_summary, write_summary
 from schemas.records import DeadLetter
-from core.alerts import AlertParams
 from transforms.alerts import FanOutGeofencedAlerts
-from core.dp_stats import DpParams
 from transforms.dp_stats import ReleaseDpStatistics
-from core.follows import FollowParams
 from transforms.follows import ResolveMutualFollows
 from transforms.parse_inputs import ParseInputs
 from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry
@@ -43,52 +38,14 @@ from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry
 OUTPUT_FOLDERS = ("follows", "alerts", "marketing", "deadletter", "privacy_ledger")
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything the wiring needs, as plain values (options are read once, in ``config_from``)."""
-    input_dir: str
-    output_dir: str
-    streaming: bool
-    source: str
-    follows: FollowParams
-    alerts: AlertParams
-    dp: DpParams
-    alerts_sink: str = "files"
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    kafka_expansion_service: str | None = None
-    stream_disorder_s: float = 5.0
-    stream_seed: int = 7
-    max_event_future_s: float = 300.0   # ParseInputs' rule on event times ahead of the run's clock
-
-
 def config_from(options: PipelineOptions) -> RunConfig:
-    project = options.view_as(TapFollowOptions)
-    streaming = bool(options.view_as(StandardOptions).streaming)
-    if project.stream_disorder_s < 0:
-        raise ConfigError(f"--stream_disorder_s must be >= 0, got {project.stream_disorder_s}")
-    if not project.max_event_future_s >= 0:
-        raise ConfigError(f"--max_event_future_s must be >= 0, got {project.max_event_future_s}")
-    if project.source == "kafka" and not streaming:
-        raise ConfigError("--source kafka reads unbounded topics: add --streaming")
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    if streaming and project.source == "files" and "direct" not in runner:
-        raise ConfigError("--streaming from files replays a TestStream, which only DirectRunner runs; "
-                          "on other runners use --source kafka")
-    return RunConfig(
-        input_dir=project.input,
-        output_dir=project.output,
-        streaming=streaming,
-        source=project.source,
-        follows=params_from(options, "follows", FollowParams),
-        alerts=params_from(options, "alerts", AlertParams),
-        dp=params_from(options, "dp", DpParams),
-        alerts_sink=project.alerts_sink,
-        kafka_bootstrap_servers=project.kafka_bootstrap_servers,
-        kafka_expansion_service=project.kafka_expansion_service,
-        stream_disorder_s=project.stream_disorder_s,
-        stream_seed=project.stream_seed,
-        max_event_future_s=project.max_event_future_s,
-    )
+    """The run's checked configuration (``core.config``), read once from the options,
+    with its DP release schedule (flags, else the input's world.json)."""
+    standard = options.view_as(StandardOptions)
+    options.view_as(TapFollowOptions)  # registers the project's flags before they are read
+    return run_config(options.get_all_options(retain_unknown_options=True),
+                      streaming=bool(standard.streaming), runner=standard.runner,
+                      release_schedule=with_release_schedule)
 
 
 def read_inputs(pipeline, cfg: RunConfig):
@@ -119,12 +76,6 @@ def read_inputs(pipeline, cfg: RunConfig):
     return users, events, sources.origin_names(files), None
 
 
-def dedupe_horizon_s(cfg: RunConfig) -> float:
-    """How long a tweet id is remembered: past every step's lateness bound (README), so a
-    copy arriving later still is late data that no step uses."""
-    return max(cfg.alerts.allowed_lateness_s, float(cfg.dp.late_count_horizon_s)) + 3600.0
-
-
 def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[str, int] | None]:
     """Wire sources, the three business steps and the sinks onto ``pipeline``; returns the inputs'
     origins and, when the launcher read the lines itself (the streaming replay), their counts.
@@ -139,7 +90,7 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
     users = registry["users"]
     parsed = events_raw | "ParseEvents" >> ParseInputs(origins, with_raw=("tweets", "pings"),
                                                        max_future_s=cfg.max_event_future_s)
-    tweets = parsed["tweets"] | "DedupeTweets" >> DedupeTweets(origins["tweets"], dedupe_horizon_s(cfg))
+    tweets = parsed["tweets"] | "DedupeTweets" >> DedupeTweets(origins["tweets"], cfg.dedupe_horizon_s)
     pings = ({"pings": parsed["pings"], "users": users}
              | "KeepRegisteredPings" >> KeepRegisteredPings(origins["pings"]))
     events = dict(parsed, tweets=tweets["tweets"], pings=pings["pings"])
@@ -154,7 +105,7 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
 
     follows = follow_out["follows"] | "CountFollows" >> sinks.CountEmitted("follows")
     alerts = alert_out["alerts"] | "CountAlerts" >> sinks.CountEmitted("alerts")
-    if cfg.alerts_sink == "kafka":
+    if cfg.results_sink == "kafka":
         from pipelines import kafka_io
         for name, records in (("follows", follows), ("alerts", alerts)):
             (records | f"{name.title()}ToJson" >> beam.Map(sinks.to_json_line)
@@ -228,6 +179,11 @@ def run(argv=None) -> int:
     if "-h" in argv or "--help" in argv:
         print(help_text(), end="")
         return 0
+    unknown = unknown_flags(argv)
+    if unknown:
+        print(f"pipelines.run: error: unknown option {unknown[0]} (neither a project option nor a Beam "
+              "option; see --help)", file=sys.stderr)
+        return 2
     options = PipelineOptions(argv)
     try:
         project = options.view_as(TapFollowOptions)
@@ -236,11 +192,9 @@ def run(argv=None) -> int:
                 raise ConfigError(f"--{name} must be > 0")
         if project.input is None and project.source == "files":
             ensure_default_world(options)
+        if project.source == "files":
+            sources.input_files(project.input)  # fail before building anything
         cfg = config_from(options)
-        if cfg.source == "files":
-            sources.input_files(cfg.input_dir)  # fail before building anything
-        # Which hours the DP statistics release: public configuration, never the data.
-        cfg = dataclasses.replace(cfg, dp=with_release_schedule(cfg.dp, cfg.input_dir))
         prepare_output(cfg)
     except ConfigError as exc:
         print(f"pipelines.run: error: {exc}", file=sys.stderr)

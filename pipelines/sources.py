@@ -18,7 +18,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
 from core.config import ConfigError
-from core.conventions import event_time
+from core import conventions
 from core.lines import DamagedLine, InputFileError, check_input_file, iter_lines
 from schemas.parse import SOURCES
 from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
@@ -118,7 +118,7 @@ def peek_event_time(kind: str, line, previous: float, now: float | None = None,
     ParseInputs judges it by, default the wall clock): its time must not move the replay's
     watermark (a 2099 line would make every genuine line after it late)."""
     clock = time.time() if now is None else now
-    ts = event_time(kind, line, clock, max_future_s)
+    ts = conventions.event_time(kind, line, clock, max_future_s)
     return previous if ts is None else ts
 
 

@@ -92,7 +92,7 @@ def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, st
     stages = stage_counts(cfg.output_dir, lines_read, origins)
     counters_exact = not (cfg.streaming and "direct" in runner.lower())
     counters = counters_of(result) if counters_exact else None
-    if cfg.alerts_sink == "kafka":
+    if cfg.results_sink == "kafka":
         # Follows and alerts went to Kafka topics, not folders: their counts come from the counters.
         for name in ("follows", "alerts"):
             del stages["emitted"][name]

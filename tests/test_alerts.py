@@ -255,7 +255,7 @@ def test_a_deleted_tweet_keeps_its_happening_slot():
 
 
 def test_params_are_validated_with_what_to_change():
-    for kwargs, message in (({"radius_m": 0}, "radius_m must be a positive"),
+    for kwargs, message in (({"burst_radius_m": 0}, "radius_m must be a positive"),
                             ({"friend_radius_m": 1e6}, "friend_radius_m = 1000000.0 m is not local"),
                             ({"location_stale_s": float("nan")}, "location_stale_s must be a positive"),
                             ({"max_alerts_per_user_per_hour": 0}, "max_alerts_per_user_per_hour must be an integer >= 1"),
@@ -264,7 +264,7 @@ def test_params_are_validated_with_what_to_change():
                             ({"rules_path": "/nonexistent.json"}, "rules_path")):
         with pytest.raises(ValueError, match=message):
             AlertParams(**kwargs)
-    assert AlertParams().location_stale_s == 1800 and AlertParams().radius_m == 500
+    assert AlertParams().location_stale_s == 1800 and AlertParams().burst_radius_m == 500
     assert AlertParams().friend_radius_m == 2000
 
 
@@ -574,4 +574,4 @@ def test_params_are_simple_typed_for_the_command_line():
     for field in dataclasses.fields(AlertParams):
         assert hints[field.name] in (int, float, str, bool), field.name
     with pytest.raises(dataclasses.FrozenInstanceError):
-        AlertParams().radius_m = 1.0
+        AlertParams().burst_radius_m = 1.0

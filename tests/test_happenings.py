@@ -173,7 +173,7 @@ def test_find_happenings_applies_every_filter():
     found = find_happenings(tweets, params)
     assert sorted((h.tweet_id, h.kind, h.label, h.radius_m) for h in found) == [
         ("1", "festival", "fireworks", params.radius_festival_m),
-        ("8", "burst", "#pop", params.radius_m)]
+        ("8", "burst", "#pop", params.burst_radius_m)]
     shuffled = tweets[:]
     random.Random(3).shuffle(shuffled)
     assert sorted(find_happenings(shuffled, params)) == sorted(found)

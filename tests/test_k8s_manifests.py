@@ -32,7 +32,7 @@ def _submit_args():
 def test_submitted_options_are_a_valid_streaming_kafka_configuration():
     options = PipelineOptions(_submit_args())
     cfg = config_from(options)  # raises on any invalid project option
-    assert cfg.streaming and cfg.source == "kafka" and cfg.alerts_sink == "kafka"
+    assert cfg.streaming and cfg.source == "kafka" and cfg.results_sink == "kafka"
     assert options.view_as(StandardOptions).runner == "FlinkRunner"
     project = options.view_as(TapFollowOptions)
     assert project.kafka_bootstrap_servers.endswith(":9092")

@@ -66,3 +66,20 @@ def test_the_import_noise_filter_drops_that_one_message_only():
             "logging.warning('a real warning')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stderr == "WARNING:root:a real warning\n", result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--engine", "--alerts_radius_m", "--alerts_sink"])
+def test_an_unknown_flag_exits_2_naming_it(tmp_path, flag):
+    """Beam drops flags it does not know: a typo (or a flag of a later version) would silently run
+    a default DirectRunner job."""
+    done = run_cli("--input", _write_world(tmp_path), "--output", str(tmp_path / "out"), flag, "x")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and f"unknown option {flag}" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_beam_options_still_pass(tmp_path):
+    from pipelines.options import unknown_flags
+    assert unknown_flags(["--runner=DirectRunner", "--streaming", "--flink_master", "h:1", "--environment_type",
+                          "LOOPBACK", "--experiments=x", "--input", "d", "--dp_epsilon_per_user_day", "1",
+                          "--results_sink", "kafka", "--alerts_burst_radius_m", "400", "--no_pipeline_type_check"]) == []

@@ -13,6 +13,7 @@ from typing import Optional
 import apache_beam as beam
 
 from core.alerts import AlertParams, FollowEdge, UserInfo, fan_out_over
+from core.conventions import is_bounded
 from transforms.beam_ops import BeamOps
 from transforms.locations import ExtractLocationReports
 
@@ -34,9 +35,8 @@ class FanOutGeofencedAlerts(beam.PTransform):
         self._bounded = bounded
 
     def expand(self, inputs):
-        bounded = self._bounded
-        if bounded is None:
-            bounded = all(inputs[name].is_bounded for name in ("tweets", "deletes", "pings", "taps", "follows"))
+        bounded = is_bounded(*(inputs[name] for name in ("tweets", "deletes", "pings", "taps", "follows")),
+                             override=self._bounded)
         reports = inputs | "LocationReports" >> ExtractLocationReports(self._params.max_accuracy_m)
         # reports : LocationReport (accepted pings, precise own tweets, own taps), at their event time
         return fan_out_over(BeamOps(bounded), {

@@ -23,7 +23,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from core.conventions import METRICS_NAMESPACE as NS
+from core.conventions import METRICS_NAMESPACE as NS, is_bounded
 from core.processor import ProcessorProtocol, late_counter_name, late_dead_letter, run_ordered
 from schemas.records import DeadLetter
 
@@ -146,7 +146,7 @@ class OrderedByKey(beam.PTransform):
 
     def expand(self, keyed):
         processor = self._processor
-        bounded = keyed.is_bounded if self._bounded is None else self._bounded
+        bounded = is_bounded(keyed, override=self._bounded)
         if bounded:
             def run_group(kv):
                 _key, messages = kv

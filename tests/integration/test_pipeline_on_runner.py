@@ -8,7 +8,7 @@ cross-language KafkaIO the Flink deployment uses:
   the NFC gateway (``nfc_gateway serve`` with a broker: every tap report POSTed as a
   phone would, the firehose replayed from the file), users and pings with
   ``kafka_client`` -- the pipeline runs
-  ``--source kafka --streaming --alerts_sink kafka`` on Prism, and what reaches the
+  ``--source kafka --streaming --results_sink kafka`` on Prism, and what reaches the
   ``follows`` and ``alerts`` topics (alerts after applying retractions) is exactly
   the DirectRunner batch run's output on the same files; follows are exactly the
   world's true follows. The privacy ledger and dead letters match too.
@@ -208,7 +208,7 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
         == [produced[kind] for kind in ("users", "pings", "taps", "tweets")]        # each record once
 
     out, log_path = str(tmp_path / "out"), tmp_path / "pipeline.log"
-    args = [sys.executable, "-m", "pipelines.run", "--source", "kafka", "--streaming", "--alerts_sink", "kafka",
+    args = [sys.executable, "-m", "pipelines.run", "--source", "kafka", "--streaming", "--results_sink", "kafka",
             "--kafka_bootstrap_servers", infra.bootstrap, "--kafka_expansion_service", infra.expansion_service,
             "--output", out, "--input", world,  # Kafka gives the events; the world.json, the DP release schedule
             *infra.portable_runner_args(streaming=True)]

@@ -100,28 +100,49 @@ def _statistic_row(stat: Statistic) -> dict:
     return row
 
 
-class _HourTable(beam.DoFn):
-    """One file window's rows -> one Arrow table, kept in that window at its own timestamp."""
+def window_file_name(start: float, end: float, index: int, suffix: str) -> str:
+    """``part-[2026-11-20T03-00-00, 2026-11-20T04-00-00)-00000-of-00001.parquet``: the
+    name Beam gives a windowed text shard through STREAMING_SHARD_NAME_TEMPLATE."""
+    def utc(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
+    return f"part-[{utc(start)}, {utc(end)})-{index:05d}-of-00001{suffix}"
 
-    def __init__(self, schema):
-        self._schema = schema
 
-    def process(self, keyed_rows):
+class _WriteWindowParquet(beam.DoFn):
+    """One window's statistics -> one Parquet file, written whole and renamed into place."""
+
+    def __init__(self, folder: str, schema):
+        self._folder, self._schema = folder, schema
+
+    def process(self, keyed_rows, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        import pyarrow.parquet as pq
         _key, rows = keyed_rows
-        yield pa.Table.from_pylist(list(rows), schema=self._schema)
+        table = pa.Table.from_pylist(list(rows), schema=self._schema)
+        os.makedirs(self._folder, exist_ok=True)
+        name = window_file_name(win.start.micros / 1e6, win.end.micros / 1e6, pane.index, ".parquet")
+        temp = os.path.join(self._folder, f".{name}.tmp")      # not *.parquet: readers skip it
+        pq.write_table(table, temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, os.path.join(self._folder, name))
+        yield name
 
 
 class WriteMarketingParquet(beam.PTransform):
     """Released statistics -> the ``marketing/`` Parquet dataset.
 
-    Streaming builds one Arrow table per file window itself and writes it with
-    ``WriteToParquetBatched``. ``WriteToParquet``'s unbounded path batches rows in
-    ``_RowDictionariesToArrowTable``, whose ``finish_bundle`` stamps each table at
-    its window's *end*, one millisecond past the window's last timestamp. Prism
-    (Beam 2.77) then advances the writer's GroupByKey past that window (its
-    allowed lateness is 0), garbage-collects the window's trigger state while the
-    table is still pending, and panics (``assignment to entry in nil map``,
-    elementmanager.go:2107). A GroupByKey output stays inside its window.
+    Streaming writes each file window's rows itself, after the window's GroupByKey
+    (fixed hourly windows, on time, no lateness): the file is written under a
+    temporary name, synced and renamed, so it is complete the moment it appears.
+    Beam's streaming file sinks did not hold up on Prism (Beam 2.77):
+    ``WriteToParquet``'s unbounded path stamps its Arrow tables one millisecond past
+    the window, and Prism garbage-collected the window's trigger state while the
+    table was pending and panicked (``assignment to entry in nil map``,
+    elementmanager.go:2107); ``WriteToParquetBatched`` with a triggering frequency
+    left its files without their Parquet footer (iobase's
+    ``_WriteWindowedBundleDoFn`` looks its open writers up by window but files them
+    by window *and key*, so a window's writer can be replaced before it is closed):
+    readers saw corrupt files and the Kafka-to-Prism test timed out.
     """
 
     def __init__(self, folder: str, streaming: bool):
@@ -131,20 +152,15 @@ class WriteMarketingParquet(beam.PTransform):
     def expand(self, statistics):
         schema = arrow_schema(Statistic)
         rows = _windowable(statistics, self._streaming) | "ToRow" >> beam.Map(_statistic_row)
-        prefix = os.path.join(self._folder, "part")
         if not self._streaming:
+            prefix = os.path.join(self._folder, "part")
             return rows | "Write" >> beam.io.WriteToParquet(prefix, schema=schema, file_name_suffix=".parquet")
         return (
             rows
-            # the writer's own file windows (fixed, on time, no lateness), grouped here
             | "FileWindows" >> beam.WindowInto(window.FixedWindows(STREAMING_FILE_WINDOW_S))
             | "KeyAll" >> beam.Map(lambda row: (None, row))
             | "GroupWindow" >> beam.GroupByKey()
-            | "ToTable" >> beam.ParDo(_HourTable(schema))
-            | "Write" >> beam.io.WriteToParquetBatched(
-                prefix, schema=schema, file_name_suffix=".parquet",
-                shard_name_template=STREAMING_SHARD_NAME_TEMPLATE,
-                triggering_frequency=STREAMING_FILE_WINDOW_S))
+            | "WriteWindowFile" >> beam.ParDo(_WriteWindowParquet(self._folder, schema)))
 
 
 def read_jsonl_folder(folder: str) -> list[dict]:

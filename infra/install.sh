@@ -53,27 +53,29 @@ if [[ "$FORCE" == 1 || ! -f "$gw" ]]; then
 fi
 
 # ---------------------------------------------------------------- Kafka ----
-if [[ "$FORCE" == 1 || ! -f "$KAFKA_LIB/kafka_2.13-$KAFKA_VERSION.jar" ]]; then
-  say "Kafka $KAFKA_VERSION: mvn dependency:copy-dependencies -> $KAFKA_LIB"
-  rm -rf "$KAFKA_LIB"
-  $MVN -f "$HERE/maven/kafka-pom.xml" -Dkafka.version="$KAFKA_VERSION" \
-    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB"
-else
-  say "Kafka $KAFKA_VERSION: already at $KAFKA_LIB"
-fi
+# classpath NAME POM VERSION_PROPERTY=VERSION LIB_DIR MARKER_JAR: a pom's runtime classpath
+# copied into LIB_DIR from Maven Central, unless MARKER_JAR shows it is there already.
+classpath() {
+  local name=$1 pom=$2 property=$3 lib=$4 marker=$5
+  if [[ "$FORCE" == 1 || ! -f "$lib/$marker" ]]; then
+    say "$name: mvn dependency:copy-dependencies -> $lib"
+    rm -rf "$lib"
+    $MVN -f "$HERE/maven/$pom" -D"$property" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib"
+  else
+    say "$name: already at $lib"
+  fi
+}
+
+classpath "Kafka $KAFKA_VERSION" kafka-pom.xml "kafka.version=$KAFKA_VERSION" "$KAFKA_LIB" \
+  "kafka_2.13-$KAFKA_VERSION.jar"
 
 # ------------------------------------------- Beam KafkaIO expansion service --
 # Maven Central (as served here) has no shaded beam-sdks-java-io-expansion-service
 # jar and no beam-runners-flink-* jars; it does serve the unshaded modules, so we
 # resolve a plain classpath: expansion service + KafkaIO + Java SDK harness.
-if [[ "$FORCE" == 1 || ! -f "$BEAM_XLANG_LIB/beam-sdks-java-io-kafka-$BEAM_JAVA_VERSION.jar" ]]; then
-  say "Beam Java $BEAM_JAVA_VERSION expansion service + KafkaIO classpath -> $BEAM_XLANG_LIB"
-  rm -rf "$BEAM_XLANG_LIB"
-  $MVN -f "$HERE/maven/expansion-service-pom.xml" -Dbeam.version="$BEAM_JAVA_VERSION" \
-    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$BEAM_XLANG_LIB"
-else
-  say "Beam Java $BEAM_JAVA_VERSION xlang classpath: already at $BEAM_XLANG_LIB"
-fi
+classpath "Beam Java $BEAM_JAVA_VERSION expansion service + KafkaIO classpath" expansion-service-pom.xml \
+  "beam.version=$BEAM_JAVA_VERSION" "$BEAM_XLANG_LIB" "beam-sdks-java-io-kafka-$BEAM_JAVA_VERSION.jar"
 
 # A launcher jar: only a manifest (Main-Class + relative Class-Path over libs/), so the
 # classpath above can be used like Beam's shaded expansion-service jar: `java -jar

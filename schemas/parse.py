@@ -114,15 +114,19 @@ def req(obj: dict, field: str, where: str = ""):
     return value
 
 
-def as_object(value, field: str) -> dict:
-    if not isinstance(value, dict):
-        raise InvalidRecord(f"{field}: expected an object, got {type(value).__name__}")
+def _of_type(value, kind: type, field: str, expected: str):
+    """``value`` when it is a ``kind``, else an error naming the field and what it got."""
+    if not isinstance(value, kind):
+        raise InvalidRecord(f"{field}: expected {expected}, got {type(value).__name__}")
     return value
 
 
+def as_object(value, field: str) -> dict:
+    return _of_type(value, dict, field, "an object")
+
+
 def as_str(value, field: str, max_len: int = 256) -> str:
-    if not isinstance(value, str):
-        raise InvalidRecord(f"{field}: expected a string, got {type(value).__name__}")
+    _of_type(value, str, field, "a string")
     if not value or len(value) > max_len:
         raise InvalidRecord(f"{field}: length {len(value)} outside 1..{max_len}")
     return value
@@ -136,9 +140,7 @@ def as_user_id(value, field: str = "user_id") -> str:
 
 
 def as_bool(value, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidRecord(f"{field}: expected true/false, got {type(value).__name__}")
-    return value
+    return _of_type(value, bool, field, "true/false")
 
 
 def as_number(value, field: str) -> float:

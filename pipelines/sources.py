@@ -1,7 +1,8 @@
 """Where the pipeline's raw lines come from: files (batch), files replayed as a
 stream in event time (``--streaming`` on DirectRunner), or Kafka topics.
 
-Every source yields ``(kind, line)`` elements for ``transforms.parse_inputs``;
+Every source yields ``(kind, line)`` elements for ``transforms.parse_inputs`` (the
+file replay: lines it has already judged, ``core.inputs.Judged``, so none is parsed twice);
 the user registry is always read as its own *bounded* collection (a snapshot
 at job start), because every step uses it as a side input and a side input
 must be complete before the events that need it are processed.
@@ -18,7 +19,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
 from core.config import ConfigError
-from core import conventions
+from core.inputs import judge_line
 from core.lines import DamagedLine, InputFileError, check_input_file, iter_lines
 from schemas.parse import SOURCES
 from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
@@ -109,38 +110,40 @@ def replay_schedule(events, disorder_s: float, seed: int, step_s: float = 600.0)
         yield "elements", batch
 
 
-def peek_event_time(kind: str, line, previous: float, now: float | None = None,
-                    max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S) -> float:
-    """Event time used to schedule a raw line: its own (``core.conventions.event_time``, the one
-    ParseInputs stamps), or its neighbour's for a line ParseInputs will reject.
+def judged_element(kind: str, origin: str, line, now: float, max_future_s: float):
+    """(event time to schedule at or None, element) for one line of the replay.
 
-    That includes a line stamped more than ``max_future_s`` ahead of ``now`` (the clock
-    ParseInputs judges it by, default the wall clock): its time must not move the replay's
-    watermark (a 2099 line would make every genuine line after it late)."""
-    clock = time.time() if now is None else now
-    ts = conventions.event_time(kind, line, clock, max_future_s)
-    return previous if ts is None else ts
+    The line is judged here, once (``core.inputs.judge_line``, the judgement ParseInputs
+    makes), and the ``Judged`` result is what the stream delivers, so ParseInputs does not
+    parse it again. A line it rejects -- a 2099 one included, judged against ``now`` -- has
+    no time of its own to schedule: it goes at its neighbour's, so it never moves the
+    replay's watermark. A damaged line is handed on as ``(kind, raw, error)``."""
+    if isinstance(line, DamagedLine):
+        return None, as_element(kind, line)
+    judged = judge_line(kind, origin, line, now, max_future_s)
+    return judged.event_time, judged
 
 
 def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
                  max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None):
     """The replay's TestStream steps (see :func:`replay_schedule`) for the event files.
 
-    Judged against ``now`` (default: the wall clock when the schedule is built), a line
-    stamped more than ``max_future_s`` ahead is scheduled at its neighbour's time like any
-    other line ParseInputs will reject; ParseInputs judges later, by a clock no earlier,
-    so such a line is a dead letter there and never advances the watermark here."""
+    Every line is judged against ``now`` (default: the wall clock when the schedule is
+    built) and scheduled at its own event time, or at its neighbour's when it is a dead
+    letter (see :func:`judged_element`)."""
     now = time.time() if now is None else now
+    origins = origin_names(files)
     events, first = [], None
     for kind in EVENT_KINDS:
         previous = None
         for path in files[kind]:
             for line in iter_lines(path):
-                scheduled = peek_event_time(kind, line, previous, now, max_future_s)
+                own, element = judged_element(kind, origins[kind], line, now, max_future_s)
+                scheduled = previous if own is None else own
                 if scheduled is not None:
                     previous = scheduled
                     first = scheduled if first is None else min(first, scheduled)
-                events.append([scheduled, as_element(kind, line)])
+                events.append([scheduled, element])
     for event in events:  # a leading run of bad lines takes the earliest time seen
         if event[0] is None:
             event[0] = first if first is not None else 0.0
@@ -149,7 +152,7 @@ def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
 
 def stream_from_files(pipeline, files: dict[str, list[str]], disorder_s: float, seed: int,
                       max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None):
-    """Unbounded ``(kind, line)`` from the event files, in event time (DirectRunner): :func:`replay_steps`.
+    """Unbounded judged lines from the event files, in event time (DirectRunner): :func:`replay_steps`.
 
     Returns (the stream, lines delivered per kind): the run summary's ``read`` counts, as
     DirectRunner's streaming counters are not exact and the files need no second reading."""

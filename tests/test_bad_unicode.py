@@ -15,7 +15,7 @@ import pytest
 from pipelines.sinks import to_json_line
 from synthetic.world import write_world
 from core.conventions import raw_text
-from transforms.parse_inputs import classify
+from core.inputs import classify
 
 COMPLIANCE = [
     {"delete": {"status": {"id": 1, "id_str": "1", "user_id": 2, "user_id_str": "2"}, "timestamp_ms": "1795132800000"}},

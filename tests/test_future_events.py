@@ -117,9 +117,10 @@ def test_the_skew_is_configurable(world):
 
 def test_the_replay_schedules_a_future_line_at_its_neighbours_time(world):
     bad = future_lines(world)["pings"][0].encode()
-    previous = parse_rfc3339("2026-11-20T08:00:00Z")
-    assert sources.peek_event_time("pings", bad, previous, now=NOW) == previous
-    assert sources.peek_event_time("pings", bad, previous, now=FUTURE_S - 300) == FUTURE_S   # within the skew
+    own, judged = sources.judged_element("pings", "pings.jsonl", bad, NOW, 300)
+    assert own is None and judged.tag == "dead_letters" and judged.future          # at its neighbour's time
+    own, judged = sources.judged_element("pings", "pings.jsonl", bad, FUTURE_S - 300, 300)
+    assert own == FUTURE_S and judged.tag == "pings"                                 # within the skew
 
 
 # ---- Kafka CreateTime ----------------------------------------------------------------------------

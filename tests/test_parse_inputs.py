@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 from pipelines import sources
 from schemas.proofs import new_keypair
 from schemas.records import DeadLetter, Ping, User
-from transforms.parse_inputs import ParseInputs, classify
+from core.inputs import classify
+from transforms.parse_inputs import ParseInputs
 
 ORIGINS = {"users": "users.jsonl", "pings": "pings.jsonl", "taps": "taps.jsonl", "tweets": "tweets.jsonl"}
 GOOD_PING = {"user_id": "7", "ts": "2026-11-20T00:00:00Z", "lat": 35.6, "lng": 139.7}

@@ -2,8 +2,10 @@
 
 The first step of every run, batch or streaming, files or Kafka. Each element
 is ``(kind, line)`` with kind one of users|pings|taps|tweets and line the
-record as received (bytes or str), or ``(kind, raw, error)`` for a line the
-reader could not read whole (``core.lines``: over-long, a damaged ``.gz``). Every line ends in exactly one output:
+record as received (bytes or str), ``(kind, raw, error)`` for a line the
+reader could not read whole (``core.lines``: over-long, a damaged ``.gz``), or a
+``core.inputs.Judged`` line the file replay already judged (``core.inputs.judge_line``
+is the one judgement either way). Every line ends in exactly one output:
 its typed collection, or ``dead_letters`` with a specific reason, and is
 counted (``read.<kind>``, ``parsed.<kind>``, ``rejected.<kind>``), so the
 counts in ``run_summary.json`` add up.
@@ -26,24 +28,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from core.conventions import METRICS_NAMESPACE, dead_letter, raw_text
-from schemas.errors import InvalidRecord
-from schemas.parse import SOURCES, parse_line
-from schemas.records import DeadLetter, Ping, TapReport, Tweet, TweetDelete, User
-from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S, ahead_of_clock
+from core.inputs import TAG_OF_TYPE, Judged, judge_line
+from schemas.parse import SOURCES
+from schemas.records import DeadLetter
+from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
 
 OUTPUTS = ("users", "pings", "taps", "tweets", "deletes")
-_TAG_OF_TYPE = {User: "users", Ping: "pings", TapReport: "taps", Tweet: "tweets", TweetDelete: "deletes"}
-_TYPE_OF_TAG = {tag: record_type for record_type, tag in _TAG_OF_TYPE.items()}
-def classify(kind: str, origin: str, line):
-    """(tag, value) for one raw line: the typed record, or a DeadLetter (the event-time rule
-    against the run's clock is ``_ParseLineFn``'s, see the module's docstring)."""
-    try:
-        record = parse_line(kind, line)
-        return _TAG_OF_TYPE[type(record)], record
-    except InvalidRecord as exc:
-        return "dead_letters", dead_letter(origin, str(exc), line)
-    except Exception as exc:  # a parser bug must not lose the record either
-        return "dead_letters", dead_letter(origin, f"internal parser error {type(exc).__name__}: {exc}", line)
+_TYPE_OF_TAG = {tag: record_type for record_type, tag in TAG_OF_TYPE.items()}
 
 
 def _identity(value):
@@ -67,22 +58,23 @@ class _ParseLineFn(beam.DoFn):
         self._unknown = Metrics.counter(METRICS_NAMESPACE, "rejected.unknown_kind")
 
     def process(self, element):
+        # (kind, line), (kind, raw, error) from a reader, or a Judged line from the file replay
         kind, line = element[0], element[1]
         if kind not in self._origins:
             self._unknown.inc()
             yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(str(kind), f"unknown input kind {kind!r}", line))
             return
         self._counters["read", kind].inc()
-        if len(element) == 3:  # (kind, raw, error): the reader could not read this line whole
-            tag, value = "dead_letters", dead_letter(self._origins[kind], element[2], line)
+        if isinstance(element, Judged):  # the file replay judged it when it scheduled it
+            judged = element
+        elif len(element) == 3:  # (kind, raw, error): the reader could not read this line whole
+            judged = Judged(kind, line, "dead_letters", dead_letter(self._origins[kind], element[2], line))
         else:
-            tag, value = classify(kind, self._origins[kind], line)
-            if tag not in ("dead_letters", "users"):  # the one rule on event times, for every kind
-                now = time.time() if self._clock is None else self._clock()
-                problem = ahead_of_clock(value.ts, now, self._max_future_s)
-                if problem is not None:
-                    self._counters["future", kind].inc()
-                    tag, value = "dead_letters", dead_letter(self._origins[kind], problem, line)
+            now = time.time() if self._clock is None else self._clock()
+            judged = judge_line(kind, self._origins[kind], line, now, self._max_future_s)
+        tag, value = judged.tag, judged.value
+        if judged.future:
+            self._counters["future", kind].inc()
         if tag == "dead_letters":
             self._counters["rejected", kind].inc()
             yield beam.pvalue.TaggedOutput(tag, value)

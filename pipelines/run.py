@@ -173,6 +173,36 @@ def ensure_default_world(options: PipelineOptions) -> None:
     project.input = world_dir
 
 
+def watch_job(result, retry_s: float = 5.0, sleep=time.sleep) -> None:
+    """Wait until the job ends, for as long as it runs.
+
+    A portable runner's state stream can drop while a streaming job runs on (seen on
+    Prism after about 5 minutes: grpc DEADLINE_EXCEEDED "Stream removed" out of
+    ``wait_until_finish``): then the job's state is asked, and while it is not terminal
+    the launcher waits again instead of dying with a traceback. Cancelling is how an
+    unbounded job ends (Prism and Flink report it as a failed wait): that is said, and
+    the summary of what the job did is written. A job that failed raises."""
+    lost = 0
+    while True:
+        try:
+            result.wait_until_finish()
+            return
+        except Exception:  # noqa: BLE001 -- re-raised below unless the job runs on or was cancelled
+            try:
+                state = result.state
+            except Exception:  # noqa: BLE001 -- the job service itself is gone: the first error says why
+                state = PipelineState.UNKNOWN
+            if state == PipelineState.CANCELLED:
+                print("pipelines.run: the job was cancelled", file=sys.stderr)
+                return
+            if state in (PipelineState.UNKNOWN, PipelineState.UNRECOGNIZED) or PipelineState.is_terminal(state):
+                raise
+            lost += 1
+            print(f"pipelines.run: lost the job's state stream ({lost}x); the job is {state}, "
+                  f"watching again", file=sys.stderr)
+            sleep(retry_s)
+
+
 def run(argv=None) -> int:
     started = time.time()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -203,14 +233,7 @@ def run(argv=None) -> int:
     pipeline = beam.Pipeline(options=options)
     origins, lines_read = build(pipeline, cfg)
     result = pipeline.run()
-    try:
-        result.wait_until_finish()
-    except Exception:  # noqa: BLE001 -- re-raised unless the job was cancelled
-        # Cancelling is how an unbounded job ends (Prism and Flink report it as a failed
-        # wait): say so and write the summary of what it did, rather than a traceback.
-        if result.state != PipelineState.CANCELLED:
-            raise
-        print("pipelines.run: the job was cancelled", file=sys.stderr)
+    watch_job(result)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if lines_read is None:  # ParseInputs counted every line it was given (read.<kind>)
         counters = counters_of(result)

@@ -6,9 +6,8 @@
   encoding of ``raw``: an input line as received (:func:`raw_text`: bytes that are not
   UTF-8 and lone surrogates as backslash escapes, a huge line truncated), or a record a
   later step rejects as JSON (:func:`record_json`: its contract fields, times RFC 3339).
-* :func:`event_time`: the event time of a raw input line -- exactly the one the parser
-  stamps it with -- used by the file replay to schedule lines and by every Kafka
-  producer for CreateTime.
+* the event time of a raw input line is ``core.inputs``': the one judgement of a line
+  (``judge_line``) gives it to ParseInputs, the file replay and every Kafka producer.
 * :func:`is_bounded`: whether a step runs its batch or its streaming form, decided
   from its inputs (an engine's collection exposes ``is_bounded``; the launcher makes its
   sources bounded or not from ``--streaming``, so the two never disagree).
@@ -18,12 +17,10 @@ Engine-neutral: standard library, ``schemas`` and ``core`` only.
 from __future__ import annotations
 
 import json
-import time
 
-from core.lines import MAX_RAW_KEPT, DamagedLine
-from schemas.parse import parse_line
+from core.lines import MAX_RAW_KEPT
 from schemas.records import TIME_FIELDS, DeadLetter
-from schemas.timefmt import ahead_of_clock, format_rfc3339
+from schemas.timefmt import format_rfc3339
 
 METRICS_NAMESPACE = "tapfollow"
 
@@ -76,31 +73,6 @@ def dead_letter(source: str, error: str, raw) -> DeadLetter:
     (bytes or str, :func:`raw_text`) or the record a step rejected (:func:`record_json`)."""
     encoded = raw_text(raw) if isinstance(raw, (bytes, str)) else record_json(raw)
     return DeadLetter(source=source, error=writable(str(error)), raw=encoded)
-
-
-def event_time(kind: str, line, now: float | None = None, max_future_s: float | None = None) -> float | None:
-    """The event time (epoch s) the parser stamps on this raw input line, or None when it will
-    reject the line (or, like a user, it has no time).
-
-    With ``max_future_s``, also None for a line stamped more than that ahead of ``now``
-    (default the wall clock): ParseInputs dead-letters it by the same rule, so its time
-    must never schedule a replay or become a Kafka CreateTime."""
-    if isinstance(line, DamagedLine):
-        return None
-    try:
-        ts = getattr(parse_line(kind, line), "ts", None)
-    except Exception:  # noqa: BLE001 - rejected (or a parser bug): ParseInputs dead-letters it
-        return None
-    if ts is None or max_future_s is None:
-        return ts
-    clock = time.time() if now is None else now
-    return None if ahead_of_clock(ts, clock, max_future_s) is not None else ts
-
-
-def event_time_ms(kind: str, line) -> int | None:
-    """:func:`event_time` in epoch milliseconds (Kafka's CreateTime unit)."""
-    ts = event_time(kind, line)
-    return None if ts is None else int(round(ts * 1000))
 
 
 def is_bounded(*collections, override: bool | None = None) -> bool:

@@ -11,9 +11,11 @@ every genuine record after it.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 from core.conventions import dead_letter
+from core.lines import DamagedLine
 from schemas.errors import InvalidRecord
 from schemas.parse import parse_line
 from schemas.records import Ping, TapReport, Tweet, TweetDelete, User
@@ -57,3 +59,13 @@ def judge_line(kind: str, origin: str, line, now: float, max_future_s: float) ->
         if problem is not None:
             return Judged(kind, line, DEAD, dead_letter(origin, problem, line), future=True)
     return Judged(kind, line, tag, value)
+
+
+def event_time_ms(kind: str, line) -> Optional[int]:
+    """The event time ParseInputs stamps on this raw line, in epoch milliseconds (Kafka's
+    CreateTime unit); None for a line it rejects or a registry row. The clock rule is not
+    applied here: producers clamp CreateTime against their own clock (``kafka_client``)."""
+    if isinstance(line, DamagedLine):
+        return None
+    ts = judge_line(kind, kind, line, 0.0, math.inf).event_time
+    return None if ts is None else int(round(ts * 1000))

@@ -47,13 +47,13 @@ not three.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 
+from core.geo import distance_m
 from schemas.errors import InvalidRecord
 from schemas.proofs import (claim_bytes, decode_pubkey, decode_signature, nonce_time, report_bytes_of,
                             signed_lat_lng)
@@ -84,7 +84,6 @@ TAPS_TOO_FAR = "taps_too_far_apart"
 DEFAULT_MAX_FUTURE_S = 300.0
 DEFAULT_MAX_ACCURACY_M = 100.0
 DEFAULT_MAX_PAIR_DISTANCE_M = 50.0
-_EARTH_RADIUS_M = 6_371_008.8
 
 
 class Rejection(NamedTuple):
@@ -318,14 +317,6 @@ def judge_touch(memory: NonceMemory, arrivals: Iterable[CheckedTap], *, max_cloc
 def _replayed(tap: CheckedTap, users: Tuple[str, str]) -> Rejection:
     return Rejection(tap.report, TAPS_REPLAYED,
                      f"replayed: this nonce already confirmed the touch between {users[0]!r} and {users[1]!r}")
-
-
-def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Great-circle distance in metres (haversine)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lng2 - lng1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * _EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 def pair_distance(x: TapReport, y: TapReport) -> tuple[float, float]:

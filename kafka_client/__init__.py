@@ -7,7 +7,7 @@ and writes are ``pipelines.kafka_io``).
 * :func:`produce_jsonl` sends a JSON Lines file (``.jsonl`` or ``.jsonl.gz``) to a topic,
   one message per line, the message timestamp (Kafka CreateTime) set to the record's
   event time so that a Beam read with ``create_time_policy`` sees event time -- for the
-  pipeline's inputs read exactly as the pipeline reads them (``core.conventions.event_time``).
+  pipeline's inputs read exactly as the pipeline reads them (``core.inputs.event_time_ms``).
   Lines are read by the pipeline's one line reader (``core.lines``: bounded memory,
   a damaged ``.gz`` or over-long line sent as its kept first bytes, so it is a dead letter).
 * No CreateTime is ever set beyond the producer's clock plus ``MAX_CREATE_TIME_AHEAD_S``
@@ -39,7 +39,7 @@ import time
 from typing import Iterable, Iterator
 
 from core.config import DEFAULT_KAFKA_BOOTSTRAP as DEFAULT_BOOTSTRAP
-from core import conventions
+from core import inputs
 from core.lines import read_lines
 from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
 
@@ -74,7 +74,7 @@ def parse_time_ms(value) -> int | None:
 def event_time_ms(record) -> int | None:
     """The event time of any JSON record, by its usual fields: ``ts``; tweets ``created_at`` /
     ``data.created_at``; a compliance message's ``timestamp_ms``. For the contract's inputs,
-    ``core.conventions.event_time`` is exact."""
+    ``core.inputs.event_time_ms`` is exact."""
     if not isinstance(record, dict):
         return None
     notice = next((v for v in record.values() if isinstance(v, dict) and "timestamp_ms" in v), None) \
@@ -120,7 +120,7 @@ def timestamped(lines: Iterable[str], kind: str | None = None, now_ms: int | Non
     never moves a reader's watermark (the pipeline dead-letters it by its own time).
 
     ``kind`` (``pings``, ``taps``, ``tweets``) reads it as the pipeline will
-    (``core.conventions.event_time``); without one, by the usual fields (:func:`event_time_ms`).
+    (``core.inputs.event_time_ms``); without one, by the usual fields (:func:`event_time_ms`).
 
     Lines before the first datable record get the first event time found (so a file
     that opens with a compliance message still replays in event time); unparseable
@@ -131,7 +131,7 @@ def timestamped(lines: Iterable[str], kind: str | None = None, now_ms: int | Non
     last: int | None = None
     for line in lines:
         if kind is not None:
-            ms = conventions.event_time_ms(kind, line)
+            ms = inputs.event_time_ms(kind, line)
         else:
             try:
                 ms = event_time_ms(json.loads(line))

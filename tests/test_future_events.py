@@ -17,7 +17,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import kafka_client
-from core.conventions import event_time_ms
+from core.inputs import event_time_ms
 from core.lines import read_lines
 from pipelines import sources
 from pipelines.run import run

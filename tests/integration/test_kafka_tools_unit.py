@@ -5,7 +5,7 @@ import json
 import pytest
 
 import kafka_client
-from core.conventions import event_time_ms
+from core.inputs import event_time_ms
 from core.lines import read_lines
 from pipelines import kafka_io
 

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from core.conventions import event_time_ms
+from core.inputs import event_time_ms
 from kafka_client import client_config, consumer, partitions_of, produce_all, read_partitions
 from nfc_gateway.sinks import STATE_DIR
 from nfc_gateway.spool import DurableLog, read_lines, write_json_atomic

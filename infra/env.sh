@@ -15,6 +15,17 @@ FLINK_HOME="${FLINK_HOME_OVERRIDE:-$INFRA_CACHE/flink-$FLINK_VERSION/pyflink}"
 FLINK_REST_PORT="${FLINK_REST_PORT:-8081}"
 FLINK_RPC_PORT="${FLINK_RPC_PORT:-6123}"
 
+# The PyFlink venv (infra/pyflink-requirements.txt): the Python of the native Flink
+# job's client (-pyclientexec) and of its Python workers (-pyexec, python.executable).
+PYFLINK_BASE_PYTHON="${PYFLINK_BASE_PYTHON:-python3.11}"
+export PYFLINK_VENV="${PYFLINK_VENV:-$INFRA_CACHE/pyflink-venv}"
+export PYFLINK_PYTHON="$PYFLINK_VENV/bin/python"
+# Connector jars for PyFlink jobs (Kafka, Parquet + Hadoop), resolved by install.sh
+# from maven/flink-job-jars-pom.xml. FLINK_JOB_JARS: colon-separated absolute paths.
+FLINK_JOB_JARS_DIR="$INFRA_CACHE/flink-job-jars"
+FLINK_JOB_JARS="$(shopt -s nullglob; j=("$FLINK_JOB_JARS_DIR"/*.jar); IFS=:; echo "${j[*]}")"
+export FLINK_JOB_JARS
+
 # Kafka broker (KRaft, single node) from Maven Central jars.
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 KAFKA_LIB="$INFRA_CACHE/kafka-$KAFKA_VERSION/libs"

@@ -52,6 +52,36 @@ if [[ "$FORCE" == 1 || ! -f "$gw" ]]; then
     -Dartifact="org.apache.flink:flink-sql-gateway:$FLINK_VERSION" -DoutputDirectory="$FLINK_HOME/opt"
 fi
 
+# ------------------------------------------------------------ PyFlink venv --
+# The venv the native PyFlink job runs in (client and Python workers): apache-flink
+# 2.2.1 with its Beam 2.61 fn harness, plus what core/ needs. Rebuilt when
+# pyflink-requirements.txt changes (the stamp holds its checksum) or FORCE=1.
+pyflink_req="$HERE/pyflink-requirements.txt"
+pyflink_sum="$(sha256sum "$pyflink_req" | cut -d' ' -f1)"
+pyflink_stamp="$PYFLINK_VENV/.infra-stamp"
+if [[ "$FORCE" == 1 || ! -x "$PYFLINK_PYTHON" || "$(cat "$pyflink_stamp" 2>/dev/null)" != "$pyflink_sum" ]]; then
+  say "PyFlink venv: $PYFLINK_BASE_PYTHON -m venv $PYFLINK_VENV; pip install -r $pyflink_req"
+  t_venv=$(date +%s)
+  rm -rf "$PYFLINK_VENV"
+  "$PYFLINK_BASE_PYTHON" -m venv "$PYFLINK_VENV"
+  "$PYFLINK_PYTHON" -m pip install --quiet --upgrade pip
+  "$PYFLINK_PYTHON" -m pip install --quiet -r "$pyflink_req"
+  echo "$pyflink_sum" >"$pyflink_stamp"
+  say "PyFlink venv: built in $(( $(date +%s) - t_venv ))s"
+else
+  say "PyFlink venv: already at $PYFLINK_VENV"
+fi
+# Verified on every run: a venv that lost a package (or gained pipeline_dp, whose dill
+# Beam 2.61 refuses) fails here, not inside a TaskManager.
+"$PYFLINK_PYTHON" - <<'PY' || { echo "install.sh: PyFlink venv $PYFLINK_VENV failed its check (FORCE=1 rebuilds it)" >&2; exit 1; }
+import importlib.util, sys
+import pyflink, h3, cryptography, pydp, apache_beam  # noqa: F401
+from pyflink.datastream import StreamExecutionEnvironment  # noqa: F401
+assert apache_beam.__version__.startswith("2.61."), f"apache_beam {apache_beam.__version__}, want 2.61.x"
+assert importlib.util.find_spec("pipeline_dp") is None, "pipeline_dp must not be in the PyFlink venv"
+print(f"[install] PyFlink venv ok: python {sys.version.split()[0]}, apache_beam {apache_beam.__version__}, h3 {h3.__version__}")
+PY
+
 # ---------------------------------------------------------------- Kafka ----
 # classpath NAME POM VERSION_PROPERTY=VERSION LIB_DIR MARKER_JAR: a pom's runtime classpath
 # copied into LIB_DIR from Maven Central, unless MARKER_JAR shows it is there already.

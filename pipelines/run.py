@@ -28,7 +28,7 @@ from pipelines import sinks, sources
 from pipelines.dp_schedule import with_release_schedule
 from pipelines.options import TapFollowOptions, help_text, unknown_flags
 from pipelines.summary import counters_of, print_summary, write_summary
-from schemas.records import DeadLetter
+from schemas.records import DeadLetter, to_json_line
 from transforms.alerts import FanOutGeofencedAlerts
 from transforms.dp_stats import ReleaseDpStatistics
 from transforms.follows import ResolveMutualFollows
@@ -108,7 +108,7 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
     if cfg.results_sink == "kafka":
         from pipelines import kafka_io
         for name, records in (("follows", follows), ("alerts", alerts)):
-            (records | f"{name.title()}ToJson" >> beam.Map(sinks.to_json_line)
+            (records | f"{name.title()}ToJson" >> beam.Map(to_json_line)
              | f"{name.title()}ToKafka" >> kafka_io.WriteLinesToKafka(
                  name, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service))
     else:

@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
-from schemas.records import Statistic, TIME_FIELDS, arrow_schema, to_json_dict
+from schemas.records import Statistic, TIME_FIELDS, arrow_schema, to_json_line
 from core.conventions import METRICS_NAMESPACE
 
 STREAMING_FILE_WINDOW_S = 3600
@@ -26,20 +26,6 @@ STREAMING_FILE_WINDOW_S = 3600
 # part-[2026-11-20T03-00-00, 2026-11-20T04-00-00)-00000-of-00001.jsonl (Beam's default
 # template prints the window's bounds as epoch floats).
 STREAMING_SHARD_NAME_TEMPLATE = "-V-SSSSS-of-NNNNN"
-
-
-def to_json_line(record) -> str:
-    """One record as its contract JSON line (times RFC 3339, UTF-8 kept as is)."""
-    as_dict = record if isinstance(record, dict) else to_json_dict(record)
-    line = json.dumps(as_dict, ensure_ascii=False, separators=(",", ":"))
-    if not line.isascii():
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:
-            # A lone surrogate got this far (the parsers reject them): write it as a JSON
-            # escape rather than fail the whole write.
-            line = json.dumps(as_dict, ensure_ascii=True, separators=(",", ":"))
-    return line
 
 
 class CountEmitted(beam.PTransform):

@@ -8,10 +8,13 @@ inside the pipeline (see ``schemas.timefmt``) and RFC 3339 in files.
 No engine is imported here: the Beam adapter registers each record with Beam's
 ``RowCoder`` (``transforms/__init__.py``: runners move it as a schema'd row, not
 a pickle), and ``arrow_schema(Record)`` gives its Arrow schema, derived from the
-same annotations so the two never disagree.
+same annotations so the two never disagree. ``to_json_line`` is the one JSON line of a
+record in an output folder or topic: here, not in the Beam launcher's sinks, because the
+Flink job (``flink_job``) writes the same lines and must not import ``pipelines``.
 """
 from __future__ import annotations
 
+import json
 import typing
 from typing import List, NamedTuple, Optional
 
@@ -154,3 +157,17 @@ def to_json_dict(record) -> dict:
         if out[name] is not None:
             out[name] = format_rfc3339(out[name])
     return out
+
+
+def to_json_line(record) -> str:
+    """One record as its contract JSON line (times RFC 3339, UTF-8 kept as is)."""
+    as_dict = record if isinstance(record, dict) else to_json_dict(record)
+    line = json.dumps(as_dict, ensure_ascii=False, separators=(",", ":"))
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate got this far (the parsers reject them): write it as a JSON
+            # escape rather than fail the whole write.
+            line = json.dumps(as_dict, ensure_ascii=True, separators=(",", ":"))
+    return line

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from pipelines.sinks import to_json_line
+from schemas.records import to_json_line
 from synthetic.world import write_world
 from core.conventions import raw_text
 from core.inputs import classify

@@ -11,6 +11,10 @@ Engine-neutral (no Beam, no launcher): the Beam launcher (``pipelines.options`` 
   alerts -- comes from the follow step (a follow is emitted at most its touch's
   pending expiry plus the clock skew after ``established_at``); a value given by flag
   must not be earlier than that.
+* Serialised: :meth:`RunConfig.to_dict` / :meth:`RunConfig.from_dict` (plain JSON values,
+  each step's params as a nested dict, :func:`params_from_dict`): the Flink launcher
+  writes the checked configuration as JSON and the job (another interpreter, another
+  venv) reads back exactly the same :class:`RunConfig`, checked again on the way in.
 * ``DEFAULT_KAFKA_BOOTSTRAP``: the Kafka bootstrap default, set once (``$KAFKA_BOOTSTRAP``,
   else 127.0.0.1:9092), for the launcher, ``kafka_client`` and ``pipelines.kafka_io``.
 """
@@ -52,6 +56,19 @@ def params_from_values(values: Mapping[str, Any], prefix: str, params_cls):
         raise ConfigError(f"--{prefix}_*: {exc}") from None
 
 
+def params_from_dict(params_cls, values: Mapping[str, Any]):
+    """A step's params dataclass back from ``dataclasses.asdict``'s dict; a key the dataclass
+    does not have is a ConfigError (a config written by another version), never ignored."""
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{params_cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return params_cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{params_cls.__name__}: {exc}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs, as plain values, checked once (``__post_init__``)."""
@@ -90,6 +107,21 @@ class RunConfig:
                 f"--alerts_follow_known_after_s {self.alerts.follow_known_after_s:g} is earlier than the follow "
                 f"step can emit a follow ({known_after:g} s = --follows_pending_expiry_s + "
                 "--follows_max_clock_skew_s): batch and streaming would alert differently")
+
+    def to_dict(self) -> dict:
+        """Plain JSON values: the run's settings, each step's params as a nested dict."""
+        return {f.name: (dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+                for f in dataclasses.fields(self) for value in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """The :class:`RunConfig` :meth:`to_dict` gave, checked again (``__post_init__``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"RunConfig: unknown field(s) {', '.join(unknown)}")
+        steps = {prefix: params_from_dict(params_cls, values.get(prefix, {})) for prefix, params_cls in STEP_PARAMS}
+        return cls(**{**values, **steps})
 
     @property
     def dedupe_horizon_s(self) -> float:

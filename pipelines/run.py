@@ -59,7 +59,7 @@ def read_inputs(pipeline, cfg: RunConfig):
             [("users", line) for line in snapshot_topic(cfg.kafka_bootstrap_servers, "users")])
         events = pipeline | "ReadKafka" >> kafka_io.ReadRawFromKafka(
             topics, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service)
-        return users, events, {kind: f"kafka:{kind}" for kind in sources.SOURCES}, None
+        return users, events, sources.kafka_origins(), None
     files = sources.input_files(cfg.input_dir)
     if cfg.streaming:
         # The registry snapshot is taken at launch, like the replayed stream itself

@@ -18,46 +18,12 @@ import apache_beam as beam
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from core.config import ConfigError
+from core.input_files import (EVENT_KINDS, as_element, input_files, kafka_origins,  # noqa: F401 -- the launcher's names
+                              origin_names)
 from core.inputs import judge_line
-from core.lines import DamagedLine, InputFileError, check_input_file, iter_lines
+from core.lines import DamagedLine, iter_lines
 from schemas.parse import SOURCES
 from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
-
-EVENT_KINDS = tuple(kind for kind in SOURCES if kind != "users")
-
-
-def input_files(input_dir: str) -> dict[str, list[str]]:
-    """kind -> its file(s) in input_dir (``kind.jsonl`` and/or ``kind.jsonl.gz``)."""
-    if not os.path.isdir(input_dir):
-        raise ConfigError(f"--input {input_dir}: not a directory")
-    found = {}
-    for kind in SOURCES:
-        paths = [os.path.join(input_dir, f"{kind}{ext}") for ext in (".jsonl", ".jsonl.gz")]
-        paths = [p for p in paths if os.path.isfile(p)]
-        if not paths:
-            raise ConfigError(f"--input {input_dir}: missing {kind}.jsonl (or {kind}.jsonl.gz)")
-        for path in paths:
-            if not os.access(path, os.R_OK):
-                raise ConfigError(f"--input {path}: not readable")
-            try:
-                check_input_file(path)
-            except (InputFileError, OSError) as exc:
-                raise ConfigError(f"--input {exc}") from None
-        found[kind] = paths
-    return found
-
-
-def origin_names(files: dict[str, list[str]]) -> dict[str, str]:
-    """The dead letters' ``source`` per kind: the file name(s) it was read from."""
-    return {kind: "+".join(os.path.basename(p) for p in paths) for kind, paths in files.items()}
-
-
-def as_element(kind: str, line) -> tuple:
-    """A read line as a ParseInputs element: ``(kind, bytes)``, or ``(kind, raw, error)`` for damage."""
-    if isinstance(line, DamagedLine):
-        return (kind, line.raw, line.error)
-    return (kind, line)
 
 
 def _read_file(path: str, kind: str):

@@ -1,0 +1,363 @@
+"""The Flink host of ``core.processor`` processors: each key's messages in one event-time order.
+
+:func:`run_ordered` runs any processor in a ``KeyedProcessFunction`` keyed by the pair's
+key (as a string), with the same outputs as Beam's ``transforms.ordered.OrderedByKey``
+and the local host (``core.processor.run_keyed``):
+
+- **bounded** input (BATCH runtime mode, or a bounded source): every message of a key is
+  buffered (a ListState append each), and one end-of-input timer runs
+  ``processor.run_batch_timed`` over them all; each output is then stamped at its due
+  time, as Beam's bounded host does. Nothing is ever late.
+- **unbounded** input: a message is due at ``t = max(sort_key(msg)[0], its timestamp)``
+  (Beam's ``StampAtDue``: forward only, so an ``immediate`` configuration message, due at
+  -inf, is applied in the tick where it arrives) and buffered in its ``tick_s`` event-time
+  tick (a MapState tick end -> messages, so an element costs one tick's list, not the
+  key's whole backlog). An event-time timer at the tick's last millisecond fires once the
+  watermark has passed the tick; the tick's messages then run in ``sort_key`` order with
+  the key's state (``core.processor.run_ordered``), their outputs stamped with the
+  timer's time, inside the tick. Timers fire in time order, so ticks run in order.
+
+Late data, as on Beam: a message due before what its key has already decided
+(``done_until``, the end of the last tick it ran) and not ``processor.immediate`` is a
+dead letter on the ``late`` side output (``core.processor.late_dead_letter``, counted as
+``core.processor.late_counter_name``). A message whose tick the watermark has already
+passed, but by no more than ``allowed_lateness_s``, runs at once as a tick of its own
+(Beam's late pane). One further behind is dropped, as Beam drops it with its expired
+window; Flink counts it as ``<step>_late_dropped_<processor.name>``.
+
+State is freed as ``_RunTickGroups`` does on Beam: after each tick ``processor.expire``
+(None frees the key's state) and a GC timer at ``processor.gc_time``; ``done_until`` is
+kept until ``allowed_lateness_s`` has passed, then forgotten, so a key with nothing left
+has no state and no timer (replaced GC timers are deleted). All timers lie on tick
+boundaries minus 1 ms; one firing may be a tick, a GC, or both (tick first).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Optional
+
+from pyflink.common import Types, WatermarkStrategy
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeExecutionMode
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
+
+from core.processor import ProcessorProtocol, late_counter_name, late_dead_letter, run_ordered as run_in_order
+from flink_job.counters import FlinkCounter, bind_metrics
+
+PICKLED = Types.PICKLED_BYTE_ARRAY()
+MAX_TIMESTAMP = 2 ** 63 - 1          # Flink's Long.MAX_VALUE: the end-of-input watermark
+MIN_TIMESTAMP = -(2 ** 63)
+
+
+def dropped_counter_name(step: str, processor: ProcessorProtocol) -> str:
+    """Messages beyond the allowed lateness: Beam drops them silently, Flink counts them."""
+    return f"{step}_late_dropped_{processor.name}"
+
+
+def uid_path(*parts: str) -> str:
+    """A stable operator uid (and name) from a scope path: the non-empty parts joined by '/'."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def str_key(key) -> str:
+    """A pair's key as the string Flink keys by: itself if a str, else canonical JSON
+    (deterministic across workers, unlike hash or repr of a set)."""
+    if isinstance(key, str):
+        return key
+    try:
+        return json.dumps(key, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return repr(key)
+
+
+def _pair_key(pair) -> str:
+    return str_key(pair[0])
+
+
+def key_pairs(pairs, uid: str):
+    """``pairs`` keyed by their key as a string; the key-extracting operator gets ``uid``."""
+    keyed = pairs.key_by(_pair_key, key_type=Types.STRING())
+    _set_uid_of_key_by(keyed, uid)
+    return keyed
+
+
+def _set_uid_of_key_by(keyed, uid: str) -> None:
+    """PyFlink's key_by adds a Python operator that extracts the key and exposes no uid
+    setter; give it a stable one through its transformation (best effort: stateless)."""
+    try:
+        keyed._j_data_stream.getTransformation().getInputs().get(0).setUid(uid)
+    except Exception:  # an internal API changed: Flink generates the uid (no state to keep)
+        pass
+
+
+def runtime_is_batch(env) -> bool:
+    """Whether ``env`` runs in BATCH runtime mode (read from its configuration)."""
+    try:
+        from pyflink.java_gateway import get_gateway
+        options = get_gateway().jvm.org.apache.flink.configuration.ExecutionOptions
+        mode = env._j_stream_execution_environment.getConfiguration().get(options.RUNTIME_MODE)
+        return str(mode.toString()) == str(RuntimeExecutionMode.BATCH._to_j_execution_mode().toString())
+    except Exception:
+        return False
+
+
+# ---- bounded input ------------------------------------------------------------------------
+
+class _RunBatch(KeyedProcessFunction):
+    """Buffers a key's messages; at end of input runs ``run_batch_timed`` once -> (due_ms, out).
+
+    In BATCH runtime mode the buffer is the worker's memory, not keyed state: PyFlink
+    2.2's Python state requests reach BATCH mode's one-key-at-a-time state backend out
+    of step with the key switches (a key's timer read another key's list, or an empty
+    one), while its data and timers arrive in order: all of a key's elements, then its
+    timer. BATCH mode holds only the current key anyway, and restarts a failed region
+    from its inputs. A bounded input in STREAMING mode (a checkpointed job) buffers in a
+    ListState instead, which works there.
+    """
+
+    def __init__(self, processor: ProcessorProtocol, in_memory: bool):
+        self._processor = processor
+        self._in_memory = in_memory
+
+    def open(self, runtime_context):
+        self._rc = runtime_context
+        bind_metrics(runtime_context)
+        self._memory = {}
+        self._messages = (None if self._in_memory else
+                          runtime_context.get_list_state(ListStateDescriptor("messages", PICKLED)))
+        self._armed_key = None
+
+    def process_element(self, value, ctx):
+        key = ctx.get_current_key()
+        if self._in_memory:
+            self._memory.setdefault(key, []).append(value[1])
+        else:
+            self._messages.add(value[1])
+        # a key's elements come together: arm its timer once (a repeat registration is
+        # deduplicated, and a repeat firing finds nothing left)
+        if key != self._armed_key:
+            self._armed_key = key
+            ctx.timer_service().register_event_time_timer(MAX_TIMESTAMP)
+
+    def on_timer(self, timestamp, ctx):
+        bind_metrics(self._rc)
+        key = ctx.get_current_key()
+        if key == self._armed_key:
+            self._armed_key = None
+        if self._in_memory:
+            messages = self._memory.pop(key, None)
+        else:
+            messages = list(self._messages.get() or ())
+            self._messages.clear()
+        if messages:
+            for due, out in self._processor.run_batch_timed(messages):
+                yield _millis(due), out
+
+
+def _millis(seconds: float) -> int:
+    """Event time in epoch seconds -> a Flink timestamp (ms), clamped to Flink's range."""
+    if seconds != seconds:
+        return 0
+    if math.isinf(seconds):
+        return MIN_TIMESTAMP + 1 if seconds < 0 else MAX_TIMESTAMP - 1
+    return math.floor(seconds * 1000)
+
+
+class _DueTimestamp(TimestampAssigner):
+    def extract_timestamp(self, value, record_timestamp) -> int:
+        return value[0]
+
+
+def _unstamp(timed):
+    return timed[1]
+
+
+# ---- unbounded input ----------------------------------------------------------------------
+
+class _RunTicks(KeyedProcessFunction):
+    """The streaming host: event-time ticks per key, run in order with the key's state."""
+
+    def __init__(self, processor: ProcessorProtocol, tick_s: float, lateness_s: float, step: str,
+                 late_tag: OutputTag):
+        tick_ms = round(tick_s * 1000)
+        if tick_ms < 1 or abs(tick_ms - tick_s * 1000) > 1e-6:
+            raise ValueError(f"tick_s must be a positive whole number of milliseconds, got {tick_s!r}")
+        self._processor = processor
+        self._tick_ms = tick_ms
+        self._lateness_s = lateness_s
+        self._lateness_ms = math.ceil(lateness_s * 1000)
+        self._step = step
+        self._late_tag = late_tag
+        self._late = FlinkCounter(late_counter_name(step, processor))
+        self._dropped = FlinkCounter(dropped_counter_name(step, processor))
+
+    def open(self, runtime_context):
+        self._rc = runtime_context
+        bind_metrics(runtime_context)
+        self._state = runtime_context.get_state(ValueStateDescriptor("state", PICKLED))
+        self._done = runtime_context.get_state(ValueStateDescriptor("done_until", Types.DOUBLE()))
+        self._gc_at = runtime_context.get_state(ValueStateDescriptor("gc_at", Types.LONG()))
+        self._ticks = runtime_context.get_map_state(MapStateDescriptor("ticks", Types.LONG(), PICKLED))
+
+    # -- time arithmetic (integer ms, ticks end on multiples of tick_ms) --
+
+    def _tick_end_ms(self, seconds: float) -> int:
+        return (math.floor(seconds * 1000) // self._tick_ms + 1) * self._tick_ms
+
+    def _boundary_ms(self, seconds: float) -> int:
+        """The first tick boundary at or after ``seconds`` (Beam's ``_on_tick``)."""
+        return -(-math.ceil(seconds * 1000) // self._tick_ms) * self._tick_ms
+
+    # -- elements --
+
+    def process_element(self, value, ctx):
+        bind_metrics(self._rc)
+        msg = value[1]
+        processor = self._processor
+        due = processor.sort_key(msg)[0]
+        stamp = ctx.timestamp()
+        t = due if stamp is None else max(due, stamp / 1000)
+        watermark = ctx.timer_service().current_watermark()
+        if not math.isfinite(t):
+            # configuration with no time at all: applied now, in whatever tick this is
+            yield from self._apply_now(msg)
+            return
+        tick_end = self._tick_end_ms(t)
+        if tick_end - 1 + self._lateness_ms < watermark:
+            self._dropped.inc()   # its tick expired: Beam drops it with its window
+            return
+        done = self._done.value()
+        if done is not None and not processor.immediate(msg) and due < done:
+            yield self._late_letter(msg, done)
+            return
+        if tick_end - 1 <= watermark:
+            # its tick has passed (within the allowed lateness): run now, Beam's late pane
+            yield from self._run_tick(ctx, [msg], tick_end, watermark)
+            return
+        pending = self._ticks.get(tick_end)
+        if pending is None:
+            ctx.timer_service().register_event_time_timer(tick_end - 1)
+            pending = [msg]
+        else:
+            pending.append(msg)
+        self._ticks.put(tick_end, pending)
+
+    def _apply_now(self, msg):
+        current = self._state.value()
+        current, outputs = run_in_order(self._processor, [msg], current)
+        self._state.update(current)
+        yield from outputs
+
+    def _late_letter(self, msg, done: float):
+        self._late.inc()
+        return self._late_tag, late_dead_letter(self._step, self._processor, msg, done)
+
+    # -- timers --
+
+    def on_timer(self, timestamp, ctx):
+        bind_metrics(self._rc)
+        pending = self._ticks.get(timestamp + 1)
+        if pending is not None:
+            self._ticks.remove(timestamp + 1)
+            yield from self._run_tick(ctx, pending, timestamp + 1, timestamp)
+        if self._gc_at.value() == timestamp:
+            self._gc_at.clear()
+            self._collect(ctx, timestamp)
+
+    def _run_tick(self, ctx, messages, tick_end_ms: int, now_ms: int):
+        """One tick of a key (``_RunTickGroups.process``): run, note it decided, expire."""
+        processor = self._processor
+        done = self._done.value()
+        on_time = []
+        for msg in messages:
+            if done is not None and not processor.immediate(msg) and processor.sort_key(msg)[0] < done:
+                yield self._late_letter(msg, done)
+            else:
+                on_time.append(msg)
+        current, outputs = run_in_order(processor, on_time, self._state.value())
+        yield from outputs
+        tick_end = tick_end_ms / 1000
+        self._done.update(tick_end if done is None else max(done, tick_end))
+        current = processor.expire(current, tick_end)
+        if current is None:
+            self._state.clear()
+            # keep done_until while late data could still come, then forget the key
+            self._set_gc(ctx, tick_end + self._lateness_s, now_ms)
+            return
+        self._state.update(current)
+        when = processor.gc_time(current)
+        if when is not None:
+            self._set_gc(ctx, max(when, tick_end), now_ms)
+
+    def _collect(self, ctx, timestamp: int) -> None:
+        """The GC timer (``_RunTickGroups.on_gc``): expire the state, forget the key when done."""
+        now = (timestamp + 1) / 1000
+        current = self._state.value()
+        if current is not None:
+            current = self._processor.expire(current, now)
+        if current is None:
+            self._state.clear()
+            done = self._done.value()
+            if done is None or now >= done + self._lateness_s:
+                self._done.clear()   # nothing of this key outlives the stream
+            else:
+                self._set_gc(ctx, done + self._lateness_s, timestamp)
+            return
+        self._state.update(current)
+        when = self._processor.gc_time(current)
+        if when is not None:
+            self._set_gc(ctx, max(when, now + 1e-3), timestamp)
+
+    def _set_gc(self, ctx, when_s: float, now_ms: int) -> None:
+        """The key's one GC timer at the first tick boundary at or after ``when_s``, after ``now_ms``.
+
+        A timer must lie after the current time (a timer behind the watermark would wait
+        for the next watermark); expiring again at the current tick would change nothing.
+        A replaced GC timer is deleted unless a tick's timer shares its time.
+        """
+        soonest = ((now_ms + 1) // self._tick_ms + 1) * self._tick_ms
+        at = max(self._boundary_ms(when_s), soonest) - 1
+        old = self._gc_at.value()
+        if old == at:
+            return
+        timers = ctx.timer_service()
+        if old is not None and not self._ticks.contains(old + 1):
+            timers.delete_event_time_timer(old)
+        timers.register_event_time_timer(at)
+        self._gc_at.update(at)
+
+
+# ---- the host -----------------------------------------------------------------------------
+
+def run_ordered(pairs, processor, stage_name: str, *, tick_s: float, allowed_lateness_s: float,
+                step: str, uid_prefix: str = "", bounded: Optional[bool] = None) -> dict:
+    """pairs: DataStream of (key, msg) -> {'out': DataStream of outputs, 'late': DataStream of
+    DeadLetter}; host of any ``core.processor.Processor`` (see the module doc).
+
+    ``bounded``: the batch plan (True) or the streaming one (False); None reads the
+    environment's runtime mode (BATCH: bounded). Operators are named and uid'd
+    ``<uid_prefix>/<stage_name>/<part>``.
+    """
+    base = uid_path(uid_prefix, stage_name)
+    batch_runtime = runtime_is_batch(pairs.get_execution_environment())
+    if bounded is None:
+        bounded = batch_runtime
+    elif batch_runtime and not bounded:
+        raise ValueError(f"{stage_name}: the streaming plan needs STREAMING runtime mode "
+                         f"(BATCH mode fires timers per key at end of input)")
+    keyed = key_pairs(pairs, uid_path(base, "KeyBy"))
+    late_tag = OutputTag(uid_path(base, "late"), PICKLED)
+    if bounded:
+        timed = (keyed.process(_RunBatch(processor, in_memory=batch_runtime), output_type=PICKLED)
+                 .name(uid_path(base, "RunBatch")).uid(uid_path(base, "RunBatch")))
+        stamped = (timed.assign_timestamps_and_watermarks(
+                       WatermarkStrategy.no_watermarks().with_timestamp_assigner(_DueTimestamp()))
+                   .name(uid_path(base, "StampAtDue")).uid(uid_path(base, "StampAtDue")))
+        out = (stamped.map(_unstamp, output_type=PICKLED)
+               .name(uid_path(base, "Outputs")).uid(uid_path(base, "Outputs")))
+        return {"out": out, "late": timed.get_side_output(late_tag)}
+    run = _RunTicks(processor, tick_s, allowed_lateness_s, step, late_tag)
+    out = (keyed.process(run, output_type=PICKLED)
+           .name(uid_path(base, "RunInEventTimeOrder")).uid(uid_path(base, "RunInEventTimeOrder")))
+    return {"out": out, "late": out.get_side_output(late_tag)}

@@ -7,6 +7,11 @@ step declares its parameters as a frozen dataclass (``FollowParams``,
 ``--<prefix>_<field>`` flag with the dataclass default, and ``core.config``
 builds the validated dataclasses back, so a new parameter needs no wiring here.
 :func:`unknown_flags` makes a mistyped flag an error instead of a silent no-op.
+
+``--engine flink`` runs the same steps as a native Flink job (``pipelines.flink_engine``);
+it reuses the names of Beam's Flink flags (``--flink_master``, ``--parallelism``,
+``--checkpointing_interval``) and adds ``--flink_state_backend`` and
+``--flink_kafka_stop_at_latest``.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ import typing
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core.config import DEFAULT_KAFKA_BOOTSTRAP, RESULTS_SINKS, SOURCES, STEP_PARAMS
+
+ENGINES = ("beam", "flink")
+FLINK_STATE_BACKENDS = ("hashmap", "rocksdb")
 
 
 def _flag_type(annotation):
@@ -44,6 +52,18 @@ class TapFollowOptions(PipelineOptions):
                             help="directory of users/pings/taps/tweets .jsonl[.gz]; "
                                  "default: a synthetic world generated in-process")
         parser.add_argument("--output", default="out", help="output directory (default ./out)")
+        parser.add_argument("--engine", default="beam", choices=ENGINES,
+                            help="beam: the Beam pipeline on --runner (default); flink: the same steps as a "
+                                 "native Flink job on the session cluster at --flink_master (127.0.0.1:8081 "
+                                 "when not given): files in batch mode, --source kafka streaming")
+        parser.add_argument("--checkpointing_interval", type=int, default=None,
+                            help="--engine flink: checkpoint every this many ms (default 10000 when streaming; "
+                                 "batch needs none). Beam's FlinkRunner reads the same flag")
+        parser.add_argument("--flink_state_backend", default="hashmap", choices=FLINK_STATE_BACKENDS,
+                            help="--engine flink: where keyed state lives (default hashmap: the heap)")
+        parser.add_argument("--flink_kafka_stop_at_latest", action="store_true", default=False,
+                            help="--engine flink --source kafka: read the topics only up to what they held "
+                                 "when the job started, then end (a bounded read in streaming mode)")
         parser.add_argument("--source", default="files", choices=SOURCES,
                             help="where events come from (default files)")
         parser.add_argument("--kafka_bootstrap_servers", default=DEFAULT_KAFKA_BOOTSTRAP)
@@ -119,3 +139,23 @@ def unknown_flags(argv: list[str]) -> list[str]:
         if flag not in known:
             unknown.append(flag)
     return unknown
+
+
+def bad_choice(argv: list[str]) -> str | None:
+    """A one-line reason if a project option with fixed choices (``--engine``, ``--source``,
+    ``--results_sink``, ``--flink_state_backend``) is given a value outside them, else None:
+    argparse would print the whole usage before its own line."""
+    parser = argparse.ArgumentParser(add_help=False)
+    TapFollowOptions._add_argparse_args(parser)
+    choices = {flag: action.choices for action in parser._actions if action.choices
+               for flag in action.option_strings}
+    for i, arg in enumerate(argv):
+        flag, has_value, value = arg.partition("=")
+        if flag not in choices:
+            continue
+        if not has_value:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if value not in choices[flag]:
+            return f"{flag} {value!r}: must be one of {', '.join(choices[flag])}"
+    return None
+

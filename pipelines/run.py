@@ -6,7 +6,8 @@ Sources -> ParseInputs -> ResolveMutualFollows -> FanOutGeofencedAlerts
 With no ``--input`` it generates the default synthetic world in-process (into
 ``OUTPUT/world/``) and runs on DirectRunner. ``--streaming`` replays the files as
 an unbounded stream in event time; ``--source kafka`` reads the topics instead
-(the Flink deployment). Every Beam option passes through unchanged. Exit status
+(the Flink deployment). ``--engine flink`` runs the same steps as a native Flink
+job instead (``pipelines.flink_engine``). Every Beam option passes through unchanged. Exit status
 0 on success, 2 with a one-line reason on stderr for a bad argument, missing
 input or invalid configuration.
 """
@@ -26,7 +27,7 @@ from core.config import ConfigError, RunConfig, run_config
 from core.lines import iter_lines
 from pipelines import sinks, sources
 from pipelines.dp_schedule import with_release_schedule
-from pipelines.options import TapFollowOptions, help_text, unknown_flags
+from pipelines.options import TapFollowOptions, bad_choice, help_text, unknown_flags
 from pipelines.summary import counters_of, print_summary, write_summary
 from schemas.records import DeadLetter, to_json_line
 from transforms.alerts import FanOutGeofencedAlerts
@@ -40,12 +41,16 @@ OUTPUT_FOLDERS = ("follows", "alerts", "marketing", "deadletter", "privacy_ledge
 
 def config_from(options: PipelineOptions) -> RunConfig:
     """The run's checked configuration (``core.config``), read once from the options,
-    with its DP release schedule (flags, else the input's world.json)."""
+    with its DP release schedule (flags, else the input's world.json).
+
+    ``--engine flink``: Kafka is read streaming (``--streaming`` implied), files in batch."""
     standard = options.view_as(StandardOptions)
-    options.view_as(TapFollowOptions)  # registers the project's flags before they are read
+    project = options.view_as(TapFollowOptions)  # registers the project's flags before they are read
+    streaming, runner = bool(standard.streaming), standard.runner
+    if project.engine == "flink":
+        streaming, runner = streaming or project.source == "kafka", "flink"
     return run_config(options.get_all_options(retain_unknown_options=True),
-                      streaming=bool(standard.streaming), runner=standard.runner,
-                      release_schedule=with_release_schedule)
+                      streaming=streaming, runner=runner, release_schedule=with_release_schedule)
 
 
 def read_inputs(pipeline, cfg: RunConfig):
@@ -214,6 +219,10 @@ def run(argv=None) -> int:
         print(f"pipelines.run: error: unknown option {unknown[0]} (neither a project option nor a Beam "
               "option; see --help)", file=sys.stderr)
         return 2
+    wrong = bad_choice(argv)
+    if wrong:
+        print(f"pipelines.run: error: {wrong}", file=sys.stderr)
+        return 2
     options = PipelineOptions(argv)
     try:
         project = options.view_as(TapFollowOptions)
@@ -229,6 +238,9 @@ def run(argv=None) -> int:
     except ConfigError as exc:
         print(f"pipelines.run: error: {exc}", file=sys.stderr)
         return 2
+    if project.engine == "flink":  # the same steps as a native Flink job: nothing Beam is built
+        from pipelines import flink_engine
+        return flink_engine.launch(cfg, options.get_all_options(retain_unknown_options=True), started)
     add_runner_experiments(options)
     pipeline = beam.Pipeline(options=options)
     origins, lines_read = build(pipeline, cfg)

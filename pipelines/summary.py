@@ -89,9 +89,19 @@ def stage_counts(output_dir: str, lines_read: dict[str, int], origins: dict[str,
 
 def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, str], runner: str,
                   wall_time_s: float) -> dict:
-    stages = stage_counts(cfg.output_dir, lines_read, origins)
+    """The Beam run's summary: its state and (where exact) its counters from the ``result``."""
     counters_exact = not (cfg.streaming and "direct" in runner.lower())
-    counters = counters_of(result) if counters_exact else None
+    return write_run_summary(cfg, lines_read, origins, state=str(result.state), runner=runner,
+                             counters=counters_of(result) if counters_exact else None, wall_time_s=wall_time_s)
+
+
+def write_run_summary(cfg, lines_read: dict[str, int], origins: dict[str, str], *, state: str, runner: str,
+                      counters: dict | None, wall_time_s: float, engine: str = "beam",
+                      extra: dict | None = None) -> dict:
+    """``run_summary.json`` of any engine's run: stage counts from the outputs, ``counters`` as the
+    engine reported them (None: not exact, left out), the privacy spent, and ``extra`` fields
+    (the Flink job's id and web UI address)."""
+    stages = stage_counts(cfg.output_dir, lines_read, origins)
     if cfg.results_sink == "kafka":
         # Follows and alerts went to Kafka topics, not folders: their counts come from the counters.
         for name in ("follows", "alerts"):
@@ -99,7 +109,8 @@ def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, st
             stages["emitted"][f"kafka:{name}"] = (counters or {}).get(f"emitted.{name}")
     ledger = read_jsonl_folder(os.path.join(cfg.output_dir, "privacy_ledger"))
     summary = {
-        "state": str(result.state),
+        "engine": engine,
+        "state": state,
         "runner": runner,
         "mode": "streaming" if cfg.streaming else "batch",
         "source": cfg.source,
@@ -111,6 +122,7 @@ def write_summary(result, cfg, lines_read: dict[str, int], origins: dict[str, st
                         budget_epsilon_per_user_day=cfg.dp.epsilon_per_user_day,
                         budget_delta_per_user_day=cfg.dp.delta_per_user_day),
         "wall_time_s": round(wall_time_s, 3),
+        **(extra or {}),
     }
     with open(os.path.join(cfg.output_dir, "run_summary.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2, sort_keys=True, ensure_ascii=False)

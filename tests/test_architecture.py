@@ -17,7 +17,7 @@ from collections import defaultdict
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("schemas", "core", "transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic")
+PACKAGES = ("schemas", "core", "transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic", "flink_job")
 ENGINES = ("apache_beam", "pyflink")
 
 # What a folder must never import, anywhere in its modules (lazy imports included).
@@ -26,6 +26,8 @@ FORBIDDEN = {
     "core": ENGINES + ("transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic"),
     "kafka_client": ENGINES + ("transforms", "pipelines", "nfc_gateway", "synthetic"),
     "nfc_gateway": ENGINES + ("transforms", "pipelines"),
+    # the Flink host: runs in the PyFlink venv (its Beam is 2.61), with the core and schemas only
+    "flink_job": ("apache_beam", "transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic"),
 }
 
 
@@ -149,3 +151,14 @@ def test_the_core_imports_with_no_engine_installed():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "core.processor" in out.stdout and "schemas.records" in out.stdout, out.stdout[-2000:]
+
+
+def test_the_launcher_reads_the_flink_job_config_without_pyflink():
+    """``pipelines.flink_engine`` (project venv, no PyFlink) writes the job's config with
+    ``flink_job.config``: that module and the package itself import with every engine blocked."""
+    code = BLOCK_ENGINES.split("for package in")[0] + (
+        "import flink_job, flink_job.config\nprint('ok', flink_job.config.JobSettings().job_name)\n")
+    out = subprocess.run([sys.executable, "-c", code.format(engines=ENGINES)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok tapfollow"), out.stdout

@@ -68,7 +68,7 @@ def test_the_import_noise_filter_drops_that_one_message_only():
     assert result.returncode == 0 and result.stderr == "WARNING:root:a real warning\n", result.stderr
 
 
-@pytest.mark.parametrize("flag", ["--engine", "--alerts_radius_m", "--alerts_sink"])
+@pytest.mark.parametrize("flag", ["--flink_parallelism", "--alerts_radius_m", "--alerts_sink"])
 def test_an_unknown_flag_exits_2_naming_it(tmp_path, flag):
     """Beam drops flags it does not know: a typo (or a flag of a later version) would silently run
     a default DirectRunner job."""

@@ -1,0 +1,204 @@
+"""The Flink job: the same steps as ``pipelines.run.build`` wires on Beam, on DataStreams.
+
+Step for step as the Beam reference (``pipelines/run.py::build``):
+
+1. sources (``flink_job.io``): the registry, read and merged at build time; the event
+   lines, from the files (BATCH) or the Kafka topics (STREAMING);
+2. ParseEvents: each line judged once (``core.inputs``), routed to its record kind or a
+   dead letter; tweets and pings keep their raw line (``with_raw``) for a later rejection;
+3. DedupeTweets (``core.registry.FirstCopy``, keyed by tweet id, ordered by FlinkOps);
+4. KeepRegisteredPings (``core.registry.registered_ping``);
+5. ResolveMutualFollows (``flink_job.follows.resolve_follows``);
+6. FanOutGeofencedAlerts: the location reports (``core.locations``) and
+   ``core.alerts.fan_out_over`` on :class:`flink_job.ops.FlinkOps`;
+7. ReleaseDpStatistics (``flink_job.dp_stats.release_statistics``);
+8. sinks: follows and alerts (folders, or Kafka exactly once), marketing Parquet, the
+   privacy ledger, and every dead letter united into ``deadletter/``.
+
+Every operator is named and has a stable uid (its stage path), so a savepoint taken from
+one build restores into the next. :func:`configure` sets the runtime mode (BATCH for
+files, STREAMING for Kafka), parallelism, checkpointing (EXACTLY_ONCE) and the state
+backend; the restart strategy is the cluster's (``infra/flink.sh``).
+"""
+from __future__ import annotations
+
+import os
+
+from pyflink.common import Configuration
+from pyflink.datastream import CheckpointingMode, RuntimeExecutionMode
+
+from core.alerts import fan_out_over
+from core.config import RunConfig
+from core.input_files import input_files, kafka_origins, origin_names
+from core.locations import (PING_INACCURATE, TWEET_NOT_PRECISE, report_from_ping, report_from_tap,
+                            report_from_tweet)
+from core.registry import DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, registered_ping
+from flink_job import io
+from flink_job.config import JobSettings
+from flink_job.dp_stats import release_statistics
+from flink_job.follows import resolve_follows
+from flink_job.ops import FlinkOps
+from schemas.records import DeadLetter
+
+DEAD = io.DEAD
+
+
+def configure(env, cfg: RunConfig, settings: JobSettings) -> None:
+    """Runtime mode, parallelism, checkpointing, state backend and connector jars of the job."""
+    env.set_runtime_mode(RuntimeExecutionMode.STREAMING if cfg.source == "kafka" else RuntimeExecutionMode.BATCH)
+    if settings.parallelism:
+        env.set_parallelism(settings.parallelism)
+    if settings.checkpointing_interval_ms:
+        env.enable_checkpointing(settings.checkpointing_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    backend = Configuration()
+    backend.set_string("state.backend.type", settings.state_backend)
+    env.configure(backend)
+    if settings.jars:
+        env.add_jars(*(jar if "://" in jar else "file://" + os.path.abspath(jar) for jar in settings.jars))
+
+
+def read_registry(cfg: RunConfig, settings: JobSettings, files: dict | None, origin: str):
+    """(user_id -> merged User, the registry's dead letters): the users file, or the snapshot
+    of the users topic the launcher took (a file of its lines)."""
+    paths = [settings.users_file] if settings.users_file else files["users"]
+    users, dead, _read = io.registry_from_lines(io.registry_lines(paths), origin)
+    return users, dead
+
+
+def _split_dead(ops, col, stage_name: str, counter_name: str):
+    """A step's mixed outputs -> {'main': records, 'dead_letters': DeadLetter}, the dead ones counted."""
+    dead_count = ops.counter(counter_name)
+
+    def split(out):
+        if isinstance(out, DeadLetter):
+            dead_count.inc()
+            yield DEAD, out
+        else:
+            yield "main", out
+    return ops.tagged(col, split, ("main", DEAD), stage_name)
+
+
+def parse_events(ops, events, origins: dict, cfg: RunConfig, stamp: bool) -> dict:
+    """ParseEvents: lines -> {kind: records (tweets, pings with their raw line), 'dead_letters'}."""
+    def parse(o, lines):
+        judged = o.map(lines, io.judging(o, origins, cfg.max_event_future_s), "Judge")
+        if stamp:
+            judged = io.stamp_judged(judged, "ParseEvents/EventTime")
+        return o.tagged(judged, io.routing(frozenset(("tweets", "pings"))), io.OUTPUTS + (DEAD,), "Route")
+    return ops.nested("ParseEvents", parse, events)
+
+
+def dedupe_tweets(ops, tweets, origin: str, cfg: RunConfig) -> dict:
+    """DedupeTweets: each tweet id once (``FirstCopy`` keyed by id), later copies dead letters."""
+    def dedupe(o, pairs):
+        keyed = o.map(pairs, lambda pair: (pair[0].tweet_id, pair), "ById")
+        ordered = o.run_ordered(keyed, FirstCopy(origin, cfg.dedupe_horizon_s), "FirstCopy",
+                                tick_s=cfg.alerts.stream_tick_s, allowed_lateness_s=cfg.dedupe_horizon_s,
+                                step="dedupe")
+        split = _split_dead(o, ordered["out"], "Split", DUPLICATE_TWEETS)
+        return {"tweets": split["main"],
+                DEAD: o.flatten([split[DEAD], ordered["late"]], "DeadLetters")}
+    return ops.nested("DedupeTweets", dedupe, tweets)
+
+
+def keep_registered_pings(ops, pings, registry: dict, origin: str) -> dict:
+    """KeepRegisteredPings: a ping of a user not in the registry is a dead letter."""
+    registered = {user_id: True for user_id in registry}
+
+    def keep(o, pairs):
+        judged = o.map(pairs, lambda pair: registered_ping(pair[0], pair[1], registered, origin), "KnownUser")
+        split = _split_dead(o, judged, "Split", PINGS_UNKNOWN_USER)
+        return {"pings": split["main"], DEAD: split[DEAD]}
+    return ops.nested("KeepRegisteredPings", keep, pings)
+
+
+def location_reports(ops, pings, tweets, taps, max_accuracy_m: float):
+    """The accepted location reports (``core.locations``), as ``transforms.locations`` counts them."""
+    def reports(o, inputs):
+        inaccurate, not_precise = o.counter(PING_INACCURATE), o.counter(TWEET_NOT_PRECISE)
+
+        def from_ping(ping):
+            report = report_from_ping(ping, max_accuracy_m)
+            if report is None:
+                inaccurate.inc()
+                return []
+            return [report]
+
+        def from_tweet(tweet):
+            report = report_from_tweet(tweet)
+            if report is None:
+                not_precise.inc()
+                return []
+            return [report]
+
+        return o.flatten([o.flat_map(inputs["pings"], from_ping, "PingReports"),
+                          o.flat_map(inputs["tweets"], from_tweet, "TweetReports"),
+                          o.map(inputs["taps"], report_from_tap, "TapReports")], "AllReports")
+    return ops.nested("LocationReports", reports, {"pings": pings, "tweets": tweets, "taps": taps})
+
+
+def count_emitted(ops, col, name: str):
+    """Pass-through counting ``emitted.<name>`` for the run summary (as Beam's CountEmitted)."""
+    counter = ops.counter(f"emitted.{name}")
+
+    def count(element):
+        counter.inc()
+        return element
+    return ops.map(col, count, f"Count{name.title().replace('_', '')}")
+
+
+def sources(env, ops, cfg: RunConfig, settings: JobSettings):
+    """(registry, registry dead letters, event lines, origins, whether to stamp event times)."""
+    if cfg.source == "kafka":
+        origins = kafka_origins()
+        registry, dead = read_registry(cfg, settings, None, origins["users"])
+        events = io.kafka_events(env, cfg, settings.kafka_stop_at_latest, settings.kafka_idleness_ms, "Sources")
+        return registry, dead, events, origins, False
+    files = input_files(cfg.input_dir)
+    origins = origin_names(files)
+    registry, dead = read_registry(cfg, settings, files, origins["users"])
+    return registry, dead, io.file_events(env, files, "Sources"), origins, True
+
+
+def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
+    """Wire sources, the three business steps and the sinks onto ``env``; returns the inputs' origins.
+
+    ``noise`` replaces the statistics' noise (code only, never a flag: the tests' job entry
+    ``tests/flink/drivers/job_no_noise.py`` passes ``NoNoiseForTests`` to compare exact values)."""
+    out = lambda folder: os.path.join(cfg.output_dir, folder)  # noqa: E731
+    bounded = cfg.source != "kafka"
+    ops = FlinkOps(env, bounded=bounded)
+    registry, registry_dead, events_raw, origins, stamp = sources(env, ops, cfg, settings)
+    users = io.from_records(env, sorted(registry.values()), "Registry", "Users")
+    parsed = parse_events(ops, events_raw, origins, cfg, stamp)
+    tweets = dedupe_tweets(ops, parsed["tweets"], origins["tweets"], cfg)
+    pings = keep_registered_pings(ops, parsed["pings"], registry, origins["pings"])
+    events = dict(parsed, tweets=tweets["tweets"], pings=pings["pings"])
+
+    follow_out = ops.nested("ResolveMutualFollows",
+                            lambda o, taps: resolve_follows(o, taps, registry, cfg.follows), events["taps"])
+    reports = location_reports(ops, events["pings"], events["tweets"], events["taps"], cfg.alerts.max_accuracy_m)
+    alert_out = ops.nested("FanOutGeofencedAlerts", lambda o, inputs: fan_out_over(o, inputs, cfg.alerts), {
+        "tweets": events["tweets"], "deletes": events["deletes"], "reports": reports,
+        "follows": follow_out["follows"], "users": users})
+    dp_out = ops.nested("ReleaseDpStatistics", lambda o, inputs: release_statistics(
+        o, inputs, registry, cfg.dp, noise=noise, live=cfg.source == "kafka"),
+        {"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"]})
+
+    follows = count_emitted(ops, follow_out["follows"], "follows")
+    alerts = count_emitted(ops, alert_out["alerts"], "alerts")
+    if cfg.results_sink == "kafka":
+        for name, records in (("follows", follows), ("alerts", alerts)):
+            io.kafka_sink(records, name, cfg.kafka_bootstrap_servers, settings.transactional_id_prefix,
+                          f"{name.title()}ToKafka")
+    else:
+        io.jsonl_sink(follows, out("follows"), "WriteFollows")
+        io.jsonl_sink(alerts, out("alerts"), "WriteAlerts")
+    io.parquet_sink(count_emitted(ops, dp_out["statistics"], "statistics"), out("marketing"), "WriteMarketing")
+    io.jsonl_sink(dp_out["ledger"], out("privacy_ledger"), "WriteLedger")
+
+    dead_letters = ops.flatten([
+        parsed[DEAD], io.from_records(env, registry_dead, "Registry", "DeadLetters"),
+        tweets[DEAD], pings[DEAD], follow_out["dead_letters"], alert_out["dead_letters"]], "AllDeadLetters")
+    io.jsonl_sink(count_emitted(ops, dead_letters, "dead_letters"), out("deadletter"), "WriteDeadLetters")
+    return origins

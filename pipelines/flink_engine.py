@@ -1,0 +1,311 @@
+"""``python -m pipelines.run --engine flink``: the same steps as a native Flink job (``flink_job``).
+
+The launcher side, in the project venv (the job itself runs in the PyFlink venv):
+
+1. the run's config is checked as for Beam (``core.config``: the same exit-2 one-liners);
+   the output folders are prepared as for Beam; for ``--source kafka`` the users topic is
+   snapshotted (``kafka_client.snapshot_topic``) into a file the job reads at build time;
+2. the config is written as JSON (``flink_job.config``) and ``core/ schemas/ flink_job/``
+   are packed into one zip for ``-pyfs`` (the workers import them from it);
+3. ``$FLINK_HOME/bin/flink run -m MASTER -d -pym flink_job -pyfs ZIP -pyclientexec PY
+   -pyexec PY --config FILE`` submits it (``FLINK_HOME``, ``PYFLINK_PYTHON`` and
+   ``FLINK_JOB_JARS`` as ``infra/env.sh`` exports them; read from there when absent);
+4. the job's web UI address is printed, and the job is watched over Flink's REST API until
+   it ends; Ctrl-C cancels it. On success ``run_summary.json`` is written (engine
+   ``flink``, the job id and URL, stage counts from the outputs as for Beam) and the exit
+   status is 0; a FAILED job exits 1 with Flink's root exception as its one-line reason.
+
+Counts: Flink's REST API forgets a job's metrics once it has finished, so the ``tapfollow``
+counters are the last values polled while it ran (``counters``, under ``counters_note``);
+the summary's ``read`` counts are the lines of the input files as the job's own reader
+reads them (``core.lines``), or, from Kafka, the messages it consumed (its counters).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zipfile
+from typing import Callable, Optional
+
+from core.config import ConfigError, RunConfig
+from core.input_files import EVENT_KINDS, input_files, kafka_origins, origin_names
+from core.lines import iter_lines
+from flink_job.config import JobSettings, write_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MASTER = "127.0.0.1:8081"
+JOB_ENTRY = "flink_job"                      # the module ``flink run -pym`` runs
+JOB_PACKAGES = ("core", "schemas", "flink_job")
+WORK_DIR = ".flink-job"                      # under --output: config, zip, users snapshot (hidden)
+DEFAULT_STREAMING_CHECKPOINT_MS = 10_000
+TERMINAL = ("FINISHED", "FAILED", "CANCELED", "SUSPENDED")
+NOT_INSTALLED = "PyFlink is not installed: run make infra-up"
+METRICS_GROUP = "tapfollow."
+
+
+@dataclasses.dataclass(frozen=True)
+class FlinkInstall:
+    flink_home: str
+    python: str           # the PyFlink venv's interpreter: the job's client and its workers
+    jars: tuple           # connector jars the job adds (Kafka, Parquet + Hadoop)
+    conf_dir: str
+
+
+def _from_env_sh(names: tuple) -> dict:
+    """The values ``infra/env.sh`` gives ``names`` (the launcher is often run without it sourced)."""
+    script = os.path.join(REPO, "infra", "env.sh")
+    if not os.path.exists(script):
+        return {}
+    printed = "; ".join(f'printf "%s\\0" "${{{name}:-}}"' for name in names)
+    try:
+        out = subprocess.run(["bash", "-c", f'source "{script}" >/dev/null 2>&1; {printed}'],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(zip(names, out.split("\0")))
+
+
+def flink_install(environ=os.environ) -> FlinkInstall:
+    """Where Flink and the PyFlink venv are: the environment ``infra/env.sh`` exports, else
+    ``infra/env.sh`` itself; ConfigError (:data:`NOT_INSTALLED`) when they are not there."""
+    names = ("FLINK_HOME", "PYFLINK_PYTHON", "FLINK_JOB_JARS", "INFRA_CACHE")
+    values = {name: environ.get(name, "") for name in names}
+    if not all(values[name] for name in names[:2]):
+        values = {**_from_env_sh(names), **{k: v for k, v in values.items() if v}}
+    flink_home, python = values.get("FLINK_HOME", ""), values.get("PYFLINK_PYTHON", "")
+    if not (flink_home and os.access(os.path.join(flink_home, "bin", "flink"), os.X_OK)
+            and python and os.access(python, os.X_OK)):
+        raise ConfigError(NOT_INSTALLED)
+    jars = tuple(jar for jar in values.get("FLINK_JOB_JARS", "").split(":") if jar)
+    conf_dir = environ.get("FLINK_CONF_DIR") or os.path.join(
+        values.get("INFRA_CACHE") or os.path.join(REPO, "infra", ".cache"), "conf", "flink")
+    return FlinkInstall(flink_home, python, jars, conf_dir)
+
+
+def job_settings(options: dict, cfg: RunConfig, jars: tuple, users_file: Optional[str]) -> JobSettings:
+    """The job's own settings from the launcher's flags (``--parallelism`` -1: the cluster's)."""
+    parallelism = options.get("parallelism")
+    interval = options.get("checkpointing_interval")
+    if interval is None and cfg.streaming:
+        interval = DEFAULT_STREAMING_CHECKPOINT_MS
+    job_id = uuid.uuid4().hex[:12]
+    return JobSettings(
+        job_name=f"tapfollow-{cfg.source}-{job_id}",
+        parallelism=parallelism if parallelism and parallelism > 0 else None,
+        checkpointing_interval_ms=interval,
+        state_backend=options.get("flink_state_backend") or "hashmap",
+        kafka_stop_at_latest=bool(options.get("flink_kafka_stop_at_latest")),
+        users_file=users_file,
+        jars=jars,
+        transactional_id_prefix=f"tapfollow-{job_id}")
+
+
+def master_of(options: dict) -> str:
+    """``--flink_master`` as host:port (Beam's default ``[auto]``: the local session cluster)."""
+    master = options.get("flink_master") or "[auto]"
+    if master.startswith("["):
+        return DEFAULT_MASTER
+    return re.sub(r"^https?://", "", master).rstrip("/")
+
+
+def pack_job(zip_path: str) -> str:
+    """``core/ schemas/ flink_job/`` (their .py files) in one zip for ``-pyfs``."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in JOB_PACKAGES:
+            for folder, dirs, files in os.walk(os.path.join(REPO, package)):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                for name in sorted(files):
+                    if name.endswith(".py") or name.endswith(".json"):
+                        path = os.path.join(folder, name)
+                        archive.write(path, os.path.relpath(path, REPO))
+    return zip_path
+
+
+def count_input_lines(cfg: RunConfig, users_lines: Optional[int]) -> dict[str, int]:
+    """Lines per input as the job's reader reads them (``core.lines.iter_lines``)."""
+    if cfg.source == "kafka":
+        return {"users": users_lines or 0}
+    files = input_files(cfg.input_dir)
+    return {kind: sum(1 for path in paths for _ in iter_lines(path)) for kind, paths in files.items()}
+
+
+class FlinkRest:
+    """The few calls of Flink's REST API the launcher needs."""
+
+    def __init__(self, master: str, timeout_s: float = 10.0):
+        self.base = f"http://{master}"
+        self.timeout_s = timeout_s
+
+    def call(self, path: str, method: str = "GET"):
+        request = urllib.request.Request(self.base + path, method=method)
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def state(self, job_id: str) -> str:
+        return self.call(f"/jobs/{job_id}")["state"]
+
+    def cancel(self, job_id: str) -> None:
+        self.call(f"/jobs/{job_id}?mode=cancel", method="PATCH")
+
+    def failure(self, job_id: str) -> str:
+        """The job's root exception, first line."""
+        try:
+            exceptions = self.call(f"/jobs/{job_id}/exceptions")
+        except (OSError, ValueError):
+            return "the job failed (Flink's REST API gave no reason)"
+        root = (exceptions.get("exceptionHistory") or {}).get("entries") or []
+        text = root[0].get("stacktrace") if root else exceptions.get("root-exception")
+        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        causes = [line for line in lines if line.startswith("Caused by:")]
+        return (causes[-1] if causes else lines[0] if lines else "the job failed")[:500]
+
+    def counters(self, job_id: str) -> dict[str, int]:
+        """Every ``tapfollow`` counter of a running job, summed over operators and subtasks."""
+        totals: dict[str, int] = collections.Counter()
+        for vertex in self.call(f"/jobs/{job_id}")["vertices"]:
+            base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+            names = [m["id"] for m in self.call(base) if METRICS_GROUP in m["id"]]
+            for start in range(0, len(names), 40):
+                chunk = ",".join(names[start:start + 40])
+                for metric in self.call(f"{base}?get={chunk}&agg=sum"):
+                    name = metric["id"].split(METRICS_GROUP, 1)[1]
+                    totals[name] += int(float(metric.get("sum", 0)))
+        return dict(sorted(totals.items()))
+
+
+def submit_command(install: FlinkInstall, master: str, entry: str, zip_path: str, config_path: str) -> list[str]:
+    """``flink run`` of the job, detached. ``entry``: a module (``-pym``) or a script (``-py``)."""
+    run = [os.path.join(install.flink_home, "bin", "flink"), "run", "-m", master, "-d"]
+    run += ["-py", entry] if entry.endswith(".py") else ["-pym", entry]
+    return run + ["-pyfs", zip_path, "-pyclientexec", install.python, "-pyexec", install.python,
+                  "--config", config_path]
+
+
+def submit(command: list[str], install: FlinkInstall, log_path: str) -> str:
+    """Run ``flink run``; the job id it printed. ConfigError with its last lines if none."""
+    env = dict(os.environ, FLINK_CONF_DIR=install.conf_dir)
+    env["PATH"] = os.path.dirname(install.python) + os.pathsep + env.get("PATH", "")
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)
+    with open(log_path, "w", encoding="utf-8") as log:
+        done = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=600)
+        log.write(done.stdout)
+    found = re.search(r"JobID ([0-9a-f]{32})", done.stdout)
+    if done.returncode != 0 or not found:
+        tail = [line for line in done.stdout.splitlines() if line.strip()][-12:]
+        reason = next((line for line in reversed(tail) if "Error" in line or "Exception" in line),
+                      tail[-1] if tail else "no output")
+        raise RuntimeError(f"flink run failed (exit {done.returncode}): {reason.strip()[:400]} (log: {log_path})")
+    return found.group(1)
+
+
+def watch(rest: FlinkRest, job_id: str, poll_s: float = 1.0, counters_every_s: float = 3.0,
+          sleep: Callable = time.sleep) -> tuple[str, dict]:
+    """Wait for the job's end: (final state, the last counters seen while it ran). Ctrl-C cancels it."""
+    counters: dict = {}
+    last_counters = 0.0
+    try:
+        while True:
+            try:
+                state = rest.state(job_id)
+            except (OSError, ValueError, KeyError):
+                state = "UNKNOWN"
+            if state in TERMINAL:
+                return state, counters
+            if state == "RUNNING" and time.monotonic() - last_counters >= counters_every_s:
+                try:
+                    counters = rest.counters(job_id) or counters
+                except (OSError, ValueError, KeyError):
+                    pass
+                last_counters = time.monotonic()
+            sleep(poll_s)
+    except KeyboardInterrupt:
+        print(f"\npipelines.run: cancelling Flink job {job_id}", file=sys.stderr)
+        rest.cancel(job_id)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if rest.state(job_id) in TERMINAL:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            sleep(poll_s)
+        raise
+
+
+def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY,
+           environ=os.environ) -> int:
+    """Submit the job, watch it, write the summary; the exit status. ``entry`` is the job's
+    module or script: ``flink_job`` unless a test passes its own (code only, never a flag)."""
+    from pipelines.summary import print_summary, write_run_summary
+    try:
+        install = flink_install(environ)
+    except ConfigError as exc:
+        print(f"pipelines.run: error: {exc}", file=sys.stderr)
+        return 2
+    master = master_of(options)
+    work = os.path.join(os.path.abspath(cfg.output_dir), WORK_DIR)
+    os.makedirs(work, exist_ok=True)
+    cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir),
+                              input_dir=os.path.abspath(cfg.input_dir) if cfg.input_dir else None)
+    users_file, users_lines = None, None
+    if cfg.source == "kafka":
+        from kafka_client import snapshot_topic
+        users_file = os.path.join(work, "users.snapshot.jsonl")
+        lines = snapshot_topic(cfg.kafka_bootstrap_servers, "users")
+        with open(users_file, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
+        users_lines = len(lines)
+    settings = job_settings(options, cfg, install.jars, users_file)
+    config_path = os.path.join(work, "job-config.json")
+    write_config(config_path, cfg, settings)
+    zip_path = pack_job(os.path.join(work, "tapfollow-job.zip"))
+    if entry != JOB_ENTRY:
+        entry = os.path.abspath(entry)
+    rest = FlinkRest(master)
+    t0 = time.monotonic()
+    try:
+        job_id = submit(submit_command(install, master, entry, zip_path, config_path), install,
+                        os.path.join(work, "flink-run.log"))
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        print(f"pipelines.run: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Flink job {job_id} ({settings.job_name}): http://{master}/#/job/running/{job_id}", file=sys.stderr)
+    interrupted = False
+    try:
+        state, counters = watch(rest, job_id)
+    except KeyboardInterrupt:
+        interrupted, state, counters = True, "CANCELED", {}
+    done_s = time.monotonic() - t0
+    url = f"http://{master}/#/job/completed/{job_id}"
+    if state == "FAILED":
+        print(f"pipelines.run: error: Flink job {job_id} failed: {rest.failure(job_id)} ({url})", file=sys.stderr)
+        return 1
+    if state not in ("FINISHED", "CANCELED"):
+        print(f"pipelines.run: error: Flink job {job_id} ended {state} ({url})", file=sys.stderr)
+        return 1
+    origins = kafka_origins() if cfg.source == "kafka" else origin_names(input_files(cfg.input_dir))
+    lines_read = count_input_lines(cfg, users_lines)
+    if cfg.source == "kafka":
+        lines_read.update({kind: counters.get(f"read.{kind}", 0) for kind in EVENT_KINDS})
+    summary = write_run_summary(
+        cfg, lines_read, origins, state=state, runner=f"flink@{master}", counters=counters or None,
+        wall_time_s=time.time() - started, engine="flink",
+        extra={"flink_job_id": job_id, "flink_job_url": url, "flink_job_name": settings.job_name,
+               "submit_to_done_s": round(done_s, 3),
+               "counters_note": "the last tapfollow counters Flink's REST API showed while the job ran "
+                                "(it forgets them when the job ends): a lower bound"})
+    print_summary(summary)
+    print(f"Flink job {job_id} {state} in {done_s:.1f} s: {url}", file=sys.stderr)
+    return 130 if interrupted else 0

@@ -2,10 +2,11 @@
 
 A core composition (``core.alerts.fan_out_over`` …) called with a :class:`FlinkOps`
 builds that step's part of the Flink job, as ``transforms.beam_ops.BeamOps`` builds
-its Beam graph. Each operator is named and uid'd by its scope path
-(``<uid_prefix>/<nested scopes>/<stage_name>``): the names show in Flink's UI and
-metric scopes, and the uids keep savepoints restorable across rebuilds of the same
-job (a uid used twice is an error, so two stages cannot silently share state).
+its Beam graph. Each operator is named by its scope path
+(``<uid_prefix>/<nested scopes>/<stage_name>``, unique: a path built twice is an
+error): the names show in Flink's UI and metric scopes. The stateful operators (the
+ordered hosts) also take it as their uid, which keeps savepoints restorable across
+rebuilds of the job; stateless ones cannot (``flink_job.ordered.STATELESS_UIDS``).
 
 Elements are the core's plain Python objects, pickled (``Types.PICKLED_BYTE_ARRAY``);
 ``output_type`` is ignored. Each function given to an operation runs in a wrapper that
@@ -23,7 +24,7 @@ from pyflink.datastream import FilterFunction, FlatMapFunction, MapFunction, Out
 from core.ops import Ops
 from core.processor import Processor
 from flink_job.counters import FlinkCounter, bind_metrics
-from flink_job.ordered import run_ordered, uid_path
+from flink_job.ordered import run_ordered, side_output, uid_path
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 
@@ -112,8 +113,8 @@ class FlinkOps(Ops):
         return uid
 
     def _named(self, stream, stage_name: str):
-        uid = self._uid(stage_name)
-        return stream.name(uid).uid(uid)
+        """Named by its scope path; stateless, so no uid (flink_job.ordered.STATELESS_UIDS)."""
+        return stream.name(self._uid(stage_name))
 
     # -- the operations --
 
@@ -141,15 +142,15 @@ class FlinkOps(Ops):
                 f"{stage_name}: group_by_key on unbounded input has no end to emit at; no core "
                 f"composition uses it (an ordered step, run_ordered, is the streaming form)")
         uid = self._uid(stage_name)
-        pairs = col.map(_self_keyed, output_type=PICKLED).name(uid_path(uid, "Key")).uid(uid_path(uid, "Key"))
+        pairs = col.map(_self_keyed, output_type=PICKLED).name(uid_path(uid, "Key"))
         return run_ordered(pairs, _GroupAll(), "Group", tick_s=1.0, allowed_lateness_s=0.0,
                            step="", uid_prefix=uid, bounded=True)["out"]
 
     def tagged(self, col, fn, tags, stage_name):
         uid = self._uid(stage_name)
         outputs = {tag: OutputTag(uid_path(uid, tag), PICKLED) for tag in tags}
-        main = col.process(_Tagged(fn, outputs), output_type=PICKLED).name(uid).uid(uid)
-        return {tag: main.get_side_output(output_tag) for tag, output_tag in outputs.items()}
+        main = col.process(_Tagged(fn, outputs), output_type=PICKLED).name(uid)
+        return {tag: side_output(main, output_tag, uid_path(uid, tag, "Out")) for tag, output_tag in outputs.items()}
 
     def run_ordered(self, col, processor, stage_name, *, tick_s, allowed_lateness_s, step):
         self._uid(stage_name)

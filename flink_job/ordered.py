@@ -55,6 +55,14 @@ def dropped_counter_name(step: str, processor: ProcessorProtocol) -> str:
     return f"{step}_late_dropped_{processor.name}"
 
 
+# Only stateful operators (the keyed process functions) get a uid. PyFlink 2.2 fuses
+# chained Python operators and, when one of them has a side output, the fused graph holds a
+# stateless operator's uid twice and the job fails to start ("Hash collision on
+# user-specified ID"). Stateless operators have nothing to restore from a savepoint, so
+# Flink's generated ids serve them; their names still carry the scope path.
+STATELESS_UIDS = False
+
+
 def uid_path(*parts: str) -> str:
     """A stable operator uid (and name) from a scope path: the non-empty parts joined by '/'."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
@@ -75,20 +83,26 @@ def _pair_key(pair) -> str:
     return str_key(pair[0])
 
 
-def key_pairs(pairs, uid: str):
-    """``pairs`` keyed by their key as a string; the key-extracting operator gets ``uid``."""
-    keyed = pairs.key_by(_pair_key, key_type=Types.STRING())
-    _set_uid_of_key_by(keyed, uid)
-    return keyed
+def key_pairs(pairs):
+    """``pairs`` keyed by their key as a string (PyFlink adds a stateless Python operator
+    that extracts it, chained to the one before)."""
+    return pairs.key_by(_pair_key, key_type=Types.STRING())
 
 
-def _set_uid_of_key_by(keyed, uid: str) -> None:
-    """PyFlink's key_by adds a Python operator that extracts the key and exposes no uid
-    setter; give it a stable one through its transformation (best effort: stateless)."""
-    try:
-        keyed._j_data_stream.getTransformation().getInputs().get(0).setUid(uid)
-    except Exception:  # an internal API changed: Flink generates the uid (no state to keep)
-        pass
+def _identity(value):
+    return value
+
+
+def side_output(stream, tag: OutputTag, uid: str):
+    """The side output ``tag`` of ``stream``, through an identity operator named ``uid``.
+
+    PyFlink 2.2's Python operator chaining fails the job ("Hash collision on
+    user-specified ID") when an operator's side output feeds a Java operator (a union, a
+    sink) while its main output feeds a chained Python operator with a uid; a Python
+    operator first on the side output avoids one form of that, whatever the caller does
+    with it. (Stateless operators get no uid at all: see :data:`STATELESS_UIDS`.)
+    """
+    return stream.get_side_output(tag).map(_identity, output_type=PICKLED).name(uid)
 
 
 def runtime_is_batch(env) -> bool:
@@ -336,8 +350,8 @@ def run_ordered(pairs, processor, stage_name: str, *, tick_s: float, allowed_lat
     DeadLetter}; host of any ``core.processor.Processor`` (see the module doc).
 
     ``bounded``: the batch plan (True) or the streaming one (False); None reads the
-    environment's runtime mode (BATCH: bounded). Operators are named and uid'd
-    ``<uid_prefix>/<stage_name>/<part>``.
+    environment's runtime mode (BATCH: bounded). Operators are named
+    ``<uid_prefix>/<stage_name>/<part>``; the stateful one also gets that as its uid.
     """
     base = uid_path(uid_prefix, stage_name)
     batch_runtime = runtime_is_batch(pairs.get_execution_environment())
@@ -346,18 +360,18 @@ def run_ordered(pairs, processor, stage_name: str, *, tick_s: float, allowed_lat
     elif batch_runtime and not bounded:
         raise ValueError(f"{stage_name}: the streaming plan needs STREAMING runtime mode "
                          f"(BATCH mode fires timers per key at end of input)")
-    keyed = key_pairs(pairs, uid_path(base, "KeyBy"))
+    keyed = key_pairs(pairs)
     late_tag = OutputTag(uid_path(base, "late"), PICKLED)
     if bounded:
         timed = (keyed.process(_RunBatch(processor, in_memory=batch_runtime), output_type=PICKLED)
                  .name(uid_path(base, "RunBatch")).uid(uid_path(base, "RunBatch")))
         stamped = (timed.assign_timestamps_and_watermarks(
                        WatermarkStrategy.no_watermarks().with_timestamp_assigner(_DueTimestamp()))
-                   .name(uid_path(base, "StampAtDue")).uid(uid_path(base, "StampAtDue")))
+                   .name(uid_path(base, "StampAtDue")))
         out = (stamped.map(_unstamp, output_type=PICKLED)
-               .name(uid_path(base, "Outputs")).uid(uid_path(base, "Outputs")))
-        return {"out": out, "late": timed.get_side_output(late_tag)}
+               .name(uid_path(base, "Outputs")))
+        return {"out": out, "late": side_output(timed, late_tag, uid_path(base, "Late"))}
     run = _RunTicks(processor, tick_s, allowed_lateness_s, step, late_tag)
     out = (keyed.process(run, output_type=PICKLED)
            .name(uid_path(base, "RunInEventTimeOrder")).uid(uid_path(base, "RunInEventTimeOrder")))
-    return {"out": out, "late": out.get_side_output(late_tag)}
+    return {"out": out, "late": side_output(out, late_tag, uid_path(base, "Late"))}

@@ -50,9 +50,9 @@ def configure(env, cfg: RunConfig, settings: JobSettings) -> None:
         env.set_parallelism(settings.parallelism)
     if settings.checkpointing_interval_ms:
         env.enable_checkpointing(settings.checkpointing_interval_ms, CheckpointingMode.EXACTLY_ONCE)
-    backend = Configuration()
-    backend.set_string("state.backend.type", settings.state_backend)
-    env.configure(backend)
+    job = Configuration()
+    job.set_string("state.backend.type", settings.state_backend)
+    env.configure(job)
     if settings.jars:
         env.add_jars(*(jar if "://" in jar else "file://" + os.path.abspath(jar) for jar in settings.jars))
 

@@ -50,6 +50,10 @@ taskmanager.memory.managed.fraction: 0.1
 taskmanager.memory.network.min: 64m
 taskmanager.memory.network.max: 64m
 parallelism.default: 1
+# BATCH jobs (the native Flink job's file runs): a sort-merge blocking shuffle partition
+# reserves this many of the 2048 network buffers (Flink's default, 512, lets only four
+# exchanges run at once, and the tapfollow job's first stage feeds a dozen)
+taskmanager.network.sort-shuffle.min-buffers: 32
 rest.address: 127.0.0.1
 rest.bind-address: 127.0.0.1
 rest.port: $FLINK_REST_PORT

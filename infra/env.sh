@@ -22,6 +22,7 @@ export PYFLINK_VENV="${PYFLINK_VENV:-$INFRA_CACHE/pyflink-venv}"
 export PYFLINK_PYTHON="$PYFLINK_VENV/bin/python"
 # Connector jars for PyFlink jobs (Kafka, Parquet + Hadoop), resolved by install.sh
 # from maven/flink-job-jars-pom.xml. FLINK_JOB_JARS: colon-separated absolute paths.
+FLINK_KAFKA_CONNECTOR_VERSION="${FLINK_KAFKA_CONNECTOR_VERSION:-5.0.0-2.2}"
 FLINK_JOB_JARS_DIR="$INFRA_CACHE/flink-job-jars"
 FLINK_JOB_JARS="$(shopt -s nullglob; j=("$FLINK_JOB_JARS_DIR"/*.jar); IFS=:; echo "${j[*]}")"
 export FLINK_JOB_JARS

@@ -84,14 +84,19 @@ PY
 
 # ---------------------------------------------------------------- Kafka ----
 # classpath NAME POM VERSION_PROPERTY=VERSION LIB_DIR MARKER_JAR: a pom's runtime classpath
-# copied into LIB_DIR from Maven Central, unless MARKER_JAR shows it is there already.
+# copied into LIB_DIR from Maven Central, unless MARKER_JAR shows it is there already and
+# the pom (with the property) has not changed since (LIB_DIR/.infra-stamp holds its
+# checksum; a lib dir from before the stamp existed adopts the current one).
 classpath() {
-  local name=$1 pom=$2 property=$3 lib=$4 marker=$5
-  if [[ "$FORCE" == 1 || ! -f "$lib/$marker" ]]; then
+  local name=$1 pom=$2 property=$3 lib=$4 marker=$5 sum
+  sum="$( (cat "$HERE/maven/$pom"; echo "$property") | sha256sum | cut -d' ' -f1)"
+  [[ -f "$lib/$marker" && ! -f "$lib/.infra-stamp" ]] && echo "$sum" >"$lib/.infra-stamp"
+  if [[ "$FORCE" == 1 || ! -f "$lib/$marker" || "$(cat "$lib/.infra-stamp")" != "$sum" ]]; then
     say "$name: mvn dependency:copy-dependencies -> $lib"
     rm -rf "$lib"
     $MVN -f "$HERE/maven/$pom" -D"$property" \
       dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib"
+    echo "$sum" >"$lib/.infra-stamp"
   else
     say "$name: already at $lib"
   fi
@@ -99,6 +104,13 @@ classpath() {
 
 classpath "Kafka $KAFKA_VERSION" kafka-pom.xml "kafka.version=$KAFKA_VERSION" "$KAFKA_LIB" \
   "kafka_2.13-$KAFKA_VERSION.jar"
+
+# ------------------------------------------------------- Flink job jars ----
+# Kafka connector, Parquet writer and the Hadoop classes it needs, for the native PyFlink
+# job (env.sh: FLINK_JOB_JARS). See maven/flink-job-jars-pom.xml for why these.
+classpath "Flink job jars (Kafka connector, Parquet + Hadoop)" flink-job-jars-pom.xml \
+  "flink.kafka.version=$FLINK_KAFKA_CONNECTOR_VERSION" "$FLINK_JOB_JARS_DIR" \
+  "flink-sql-connector-kafka-$FLINK_KAFKA_CONNECTOR_VERSION.jar"
 
 # ------------------------------------------- Beam KafkaIO expansion service --
 # Maven Central (as served here) has no shaded beam-sdks-java-io-expansion-service
@@ -161,3 +173,4 @@ say "done in $(( $(date +%s) - t0 ))s"
 say "FLINK_HOME=$FLINK_HOME"
 say "Kafka classpath=$KAFKA_LIB ($(ls "$KAFKA_LIB" | wc -l) jars)"
 say "Beam xlang classpath=$BEAM_XLANG_LIB ($(ls "$BEAM_XLANG_LIB" | wc -l) jars)"
+say "PyFlink venv=$PYFLINK_VENV ($(du -sm "$PYFLINK_VENV" | cut -f1) MB); Flink job jars=$FLINK_JOB_JARS_DIR ($(ls "$FLINK_JOB_JARS_DIR" | wc -l) jars, $(du -sm "$FLINK_JOB_JARS_DIR" | cut -f1) MB)"

@@ -50,6 +50,7 @@ DEFAULT_STREAMING_CHECKPOINT_MS = 10_000
 TERMINAL = ("FINISHED", "FAILED", "CANCELED", "SUSPENDED")
 NOT_INSTALLED = "PyFlink is not installed: run make infra-up"
 METRICS_GROUP = "tapfollow."
+ENV_SCRIPT = os.path.join(REPO, "infra", "env.sh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +61,8 @@ class FlinkInstall:
     conf_dir: str
 
 
-def _from_env_sh(names: tuple) -> dict:
-    """The values ``infra/env.sh`` gives ``names`` (the launcher is often run without it sourced)."""
-    script = os.path.join(REPO, "infra", "env.sh")
+def _from_env_sh(names: tuple, script: str) -> dict:
+    """The values ``script`` (``infra/env.sh``) gives ``names`` (the launcher is often run without it sourced)."""
     if not os.path.exists(script):
         return {}
     printed = "; ".join(f'printf "%s\\0" "${{{name}:-}}"' for name in names)
@@ -74,13 +74,13 @@ def _from_env_sh(names: tuple) -> dict:
     return dict(zip(names, out.split("\0")))
 
 
-def flink_install(environ=os.environ) -> FlinkInstall:
+def flink_install(environ=os.environ, env_script: str = ENV_SCRIPT) -> FlinkInstall:
     """Where Flink and the PyFlink venv are: the environment ``infra/env.sh`` exports, else
     ``infra/env.sh`` itself; ConfigError (:data:`NOT_INSTALLED`) when they are not there."""
     names = ("FLINK_HOME", "PYFLINK_PYTHON", "FLINK_JOB_JARS", "INFRA_CACHE")
     values = {name: environ.get(name, "") for name in names}
     if not all(values[name] for name in names[:2]):
-        values = {**_from_env_sh(names), **{k: v for k, v in values.items() if v}}
+        values = {**_from_env_sh(names, env_script), **{k: v for k, v in values.items() if v}}
     flink_home, python = values.get("FLINK_HOME", ""), values.get("PYFLINK_PYTHON", "")
     if not (flink_home and os.access(os.path.join(flink_home, "bin", "flink"), os.X_OK)
             and python and os.access(python, os.X_OK)):
@@ -248,6 +248,7 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
            environ=os.environ) -> int:
     """Submit the job, watch it, write the summary; the exit status. ``entry`` is the job's
     module or script: ``flink_job`` unless a test passes its own (code only, never a flag)."""
+    from pipelines.run import OUTPUT_FOLDERS
     from pipelines.summary import print_summary, write_run_summary
     try:
         install = flink_install(environ)
@@ -257,6 +258,9 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
     master = master_of(options)
     work = os.path.join(os.path.abspath(cfg.output_dir), WORK_DIR)
     os.makedirs(work, exist_ok=True)
+    for folder in OUTPUT_FOLDERS:   # Flink's sinks create a folder only when they write to it
+        if not (cfg.results_sink == "kafka" and folder in ("follows", "alerts")):
+            os.makedirs(os.path.join(cfg.output_dir, folder), exist_ok=True)
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir),
                               input_dir=os.path.abspath(cfg.input_dir) if cfg.input_dir else None)
     users_file, users_lines = None, None

@@ -18,7 +18,8 @@ The launcher side, in the project venv (the job itself runs in the PyFlink venv)
 Counts: Flink's REST API forgets a job's metrics once it has finished, so the ``tapfollow``
 counters are the last values polled while it ran (``counters``, under ``counters_note``);
 the summary's ``read`` counts are the lines of the input files as the job's own reader
-reads them (``core.lines``), or, from Kafka, the messages it consumed (its counters).
+reads them (``core.lines``), or, from Kafka, the messages the topics held at launch
+(``--flink_kafka_stop_at_latest``: what the bounded read consumes), else its counters.
 """
 from __future__ import annotations
 
@@ -130,8 +131,27 @@ def pack_job(zip_path: str) -> str:
     return zip_path
 
 
+def topic_sizes(bootstrap: str, topics) -> dict[str, int]:
+    """Messages each topic holds now (end minus start offsets, over its partitions): what a
+    read bounded at the latest offsets consumes, when no transaction markers sit in between."""
+    from confluent_kafka import TopicPartition
+
+    from kafka_client import consumer, partitions_of
+    client = consumer(bootstrap)
+    try:
+        sizes = {}
+        for topic in topics:
+            ranges = [client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                      for p in partitions_of(client, topic)]
+            sizes[topic] = sum(end - start for start, end in ranges)
+        return sizes
+    finally:
+        client.close()
+
+
 def count_input_lines(cfg: RunConfig, users_lines: Optional[int]) -> dict[str, int]:
-    """Lines per input as the job's reader reads them (``core.lines.iter_lines``)."""
+    """Lines per input file as the job's reader reads them (``core.lines.iter_lines``); from
+    Kafka, the users snapshot's lines."""
     if cfg.source == "kafka":
         return {"users": users_lines or 0}
     files = input_files(cfg.input_dir)
@@ -263,7 +283,7 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
             os.makedirs(os.path.join(cfg.output_dir, folder), exist_ok=True)
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir),
                               input_dir=os.path.abspath(cfg.input_dir) if cfg.input_dir else None)
-    users_file, users_lines = None, None
+    users_file, users_lines, event_sizes = None, None, None
     if cfg.source == "kafka":
         from kafka_client import snapshot_topic
         users_file = os.path.join(work, "users.snapshot.jsonl")
@@ -271,6 +291,8 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
         with open(users_file, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
         users_lines = len(lines)
+        if options.get("flink_kafka_stop_at_latest"):
+            event_sizes = topic_sizes(cfg.kafka_bootstrap_servers, EVENT_KINDS)
     settings = job_settings(options, cfg, install.jars, users_file)
     config_path = os.path.join(work, "job-config.json")
     write_config(config_path, cfg, settings)
@@ -301,8 +323,8 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
         return 1
     origins = kafka_origins() if cfg.source == "kafka" else origin_names(input_files(cfg.input_dir))
     lines_read = count_input_lines(cfg, users_lines)
-    if cfg.source == "kafka":
-        lines_read.update({kind: counters.get(f"read.{kind}", 0) for kind in EVENT_KINDS})
+    if cfg.source == "kafka":  # what the bounded read consumed, else what the counters saw
+        lines_read.update(event_sizes or {kind: counters.get(f"read.{kind}", 0) for kind in EVENT_KINDS})
     summary = write_run_summary(
         cfg, lines_read, origins, state=state, runner=f"flink@{master}", counters=counters or None,
         wall_time_s=time.time() - started, engine="flink",

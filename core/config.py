@@ -56,13 +56,17 @@ def params_from_values(values: Mapping[str, Any], prefix: str, params_cls):
         raise ConfigError(f"--{prefix}_*: {exc}") from None
 
 
-def params_from_dict(params_cls, values: Mapping[str, Any]):
-    """A step's params dataclass back from ``dataclasses.asdict``'s dict; a key the dataclass
-    does not have is a ConfigError (a config written by another version), never ignored."""
-    names = {f.name for f in dataclasses.fields(params_cls)}
-    unknown = sorted(set(values) - names)
+def check_fields(cls, values: Mapping[str, Any]) -> None:
+    """ConfigError if ``values`` has a key the dataclass ``cls`` does not: a config written by
+    another version is refused, never half read."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ConfigError(f"{params_cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+
+
+def params_from_dict(params_cls, values: Mapping[str, Any]):
+    """A step's params dataclass back from ``dataclasses.asdict``'s dict (:func:`check_fields`)."""
+    check_fields(params_cls, values)
     try:
         return params_cls(**values)
     except (ValueError, TypeError) as exc:
@@ -116,10 +120,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
         """The :class:`RunConfig` :meth:`to_dict` gave, checked again (``__post_init__``)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"RunConfig: unknown field(s) {', '.join(unknown)}")
+        check_fields(cls, values)
         steps = {prefix: params_from_dict(params_cls, values.get(prefix, {})) for prefix, params_cls in STEP_PARAMS}
         return cls(**{**values, **steps})
 

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from typing import Any, Mapping, Optional
 
-from core.config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig, check_fields
 
 STATE_BACKENDS = ("hashmap", "rocksdb")
 # A Kafka partition with no record for this long stops holding the watermark back
@@ -50,10 +50,7 @@ class JobSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "JobSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"JobSettings: unknown field(s) {', '.join(unknown)}")
+        check_fields(cls, values)
         return cls(**values)
 
 

@@ -35,7 +35,8 @@ from core.alerts import apply_retractions
 from pipelines import run as launcher
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
-from tests.integration.conftest import slow_machine, wait_for
+from tests.integration.conftest import slow_machine
+from tests.integration.test_pipeline_on_runner import _reset_topics
 from tools.same_outputs import folder_fingerprint, run_once
 
 pytestmark = pytest.mark.flink
@@ -44,7 +45,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NO_NOISE_ENTRY = os.path.join(REPO, "tests", "flink", "drivers", "job_no_noise.py")
 WORLD = dict(users=60, hours=3, seed=7)
 JSONL = ("follows", "alerts", "deadletter", "privacy_ledger")
-TOPICS = ("users", "pings", "taps", "tweets", "alerts", "follows")
 
 
 def _marketing(out: str) -> dict:
@@ -140,20 +140,6 @@ def test_parallelism_2_equals_parallelism_1(flink_batch, infra, world, tmp_path)
 
 
 # ---- Kafka ---------------------------------------------------------------------------------
-
-def _reset_topics(bootstrap: str) -> None:
-    """Delete and recreate the standard topics (the broker is shared by the whole session)."""
-    kafka_client.delete_topics(TOPICS, bootstrap)
-    wait_for(lambda: not set(TOPICS) & kafka_client.list_topics(bootstrap), 60, "topic deletion", 0.5)
-
-    def created():
-        try:
-            kafka_client.create_topics(TOPICS, bootstrap)
-        except Exception:  # noqa: BLE001 -- the broker may still be finishing the deletion
-            return False
-        return True
-    wait_for(created, 60, "fresh topics", 1.0)
-
 
 @pytest.fixture(scope="module")
 def kafka_world(infra, world) -> str:

@@ -7,6 +7,10 @@ INFRA_CACHE="${INFRA_CACHE:-$INFRA_DIR/.cache}"
 RUN_DIR="${INFRA_RUN_DIR:-$INFRA_CACHE/run}"      # pid files
 LOG_DIR="${INFRA_LOG_DIR:-$INFRA_CACHE/logs}"
 DATA_DIR="${INFRA_DATA_DIR:-$INFRA_CACHE/data}"   # kafka log dirs, flink checkpoints
+CONF_DIR="${INFRA_CONF_DIR:-$INFRA_CACHE/conf}"   # generated service configs
+# Every process the scripts start inherits this marker, so down.sh can tell this
+# instance's processes from another instance's (lib.sh: instance_pids).
+export INFRA_INSTANCE="$RUN_DIR"
 
 # Flink: the distribution shipped inside the apache-flink(-libraries) PyPI wheels.
 FLINK_VERSION="${FLINK_VERSION:-2.2.1}"
@@ -14,6 +18,8 @@ FLINK_MAJOR_MINOR="${FLINK_VERSION%.*}"
 FLINK_HOME="${FLINK_HOME_OVERRIDE:-$INFRA_CACHE/flink-$FLINK_VERSION/pyflink}"
 FLINK_REST_PORT="${FLINK_REST_PORT:-8081}"
 FLINK_RPC_PORT="${FLINK_RPC_PORT:-6123}"
+# flink.sh writes config.yaml here; `flink run` needs it as FLINK_CONF_DIR (submit.sh).
+INFRA_FLINK_CONF_DIR="$CONF_DIR/flink"
 
 # The PyFlink venv (infra/pyflink-requirements.txt): the Python of the native Flink
 # job's client (-pyclientexec) and of its Python workers (-pyexec, python.executable).

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Standalone Flink session cluster on 127.0.0.1: one JobManager and one TaskManager,
 # each its own JVM (foreground processes we start with nohup, pid files under
-# infra/.cache/run/). Config is written to infra/.cache/conf/flink (FLINK_CONF_DIR);
-# the distribution itself stays untouched.
+# infra/.cache/run/). Config is written to infra/.cache/conf/flink (FLINK_CONF_DIR;
+# $INFRA_CONF_DIR/flink for a second instance); the distribution itself stays untouched.
+# Jobs are native PyFlink jobs: the Python workers run from $PYFLINK_VENV.
 #
 #   infra/flink.sh start               # JobManager + TaskManager, waits for a registered TM
 #   infra/flink.sh stop                # TaskManager then JobManager, no process left
@@ -16,7 +17,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/env.sh"
 source "$HERE/lib.sh"
 
-export FLINK_CONF_DIR="$INFRA_CACHE/conf/flink"
+export FLINK_CONF_DIR="$INFRA_FLINK_CONF_DIR"
 export FLINK_LOG_DIR="$LOG_DIR/flink"
 export FLINK_PID_DIR="$RUN_DIR/flink-internal"   # Flink's own scripts write pid files here; ours are in $RUN_DIR
 JM_PID="$RUN_DIR/flink-jobmanager.pid"
@@ -25,9 +26,14 @@ REST="http://127.0.0.1:$FLINK_REST_PORT"
 CKPT_DIR="$DATA_DIR/flink/checkpoints"
 SAVEPOINT_DIR="$DATA_DIR/flink/savepoints"
 TM_SLOTS="${FLINK_TM_SLOTS:-2}"
+TM_MEMORY="${FLINK_TM_MEMORY:-2048m}"
+TM_MANAGED_FRACTION="${FLINK_TM_MANAGED_FRACTION:-0.4}"
+STATE_BACKEND="${FLINK_STATE_BACKEND:-hashmap}"    # or rocksdb (inside flink-dist 2.2.1)
+FLINK_WORK_DIR="$DATA_DIR/flink"                   # tmp, blobs, web uploads: per instance
 
 write_conf() {
-  mkdir -p "$FLINK_CONF_DIR" "$FLINK_LOG_DIR" "$RUN_DIR" "$FLINK_PID_DIR" "$CKPT_DIR" "$SAVEPOINT_DIR"
+  mkdir -p "$FLINK_CONF_DIR" "$FLINK_LOG_DIR" "$RUN_DIR" "$FLINK_PID_DIR" "$CKPT_DIR" "$SAVEPOINT_DIR" \
+    "$FLINK_WORK_DIR/tmp" "$FLINK_WORK_DIR/blobs" "$FLINK_WORK_DIR/web"
   # keep the distribution's JVM module flags (needed on Java 17)
   local java_opts
   java_opts="$(grep -E '^\s+all:' "$FLINK_HOME/conf/config.yaml.dist" 2>/dev/null | head -1 | sed 's/^\s*all:\s*//')" || true
@@ -45,10 +51,21 @@ jobmanager.execution.failover-strategy: region
 taskmanager.host: 127.0.0.1
 taskmanager.bind-host: 127.0.0.1
 taskmanager.numberOfTaskSlots: $TM_SLOTS
-taskmanager.memory.process.size: 1536m
-taskmanager.memory.managed.fraction: 0.1
+# PyFlink: every Python operator (chain) of a slot runs in a Python worker process, a child
+# of the TaskManager. Flink reserves the workers' memory out of the slot's managed memory
+# (python.fn-execution.memory.managed, default true; consumer weights OPERATOR:70,
+# STATE_BACKEND:70, PYTHON:30 -- with the hashmap backend in streaming, Python gets it all).
+# Measured: see infra/README.md "Flink configuration".
+taskmanager.memory.process.size: $TM_MEMORY
+taskmanager.memory.managed.fraction: $TM_MANAGED_FRACTION
 taskmanager.memory.network.min: 64m
 taskmanager.memory.network.max: 64m
+python.executable: $PYFLINK_PYTHON
+python.client.executable: $PYFLINK_PYTHON
+# per-instance working dirs (a second instance must not share them)
+io.tmp.dirs: $FLINK_WORK_DIR/tmp
+blob.storage.directory: $FLINK_WORK_DIR/blobs
+web.tmpdir: $FLINK_WORK_DIR/web
 parallelism.default: 1
 # BATCH jobs (the native Flink job's file runs): a sort-merge blocking shuffle partition
 # reserves this many of the 2048 network buffers (Flink's default, 512, lets only four
@@ -63,7 +80,8 @@ web.cancel.enable: true
 heartbeat.interval: 2000
 heartbeat.timeout: 10000
 # checkpointing defaults; a job's own --checkpointing_interval wins
-state.backend.type: hashmap
+state.backend.type: $STATE_BACKEND
+execution.checkpointing.incremental: true
 execution.checkpointing.dir: file://$CKPT_DIR
 execution.checkpointing.savepoint-dir: file://$SAVEPOINT_DIR
 execution.checkpointing.mode: EXACTLY_ONCE
@@ -135,11 +153,23 @@ cancel_all() {
   for j in $ids; do curl -fsS -m 5 -X PATCH "$REST/jobs/$j?mode=cancel" >/dev/null && echo "flink: cancelled job $j"; done
 }
 
+# A stopped TaskManager ends its Python workers; one killed (kill-taskmanager, a crash)
+# may leave them behind, so stop them too: SIGTERM, then SIGKILL after 10 s.
+stop_workers() {
+  local pids; pids="$(pyflink_worker_pids)"
+  [[ -n "$pids" ]] || return 0
+  echo "flink: stopping PyFlink Python workers left by the TaskManager: $(echo $pids)"
+  kill -TERM $pids 2>/dev/null || true
+  wait_for 10 no_workers || kill -KILL $(pyflink_worker_pids) 2>/dev/null || true
+}
+no_workers() { [[ -z "$(pyflink_worker_pids)" ]]; }
+
 case "${1:-}" in
   start) start ;;
   stop)
     cancel_all || true
     stop_pid flink-taskmanager "$TM_PID" 30
+    stop_workers
     stop_pid flink-jobmanager "$JM_PID" 30
     rm -rf "$FLINK_PID_DIR" ;;
   status)

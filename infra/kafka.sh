@@ -33,13 +33,22 @@ num.partitions=1
 default.replication.factor=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=4
+# transactions (Flink's exactly-once KafkaSink) on one node: the transaction log must not
+# ask for more replicas than there are brokers; a producer's transaction.timeout.ms
+# (flink_job: 600000) must be <= transaction.max.timeout.ms (900000 is Kafka's default,
+# written out because the Flink sink depends on it).
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+transaction.max.timeout.ms=900000
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
-log.retention.hours=168
+# Keep everything: records carry their event time as CreateTime (kafka_client load-world),
+# and a world's events are days or years old, so time-based retention (168 h by default)
+# would delete a replay at the next retention check (every 5 min), even the active segment.
+log.retention.ms=-1
 num.network.threads=2
 num.io.threads=2
 num.recovery.threads.per.data.dir=1

@@ -39,3 +39,29 @@ stop_pid() {
   rm -f "$f"
   echo "$name: stopped (pid $pid)"
 }
+
+# instance_pids REGEX: live processes whose command line matches REGEX and which belong to
+# this instance: their environment holds INFRA_INSTANCE=$RUN_DIR (env.sh exports it to
+# everything the scripts start). A process without the marker (started before it existed)
+# belongs to the default instance.
+instance_pids() {
+  local pid env
+  for pid in $(pgrep -f -- "$1"); do
+    env="$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null)" || continue
+    if grep -qxF "INFRA_INSTANCE=$RUN_DIR" <<<"$env" \
+       || { [[ "$RUN_DIR" == "$INFRA_CACHE/run" ]] && ! grep -q '^INFRA_INSTANCE=' <<<"$env"; }; then
+      echo "$pid"
+    fi
+  done
+}
+
+# PyFlink Python workers (children of a TaskManager: pyflink-udf-runner.sh and the Beam
+# fn-execution worker it starts) of this instance's Flink: they carry its FLINK_CONF_DIR.
+# A local MiniCluster's workers (tests, drivers) carry the venv's own conf dir instead.
+PYFLINK_WORKER_RE='pyflink-udf-runner\.sh|pyflink\.fn_execution\.beam'
+pyflink_worker_pids() {
+  local pid
+  for pid in $(pgrep -f -- "$PYFLINK_WORKER_RE"); do
+    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "FLINK_CONF_DIR=$INFRA_FLINK_CONF_DIR"; then echo "$pid"; fi
+  done
+}

@@ -36,6 +36,8 @@ class Infra:
     prism_endpoint: str | None
     flink_job_server_jar: str | None
     up_seconds: float
+    pyflink_python: str = ""       # infra/env.sh PYFLINK_PYTHON: the PyFlink venv's python
+    flink_job_jars: tuple = ()     # infra/env.sh FLINK_JOB_JARS: connector jars for PyFlink jobs
 
     def rest(self, path: str, method: str = "GET"):
         req = urllib.request.Request(self.flink_rest + path, method=method)
@@ -121,6 +123,8 @@ def infra():
         prism_endpoint=f"127.0.0.1:{_env_value('PRISM_JOB_PORT')}" if os.access(prism_bin, os.X_OK) else None,
         flink_job_server_jar=jar if os.path.exists(jar) else None,
         up_seconds=up_seconds,
+        pyflink_python=_env_value("PYFLINK_PYTHON"),
+        flink_job_jars=tuple(j for j in _env_value("FLINK_JOB_JARS").split(":") if j),
     )
     try:
         yield info

@@ -198,6 +198,135 @@ def test_beam_batch_on_flink(infra, tmp_path):
     assert sorted((tmp_path / "out").read_text().split()) == ["A", "B", "C"]
 
 
+# ------------------------------------------------- native PyFlink jobs ----
+# The project's Flink engine is a native PyFlink job (flink_job/) in the PyFlink venv with
+# the connector jars of infra/maven/flink-job-jars-pom.xml. These drivers prove the two
+# sinks it relies on with exactly those pieces: Parquet files through FileSink (the
+# marketing/ dataset) and Kafka transactions (exactly-once results).
+
+PARQUET_DRIVER = """
+import os, sys
+from pyflink.common import Configuration, Instant, Row, Types
+from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+from pyflink.datastream.connectors.file_system import BucketAssigner, FileSink, OutputFileConfig
+from pyflink.datastream.formats.parquet import ParquetBulkWriters
+from pyflink.table.types import DataTypes
+
+mode, out = sys.argv[1], sys.argv[2]
+conf = Configuration()
+conf.set_string("python.executable", sys.executable)  # the Python workers: this venv
+conf.set_string("restart-strategy.type", "none")       # fail on the first error
+conf.set_string("pipeline.jars", ";".join("file://" + j for j in os.environ["FLINK_JOB_JARS"].split(":")))
+env = StreamExecutionEnvironment.get_execution_environment(conf)
+env.set_parallelism(2)
+if mode == "batch":
+    env.set_runtime_mode(RuntimeExecutionMode.BATCH)
+else:
+    env.enable_checkpointing(500)  # bulk formats commit their part files on checkpoints only
+row_type = DataTypes.ROW([DataTypes.FIELD("user_id", DataTypes.STRING()), DataTypes.FIELD("n", DataTypes.BIGINT()),
+                          DataTypes.FIELD("score", DataTypes.DOUBLE()),
+                          DataTypes.FIELD("window_start", DataTypes.TIMESTAMP_LTZ(3))])
+row_info = Types.ROW_NAMED(["user_id", "n", "score", "window_start"],
+                           [Types.STRING(), Types.LONG(), Types.DOUBLE(), Types.INSTANT()])
+hadoop = Configuration()
+hadoop.set_string("parquet.write.int64.timestamp", "true")  # int64 millis, not legacy int96
+hadoop.set_string("parquet.timestamp.time.unit", "millis")
+writer = ParquetBulkWriters.for_row_type(row_type, hadoop_config=hadoop, utc_timestamp=True)
+sink = (FileSink.for_bulk_format(out, writer)
+        .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part").with_part_suffix(".parquet").build())
+        .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner()).build())
+base_ms = int(sys.argv[3])
+(env.from_collection([(f"u{i}", i) for i in range(100)], type_info=Types.TUPLE([Types.STRING(), Types.INT()]))
+ .map(lambda t: Row(t[0], t[1] * 10, t[1] / 4, Instant.of_epoch_milli(base_ms + 1000 * t[1])), output_type=row_info)
+ .sink_to(sink))
+env.execute("parquet-probe-" + mode)
+"""
+
+
+def _pyflink_env(infra) -> dict:
+    return dict(os.environ, FLINK_JOB_JARS=":".join(infra.flink_job_jars))
+
+
+@pytest.mark.parametrize("mode", ["streaming", "batch"])
+def test_pyflink_parquet_sink(infra, tmp_path, mode):
+    """FileSink + ParquetBulkWriters on a local MiniCluster, in the PyFlink venv with the job jars
+    (flink-parquet, parquet-hadoop, the shaded Hadoop client): every row comes back through pyarrow."""
+    import pyarrow.dataset as ds
+    driver, out = tmp_path / "parquet_driver.py", tmp_path / "out"
+    driver.write_text(PARQUET_DRIVER)
+    base_ms = 1793534400000  # 2026-11-01T12:00:00Z
+    run = subprocess.run([infra.pyflink_python, str(driver), mode, str(out), str(base_ms)], capture_output=True,
+                         text=True, env=_pyflink_env(infra), timeout=slow_machine(180))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    parts = sorted(p.name for p in out.iterdir())
+    # committed part files only: an uncommitted one would be a hidden ".part-…inprogress…" file
+    assert parts and all(p.startswith("part-") and p.endswith(".parquet") for p in parts), parts
+    table = ds.dataset(str(out), format="parquet").to_table().sort_by("n")
+    assert table.num_rows == 100
+    assert table.column("n").to_pylist() == [10 * i for i in range(100)]
+    assert table.column("score").to_pylist() == [i / 4 for i in range(100)]
+    # Flink writes TIMESTAMP_LTZ as int64 millis without isAdjustedToUTC: pyarrow reads naive
+    # timestamps, whose wall-clock values are UTC
+    assert str(table.schema.field("window_start").type) == "timestamp[ms]"
+    assert [int(t.value) for t in table.column("window_start")] == [base_ms + 1000 * i for i in range(100)]
+
+
+KAFKA_DRIVER = """
+import os, sys, uuid
+from pyflink.common import Types, WatermarkStrategy
+from pyflink.common.serialization import SimpleStringSchema
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (KafkaOffsetsInitializer, KafkaRecordSerializationSchema,
+                                                 KafkaSink, KafkaSource)
+
+bootstrap, in_topic, out_topic = sys.argv[1:4]
+env = StreamExecutionEnvironment.get_execution_environment()
+env.add_jars(*("file://" + j for j in os.environ["FLINK_JOB_JARS"].split(":")))
+env.set_parallelism(1)
+env.enable_checkpointing(1000)  # transactions commit on checkpoints
+source = (KafkaSource.builder().set_bootstrap_servers(bootstrap).set_topics(in_topic)
+          .set_starting_offsets(KafkaOffsetsInitializer.earliest()).set_bounded(KafkaOffsetsInitializer.latest())
+          .set_value_only_deserializer(SimpleStringSchema()).build())
+sink = (KafkaSink.builder().set_bootstrap_servers(bootstrap)
+        .set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(out_topic)
+                               .set_value_serialization_schema(SimpleStringSchema()).build())
+        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+        .set_transactional_id_prefix("probe-" + uuid.uuid4().hex[:8])
+        .set_property("transaction.timeout.ms", "600000")  # as flink_job's sink
+        .build())
+(env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka-in")
+ .map(lambda line: line.upper(), output_type=Types.STRING()).sink_to(sink))
+env.execute("kafka-exactly-once-probe")
+"""
+
+
+def test_pyflink_kafka_exactly_once(infra, tmp_path):
+    """A PyFlink job submitted to the session cluster (`flink run -py`, the jobs' way) reads a topic
+    and writes another through the exactly-once KafkaSink; a read_committed consumer sees every
+    record once. Needs the broker's transaction settings (infra/kafka.sh) to fit Flink's sink."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+    admin = AdminClient({"bootstrap.servers": infra.bootstrap})
+    broker = ConfigResource(ConfigResource.Type.BROKER, "1")
+    config = admin.describe_configs([broker])[broker].result(timeout=slow_machine(30))
+    assert int(config["transaction.max.timeout.ms"].value) >= 600000, "flink_job's transaction.timeout.ms"
+    assert int(config["transaction.state.log.replication.factor"].value) == 1
+    src, out = _topic("pyflink-in"), _topic("pyflink-out")
+    kafka_client.create_topics([src, out], infra.bootstrap)
+    lines = _pings(30)
+    kafka_client.produce_lines(src, lines, infra.bootstrap)
+    driver = tmp_path / "kafka_driver.py"
+    driver.write_text(KAFKA_DRIVER)
+    run = subprocess.run(
+        [os.path.join(infra.flink_home, "bin", "flink"), "run", "-m", infra.flink_master, "-py", str(driver),
+         "-pyclientexec", infra.pyflink_python, "-pyexec", infra.pyflink_python, infra.bootstrap, src, out],
+        capture_output=True, text=True, timeout=slow_machine(240),
+        env=dict(_pyflink_env(infra), FLINK_CONF_DIR=infra.flink_conf_dir))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    got = kafka_client.snapshot_topic(infra.bootstrap, out)
+    assert sorted(got) == sorted(line.upper() for line in lines)
+
+
 # ------------------------------------------- Flink cluster fault tolerance ----
 
 PROBE_SQL = """

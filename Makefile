@@ -31,10 +31,12 @@ test-fast: $(STAMP)
 infra-up: $(STAMP)
 	bash infra/install.sh && bash infra/up.sh
 
-# Stream a world (WORLD=DIR, default: a fresh small one) through Kafka on the local cluster.
+# Stream a world (WORLD=DIR, default: a fresh small one) through Kafka on the local cluster:
+# the native PyFlink job on Flink; ENGINE=beam for the Beam pipeline (Prism, or FlinkRunner
+# once Beam's Flink job server is installable).
 infra-submit: $(STAMP)
 	test -n "$(WORLD)" || $(BIN)/python -m pipelines.generate --output out-world --users 200 --hours 3 --start 2026-11-20T17:00:00+09:00
-	bash infra/submit.sh $(if $(WORLD),$(WORLD),out-world) $(ARGS)
+	ENGINE=$(or $(ENGINE),flink) bash infra/submit.sh $(if $(WORLD),$(WORLD),out-world) $(ARGS)
 
 infra-down:
 	bash infra/down.sh

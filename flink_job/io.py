@@ -26,6 +26,12 @@ committed exactly once, at a checkpoint or at the end of input. Until then it is
 exactly-once ``KafkaSink`` (transactions committed on checkpoints: readers must read
 ``read_committed``, as ``kafka_client`` does). ``marketing/`` is a Parquet dataset
 (``ParquetBulkWriters``), committed on checkpoints too.
+
+Every operator is named after its stage; the stateful ones -- sources (their read
+positions) and sinks (their pending files and transactions) -- also carry that name as
+their uid, so a checkpoint or savepoint restores into a rebuilt job. Stateless maps carry
+no uid (``flink_job.ops``: PyFlink's chaining makes uids of chained stateless operators
+collide).
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from pyflink.datastream.connectors.file_system import (BucketAssigner, FileSink,
                                                        RollingPolicy)
 from pyflink.datastream.connectors.kafka import (KafkaOffsetsInitializer, KafkaRecordSerializationSchema,
                                                  KafkaSink, KafkaSource)
+from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
 from core.config import RunConfig
 from core.conventions import dead_letter, raw_text
@@ -149,14 +156,14 @@ def _read_path(kind_path):
 def file_events(env, files: dict, uid: str):
     """``(kind, line)`` elements of every event file, read inside the job (one FlatMap)."""
     paths = [(kind, path) for kind in EVENT_KINDS for path in files[kind]]
-    return (env.from_collection(paths).name(f"{uid}/Files").uid(f"{uid}/files")
-            .flat_map(_read_path, output_type=PICKLED).name(f"{uid}/ReadLines").uid(f"{uid}/read-lines"))
+    return (from_records(env, paths, uid, "Files")
+            .flat_map(_read_path, output_type=PICKLED).name(f"{uid}/ReadLines"))
 
 
 def stamp_judged(judged, uid: str):
     """Judged lines stamped with their records' event time (the files' BATCH read)."""
     strategy = WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(_JudgedTime())
-    return judged.assign_timestamps_and_watermarks(strategy).name(f"{uid}/EventTime").uid(f"{uid}/event-time")
+    return judged.assign_timestamps_and_watermarks(strategy).name(f"{uid}/EventTime")
 
 
 def kafka_events(env, cfg: RunConfig, stop_at_latest: bool, idleness_ms: int, uid: str):
@@ -178,7 +185,7 @@ def kafka_events(env, cfg: RunConfig, stop_at_latest: bool, idleness_ms: int, ui
                     .with_idleness(Duration.of_millis(idleness_ms)))
         stream = (env.from_source(builder.build(), strategy, f"{uid}/Kafka:{kind}").uid(f"{uid}/kafka-{kind}")
                   .map(lambda value, kind=kind: (kind, value), output_type=PICKLED)
-                  .name(f"{uid}/Kafka:{kind}/AsElement").uid(f"{uid}/kafka-{kind}-element"))
+                  .name(f"{uid}/Kafka:{kind}/AsElement"))
         streams.append(stream)
     first, *rest = streams
     return first.union(*rest) if rest else first
@@ -194,7 +201,7 @@ def jsonl_sink(records, folder: str, uid: str) -> None:
             .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
             .build())
-    (records.map(to_json_line, output_type=Types.STRING()).name(f"{uid}/ToJson").uid(f"{uid}/to-json")
+    (records.map(to_json_line, output_type=Types.STRING()).name(f"{uid}/ToJson")
      .sink_to(sink).name(f"{uid}/Write").uid(f"{uid}/write"))
 
 
@@ -209,7 +216,7 @@ def kafka_sink(records, topic: str, bootstrap: str, transactional_id_prefix: str
             .set_transactional_id_prefix(f"{transactional_id_prefix}-{topic}")
             .set_property("transaction.timeout.ms", str(KAFKA_TRANSACTION_TIMEOUT_MS))
             .build())
-    (records.map(to_json_line, output_type=Types.STRING()).name(f"{uid}/ToJson").uid(f"{uid}/to-json")
+    (records.map(to_json_line, output_type=Types.STRING()).name(f"{uid}/ToJson")
      .sink_to(sink).name(f"{uid}/Write").uid(f"{uid}/write"))
 
 
@@ -255,11 +262,18 @@ def parquet_sink(statistics, folder: str, uid: str) -> None:
                                      .with_part_suffix(".parquet").build())
             .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
             .build())
-    (statistics.map(_statistic_row, output_type=row_info).name(f"{uid}/ToRow").uid(f"{uid}/to-row")
+    (statistics.map(_statistic_row, output_type=row_info).name(f"{uid}/ToRow")
      .sink_to(sink).name(f"{uid}/Write").uid(f"{uid}/write"))
 
 
 def from_records(env, records: list, uid: str, stage: str):
-    """A bounded stream of build-time records (the merged registry, its dead letters)."""
-    return env.from_collection(list(records)).name(f"{uid}/{stage}").uid(f"{uid}/{stage}")
+    """A bounded stream of build-time records (the merged registry, its dead letters).
 
+    A checkpointed source (``NumberSequenceSource``: the record indexes, then the records
+    themselves, closed over): restored after a failure it resumes where its checkpoint left
+    it. ``from_collection`` is a legacy source that starts over, and its records came twice."""
+    records = list(records)
+    indexes = NumberSequenceSource(0, max(len(records) - 1, 0))
+    return (env.from_source(indexes, WatermarkStrategy.no_watermarks(), f"{uid}/{stage}").uid(f"{uid}/{stage}")
+            .flat_map(lambda index: records[index:index + 1], output_type=PICKLED)
+            .name(f"{uid}/{stage}/Records"))

@@ -51,6 +51,9 @@ DEFAULT_STREAMING_CHECKPOINT_MS = 10_000
 TERMINAL = ("FINISHED", "FAILED", "CANCELED", "SUSPENDED")
 NOT_INSTALLED = "PyFlink is not installed: run make infra-up"
 METRICS_GROUP = "tapfollow."
+# Flink shows a metric name's dots as underscores (a dot separates its scope): the core's
+# "<stage>.<what>" counters are given their dot back by their stage.
+DOTTED_STAGES = ("read", "parsed", "rejected", "future", "emitted", "duplicates")
 ENV_SCRIPT = os.path.join(REPO, "infra", "env.sh")
 
 
@@ -158,6 +161,12 @@ def count_input_lines(cfg: RunConfig, users_lines: Optional[int]) -> dict[str, i
     return {kind: sum(1 for path in paths for _ in iter_lines(path)) for kind, paths in files.items()}
 
 
+def core_counter_name(flink_name: str) -> str:
+    """``emitted_alerts`` (as Flink's REST API shows it) -> ``emitted.alerts`` (the core's name)."""
+    stage, sep, rest = flink_name.partition("_")
+    return f"{stage}.{rest}" if sep and stage in DOTTED_STAGES else flink_name
+
+
 class FlinkRest:
     """The few calls of Flink's REST API the launcher needs."""
 
@@ -198,8 +207,8 @@ class FlinkRest:
             for start in range(0, len(names), 40):
                 chunk = ",".join(names[start:start + 40])
                 for metric in self.call(f"{base}?get={chunk}&agg=sum"):
-                    name = metric["id"].split(METRICS_GROUP, 1)[1]
-                    totals[name] += int(float(metric.get("sum", 0)))
+                    totals[core_counter_name(metric["id"].split(METRICS_GROUP, 1)[1])] += \
+                        int(float(metric.get("sum", 0)))
         return dict(sorted(totals.items()))
 
 

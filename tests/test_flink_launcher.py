@@ -192,10 +192,11 @@ def test_a_failed_jobs_reason_is_its_last_cause():
 
 def test_counters_are_summed_by_name_over_operators_and_subtasks():
     rest = flink_engine.FlinkRest("h:1")
-    metrics = {"v1": [{"id": "ParseEvents/Judge.tapfollow.read.pings"}, {"id": "numRecordsIn"}],
-               "v2": [{"id": "A.tapfollow.read.pings"}, {"id": "B.tapfollow.emitted.alerts"}]}
-    values = {"ParseEvents/Judge.tapfollow.read.pings": 7, "A.tapfollow.read.pings": 3,
-              "B.tapfollow.emitted.alerts": 2}
+    metrics = {"v1": [{"id": "ParseEvents/Judge.tapfollow.read_pings"}, {"id": "numRecordsIn"}],
+               "v2": [{"id": "A.tapfollow.read_pings"}, {"id": "B.tapfollow.emitted_alerts"},
+                      {"id": "C.tapfollow.alerts_late_dropped_users"}]}
+    values = {"ParseEvents/Judge.tapfollow.read_pings": 7, "A.tapfollow.read_pings": 3,
+              "B.tapfollow.emitted_alerts": 2, "C.tapfollow.alerts_late_dropped_users": 1}
 
     def call(path, method="GET"):
         if path == "/jobs/j":
@@ -206,4 +207,4 @@ def test_counters_are_summed_by_name_over_operators_and_subtasks():
         asked = path.split("?get=")[1].split("&")[0].split(",")
         return [{"id": name, "sum": values[name]} for name in asked]
     rest.call = call
-    assert rest.counters("j") == {"emitted.alerts": 2, "read.pings": 10}
+    assert rest.counters("j") == {"alerts_late_dropped_users": 1, "emitted.alerts": 2, "read.pings": 10}

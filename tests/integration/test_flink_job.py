@@ -3,8 +3,8 @@
 Every run here is the launcher as a user runs it (``pipelines.run.run``) with the test-only
 job entry ``tests/flink/drivers/job_no_noise.py`` (the statistics' noise off, code only), on
 a small generated world, against the Beam reference: ``pipelines.run.build`` on DirectRunner
-with ``NoNoiseForTests`` (``tools.same_outputs.run_once``, whose folder fingerprints are the
-comparison of every JSON Lines folder).
+with ``NoNoiseForTests`` (``tools.same_outputs.run_once``, whose folder fingerprints compare
+the JSON Lines folders).
 
 a. BATCH from files: follows, alerts, dead letters and the ledger equal Beam's; the released
    statistics have the same (window, cell, metric) keys and, noise off, the same values.
@@ -12,9 +12,14 @@ b. STREAMING from Kafka (the world loaded with ``kafka_client``, a bounded read 
    offsets at job start), follows and alerts to Kafka exactly once (read ``read_committed``),
    the rest to files: equal to (a).
 c. the TaskManager SIGKILLed once the first checkpoint has completed, then restarted: the
-   job restores from its checkpoint and finishes; what it committed equals the no-fault run,
-   no follow or alert lost or duplicated, no ledger row duplicated.
+   job restores from its checkpoint and finishes; what it committed equals the no-fault
+   outputs, no follow or alert lost or duplicated, no ledger row duplicated. A larger world,
+   so that the job is still reading when its first checkpoint completes.
 d. ``--parallelism 2`` equals parallelism 1.
+
+The worlds are adversarial (forged and replayed taps, unparseable lines, far-future events),
+so dead letters are compared too; a rejection judged against the wall clock names that clock,
+which :func:`_dead_letters` blanks. They end an hour before now, as live data would.
 
 Run locally with ``INFRA_KEEP_UP=1`` to keep the services up between runs.
 """
@@ -24,6 +29,7 @@ import collections
 import datetime as dt
 import json
 import os
+import re
 import threading
 import time
 
@@ -32,6 +38,7 @@ import pytest
 
 import kafka_client
 from core.alerts import apply_retractions
+from core.input_files import input_files, kafka_origins, origin_names
 from pipelines import run as launcher
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
@@ -43,8 +50,23 @@ pytestmark = pytest.mark.flink
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NO_NOISE_ENTRY = os.path.join(REPO, "tests", "flink", "drivers", "job_no_noise.py")
-WORLD = dict(users=60, hours=3, seed=7)
-JSONL = ("follows", "alerts", "deadletter", "privacy_ledger")
+SMALL_WORLD = dict(users=60, hours=3, seed=7, adversarial=True)
+FAULT_WORLD = dict(users=300, hours=6, seed=7, adversarial=True)
+CLOCKED = re.compile(r"is -?\d+(\.\d+)? s ahead of the (clock \S+|run's clock)")
+
+
+# ---- reading and comparing outputs --------------------------------------------------------
+
+def _canonical(rows) -> list[str]:
+    return sorted(json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows)
+
+
+def _dead_letters(out: str, topic_of: dict | None = None) -> list[dict]:
+    """The dead letters, the wall clock blanked from clock-rule reasons (each run judges at its
+    own time), each source renamed by ``topic_of`` (a file's name -> its Kafka topic)."""
+    rows = read_jsonl_folder(os.path.join(out, "deadletter"))
+    return [dict(row, error=CLOCKED.sub("is ahead of the clock", row["error"]),
+                 source=(topic_of or {}).get(row["source"], row["source"])) for row in rows]
 
 
 def _marketing(out: str) -> dict:
@@ -63,9 +85,50 @@ def _marketing(out: str) -> dict:
     return rows
 
 
+def assert_same_outputs(got: str, expected: str, folders=("follows", "alerts")) -> None:
+    """Every output folder of ``got`` equals ``expected``'s (``folders``: the JSON Lines ones
+    compared by fingerprint besides the ledger; dead letters and statistics always)."""
+    for folder in (*folders, "privacy_ledger"):
+        assert folder_fingerprint(os.path.join(got, folder)) == folder_fingerprint(os.path.join(expected, folder)), \
+            folder
+    files = origin_names(input_files(_summary(got)["input"]))
+    topic_of = None
+    if _summary(got)["source"] == "kafka" and _summary_or_none(expected, "source") != "kafka":
+        topic_of = {files[kind]: topic for kind, topic in kafka_origins().items()}
+    expected_dead = _dead_letters(expected, topic_of)
+    inputs = {*files.values(), *kafka_origins().values()}
+    assert any(row["source"] in inputs for row in expected_dead), "no rejected input line compared"
+    assert _canonical(_dead_letters(got)) == _canonical(expected_dead)
+    got_stats, expected_stats = _marketing(got), _marketing(expected)
+    assert sorted(got_stats) == sorted(expected_stats)
+    assert got_stats == expected_stats
+
+
+def assert_kafka_results(follows: list[dict], alerts: list[dict], expected: str) -> None:
+    """Follows and alerts as consumed from Kafka equal ``expected``'s folders (alerts after
+    their retractions), each once."""
+    assert _canonical(follows) == _canonical(read_jsonl_folder(os.path.join(expected, "follows")))
+    kept = [a._asdict() for a in apply_retractions(Alert(**row) for row in alerts)]
+    assert _canonical(kept) == _canonical(read_jsonl_folder(os.path.join(expected, "alerts")))
+
+
 def _summary(out: str) -> dict:
     with open(os.path.join(out, "run_summary.json"), encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _summary_or_none(out: str, field: str):
+    path = os.path.join(out, "run_summary.json")
+    return _summary(out).get(field) if os.path.exists(path) else None
+
+
+def _lines_of(world: str) -> dict:
+    counts = {}
+    for name in sorted(os.listdir(world)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(world, name), encoding="utf-8") as handle:
+                counts[name[:-len(".jsonl")]] = sum(1 for _ in handle)
+    return counts
 
 
 def _launch(*args: str) -> None:
@@ -73,21 +136,30 @@ def _launch(*args: str) -> None:
     assert status == 0, f"pipelines.run --engine flink exited {status}"
 
 
+# ---- worlds and references ----------------------------------------------------------------
+
+def _world(path: str, spec: dict) -> str:
+    from synthetic.world import write_world
+    start = (int(time.time()) // 3600 - spec["hours"] - 1) * 3600
+    write_world(path, start=float(start), **spec)
+    return path
+
+
+def _beam(world: str, out: str) -> str:
+    """The reference: Beam's own wiring on DirectRunner, batch, noise off."""
+    prints = run_once(world, out, streaming=False)
+    assert all(prints[folder]["records"] for folder in prints), prints    # a world worth comparing
+    return out
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> str:
-    from synthetic.world import write_world
-    path = str(tmp_path_factory.mktemp("flink-world"))
-    write_world(path, **WORLD)
-    return path
+    return _world(str(tmp_path_factory.mktemp("flink-world")), SMALL_WORLD)
 
 
 @pytest.fixture(scope="module")
 def beam(world, tmp_path_factory) -> str:
-    """The reference: Beam's own wiring on DirectRunner, batch, noise off."""
-    out = str(tmp_path_factory.mktemp("beam-batch"))
-    prints = run_once(world, out, streaming=False)
-    assert all(prints[folder]["records"] for folder in ("follows", "alerts", "privacy_ledger", "marketing")), prints
-    return out
+    return _beam(world, str(tmp_path_factory.mktemp("beam-batch")))
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +175,7 @@ def flink_batch(infra, world, tmp_path_factory) -> str:
     return out
 
 
-def assert_same_outputs(got: str, expected: str, folders=JSONL) -> None:
-    for folder in folders:
-        assert folder_fingerprint(os.path.join(got, folder)) == folder_fingerprint(os.path.join(expected, folder)), \
-            folder
-    got_stats, expected_stats = _marketing(got), _marketing(expected)
-    assert sorted(got_stats) == sorted(expected_stats)
-    assert got_stats == expected_stats
-
+# ---- a, d: files, BATCH -------------------------------------------------------------------
 
 def test_batch_from_files_equals_beam(flink_batch, beam, infra):
     summary = _summary(flink_batch)
@@ -119,15 +184,6 @@ def test_batch_from_files_equals_beam(flink_batch, beam, infra):
     assert job["state"] == "FINISHED" and job["name"] == summary["flink_job_name"]
     assert summary["stages"]["read"] == _lines_of(summary["input"])
     assert_same_outputs(flink_batch, beam)
-
-
-def _lines_of(world: str) -> dict:
-    counts = {}
-    for name in sorted(os.listdir(world)):
-        if name.endswith(".jsonl"):
-            with open(os.path.join(world, name), encoding="utf-8") as handle:
-                counts[name[:-len(".jsonl")]] = sum(1 for _ in handle)
-    return counts
 
 
 def test_parallelism_2_equals_parallelism_1(flink_batch, infra, world, tmp_path):
@@ -139,14 +195,12 @@ def test_parallelism_2_equals_parallelism_1(flink_batch, infra, world, tmp_path)
     assert_same_outputs(out, flink_batch)
 
 
-# ---- Kafka ---------------------------------------------------------------------------------
+# ---- b, c: Kafka, STREAMING ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def kafka_world(infra, world) -> str:
-    _reset_topics(infra.bootstrap)
-    counts = kafka_client.load_world(world, infra.bootstrap)
+def _load_topics(bootstrap: str, world: str) -> None:
+    _reset_topics(bootstrap)
+    counts = kafka_client.load_world(world, bootstrap)
     assert all(counts.get(kind) for kind in ("users", "pings", "taps", "tweets")), counts
-    return world
 
 
 def _topic_rows(topic: str, bootstrap: str) -> list[dict]:
@@ -162,30 +216,17 @@ def _kafka_args(infra, world: str, out: str, *extra: str) -> list[str]:
             "--output", out, *extra]
 
 
-def _assert_kafka_run_equals(out: str, follows: list[dict], alerts: list[dict], expected: str) -> None:
-    canonical = lambda rows: sorted(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows)  # noqa: E731
-    assert canonical(follows) == canonical(read_jsonl_folder(os.path.join(expected, "follows")))
-    kept = [a._asdict() for a in apply_retractions(Alert(**row) for row in alerts)]
-    assert canonical(kept) == canonical(read_jsonl_folder(os.path.join(expected, "alerts")))
-    assert_same_outputs(out, expected, folders=("deadletter", "privacy_ledger"))
-
-
-@pytest.fixture(scope="module")
-def flink_kafka(infra, kafka_world, tmp_path_factory):
-    """The no-fault streaming run: (output dir, follows, alerts as consumed)."""
-    out = str(tmp_path_factory.mktemp("flink-kafka"))
-    before = {topic: len(_topic_rows(topic, infra.bootstrap)) for topic in ("follows", "alerts")}
-    assert before == {"follows": 0, "alerts": 0}, before
-    _launch(*_kafka_args(infra, kafka_world, out, "--checkpointing_interval", "2000"))
-    return out, _topic_rows("follows", infra.bootstrap), _topic_rows("alerts", infra.bootstrap)
-
-
-def test_streaming_from_kafka_equals_batch(flink_kafka, flink_batch):
-    out, follows, alerts = flink_kafka
+def test_streaming_from_kafka_equals_batch(infra, world, flink_batch, tmp_path):
+    _load_topics(infra.bootstrap, world)
+    out = str(tmp_path / "kafka")
+    _launch(*_kafka_args(infra, world, out, "--checkpointing_interval", "2000"))
     summary = _summary(out)
     assert (summary["engine"], summary["state"], summary["mode"], summary["source"]) == \
         ("flink", "FINISHED", "streaming", "kafka")
-    _assert_kafka_run_equals(out, follows, alerts, flink_batch)
+    assert summary["stages"]["read"] == _lines_of(world)
+    follows, alerts = _topic_rows("follows", infra.bootstrap), _topic_rows("alerts", infra.bootstrap)
+    assert_kafka_results(follows, alerts, flink_batch)
+    assert_same_outputs(out, flink_batch, folders=())
 
 
 def _first_checkpoint_then_kill(infra, found: dict, stop: threading.Event) -> None:
@@ -194,27 +235,25 @@ def _first_checkpoint_then_kill(infra, found: dict, stop: threading.Event) -> No
     while not stop.is_set() and time.monotonic() < deadline:
         jobs = [j for j in infra.rest("/jobs/overview")["jobs"] if j["jid"] not in found["before"]]
         if jobs:
-            job = jobs[0]["jid"]
-            found["job"] = job
-            counts = infra.rest(f"/jobs/{job}/checkpoints")["counts"]
-            if counts["completed"] >= 1:
+            job = found["job"] = jobs[0]["jid"]
+            if infra.rest(f"/jobs/{job}/checkpoints")["counts"]["completed"] >= 1:
                 found["state_at_kill"] = infra.rest(f"/jobs/{job}")["state"]
                 found["killed"] = infra.flink("kill-taskmanager")
                 return
         time.sleep(0.2)
 
 
-def test_taskmanager_killed_mid_stream_restores_and_loses_nothing(infra, flink_kafka, kafka_world, tmp_path):
-    expected_out, expected_follows, expected_alerts = flink_kafka
-    # the topics hold the no-fault run's committed results: this run's come after them
-    offsets = {topic: len(_topic_rows(topic, infra.bootstrap)) for topic in ("follows", "alerts")}
+def test_taskmanager_killed_mid_stream_restores_and_loses_nothing(infra, tmp_path):
+    world = _world(str(tmp_path / "world"), FAULT_WORLD)
+    expected = _beam(world, str(tmp_path / "beam"))
+    _load_topics(infra.bootstrap, world)
     out = str(tmp_path / "fault")
     found = {"before": {j["jid"] for j in infra.rest("/jobs/overview")["jobs"]}}
     stop = threading.Event()
     killer = threading.Thread(target=_first_checkpoint_then_kill, args=(infra, found, stop), daemon=True)
     killer.start()
     try:
-        _launch(*_kafka_args(infra, kafka_world, out, "--checkpointing_interval", "1000"))
+        _launch(*_kafka_args(infra, world, out, "--checkpointing_interval", "1000"))
     finally:
         stop.set()
         killer.join(30)
@@ -223,20 +262,18 @@ def test_taskmanager_killed_mid_stream_restores_and_loses_nothing(infra, flink_k
     assert "killed" in found, f"the TaskManager was never killed: {found}"
     assert found["state_at_kill"] == "RUNNING", found
     job = found["job"]
-    checkpoints = infra.rest(f"/jobs/{job}/checkpoints")
-    restored = (checkpoints.get("latest") or {}).get("restored")
-    assert restored is not None, f"job {job} did not restore from a checkpoint: {checkpoints.get('latest')}"
-    follows = _topic_rows("follows", infra.bootstrap)[offsets["follows"]:]
-    alerts = _topic_rows("alerts", infra.bootstrap)[offsets["alerts"]:]
-    ids = collections.Counter(a["alert_id"] for a in alerts)
-    assert not [i for i, n in ids.items() if n > 1], "an alert was committed twice"
-    assert sorted(ids) == sorted(a["alert_id"] for a in expected_alerts)
-    pairs = collections.Counter((f["user_a"], f["user_b"]) for f in follows)
-    assert not [p for p, n in pairs.items() if n > 1], "a follow was committed twice"
-    assert len(follows) == len(expected_follows)
+    restored = (infra.rest(f"/jobs/{job}/checkpoints").get("latest") or {}).get("restored")
+    assert restored is not None, f"job {job} did not restore from a checkpoint"
+
+    follows, alerts = _topic_rows("follows", infra.bootstrap), _topic_rows("alerts", infra.bootstrap)
+    twice = [key for key, n in collections.Counter(a["alert_id"] for a in alerts).items() if n > 1]
+    assert not twice, f"alerts committed twice: {twice}"
+    twice = [key for key, n in collections.Counter((f["user_a"], f["user_b"]) for f in follows).items() if n > 1]
+    assert not twice, f"follows committed twice: {twice}"
     ledger = read_jsonl_folder(os.path.join(out, "privacy_ledger"))
-    rows = collections.Counter(json.dumps(row, sort_keys=True) for row in ledger)
-    assert not [r for r, n in rows.items() if n > 1], "a ledger row was written twice"
-    _assert_kafka_run_equals(out, follows, alerts, expected_out)
+    twice = [row for row, n in collections.Counter(_canonical(ledger)).items() if n > 1]
+    assert not twice, f"ledger rows written twice: {twice}"
+    assert_kafka_results(follows, alerts, expected)      # none lost either
+    assert_same_outputs(out, expected, folders=())
     print(f"TaskManager killed ({found['killed'].strip()}); job {job} restored from checkpoint "
-          f"{restored.get('id')} and finished")
+          f"{restored.get('id')} and finished: {len(follows)} follows, {len(alerts)} alert messages")

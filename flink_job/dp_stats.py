@@ -44,7 +44,7 @@ from core.dp_noise import SecureGaussianNoise
 from core.dp_stats import (STATISTICS_RELEASED, WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram,
                            bound_user_hour_of, hour_end_us, hour_tick, release_window, to_contribution)
 from flink_job.counters import FlinkCounter, bind_metrics
-from flink_job.keyed_state import KeyedValue
+from flink_job.keyed_state import Bound, KeyedValue
 from flink_job.ordered import key_pairs, run_ordered, runtime_is_batch, side_output, uid_path
 from schemas import service_area
 
@@ -76,22 +76,7 @@ class _Counters:
                 counter.inc(amount)
 
 
-class _Bound:
-    """Binds the operator's metrics in open() and before each call; outputs returned as lists
-    (see ``flink_job.counters``); ``in_memory``: keyed values off the state backend (BATCH)."""
-    in_memory = False
-
-    def open(self, runtime_context):
-        self._rc = runtime_context
-        bind_metrics(runtime_context)
-        self._counters = _Counters()
-        self.setup(runtime_context)
-
-    def setup(self, runtime_context):
-        pass
-
-
-class _ToContributions(_Bound, ProcessFunction):
+class _ToContributions(Bound, ProcessFunction):
     """A ping / touch / tweet -> (json [user, hour], Contribution), or a counted drop."""
 
     def __init__(self, kind: str, params: DpParams, max_future_s: Optional[float]):
@@ -99,6 +84,7 @@ class _ToContributions(_Bound, ProcessFunction):
         self._schedule = params.schedule()
 
     def setup(self, runtime_context):
+        self._counters = _Counters()
         self._public = frozenset(service_area.public_cells(self._params.h3_res))
 
     def process_element(self, record, ctx):
@@ -112,7 +98,7 @@ class _ToContributions(_Bound, ProcessFunction):
         return [(json.dumps([result.user_id, acct.hour_start(result.ts)]), result)]
 
 
-class _BoundUserHour(_Bound, KeyedProcessFunction):
+class _BoundUserHour(Bound, KeyedProcessFunction):
     """Keyed by (user, hour): the hour's contributions, bounded when the watermark passes its end."""
 
     def __init__(self, registry: dict, params: DpParams, in_memory: bool):
@@ -121,6 +107,7 @@ class _BoundUserHour(_Bound, KeyedProcessFunction):
         self._horizon_ms = int(params.late_count_horizon_s) * 1000
 
     def setup(self, runtime_context):
+        self._counters = _Counters()
         self._buffer = KeyedValue(runtime_context, "contributions", self.in_memory)
         self._decided = KeyedValue(runtime_context, "decided", self.in_memory)
 
@@ -169,8 +156,11 @@ def _kept(spent) -> list:
     return [] if spent.kept is None else [(str(spent.kept.window_start), spent.kept)]
 
 
-class _CountSpent(_Bound, ProcessFunction):
+class _CountSpent(Bound, ProcessFunction):
     """SpentHour -> (hour key, kept UserHour); counts what the day's bounds dropped (as Beam)."""
+
+    def setup(self, runtime_context):
+        self._counters = _Counters()
 
     def process_element(self, spent, ctx):
         bind_metrics(self._rc)
@@ -187,7 +177,7 @@ def _tick_pair(hour: float):
     return str(float(hour)), hour_tick(float(hour))
 
 
-class _ReleaseHour(_Bound, KeyedProcessFunction):
+class _ReleaseHour(Bound, KeyedProcessFunction):
     """Keyed by hour: its histogram, released once when the watermark passes the hour's end."""
 
     def __init__(self, params: DpParams, noise, ledger: OutputTag, in_memory: bool):
@@ -195,6 +185,7 @@ class _ReleaseHour(_Bound, KeyedProcessFunction):
         self._families = tuple(params.plan().metrics)
 
     def setup(self, runtime_context):
+        self._counters = _Counters()
         self._plan = self._params.plan()
         self._histogram = KeyedValue(runtime_context, "histogram", self.in_memory)
         self._released = KeyedValue(runtime_context, "released", self.in_memory)

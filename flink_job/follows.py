@@ -50,7 +50,7 @@ from core.follows import (FOLLOWS_EMITTED, TAPS_READ, TOUCHES_CONFIRMED, TOUCHES
                           dead_letter, deadline_granule, pair_key, touch_deadline)
 from core.pairing import Rejection
 from flink_job.counters import FlinkCounter, bind_metrics
-from flink_job.keyed_state import KeyedValue
+from flink_job.keyed_state import Bound, KeyedValue
 from flink_job.ordered import key_pairs, runtime_is_batch, side_output, uid_path
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
@@ -85,33 +85,14 @@ class _Counters:
         counter.inc(n)
 
 
-class _Bound:
-    """Binds the operator's metrics in open() and before each call of core code.
-
-    Python operators chained into one worker share ``flink_job.counters``' current
-    scope, so every method binds first and returns its outputs as a list: counting
-    is over before a chained operator runs (``flink_job.counters``). ``in_memory``:
-    keyed values in the worker's memory (BATCH runtime mode, ``flink_job.keyed_state``).
-    """
-    in_memory = False
-
-    def open(self, runtime_context):
-        self._rc = runtime_context
-        bind_metrics(runtime_context)
-        self._counters = _Counters()
-        self.setup(runtime_context)
-
-    def setup(self, runtime_context):
-        pass
-
-
-class _CheckTaps(_Bound, ProcessFunction):
+class _CheckTaps(Bound, ProcessFunction):
     """Key-free checks (``TapChecker``): (nonce, CheckedTap) out, or its dead letter to the side output."""
 
     def __init__(self, params: FollowParams, pubkeys: Mapping[str, str], dead: OutputTag):
         self._params, self._pubkeys, self._dead = params, dict(pubkeys), dead
 
     def setup(self, runtime_context):
+        self._counters = _Counters()
         self._checker = TapChecker(self._params)
 
     def process_element(self, report, ctx):
@@ -125,7 +106,7 @@ class _CheckTaps(_Bound, ProcessFunction):
         return [(report.nonce, checked)]
 
 
-class _JudgeNonce(_Bound, KeyedProcessFunction):
+class _JudgeNonce(Bound, KeyedProcessFunction):
     """Keyed by nonce: one final pane at the deadline, then one pane per late report, then forget.
 
     Confirmed touches leave as (pair key, Follow), rejections as dead letters on the side output.
@@ -135,6 +116,7 @@ class _JudgeNonce(_Bound, KeyedProcessFunction):
         self._params, self._dead, self.in_memory = params, dead, in_memory
 
     def setup(self, runtime_context):
+        self._counters = _Counters()
         self._judge = JudgeTouch(self._params)
         # reports of the touch not yet judged (until the final pane)
         self._buffer = KeyedValue(runtime_context, "pending_reports", self.in_memory)
@@ -191,13 +173,14 @@ class _JudgeNonce(_Bound, KeyedProcessFunction):
         return emitted
 
 
-class _KeepFirstFollowPerPair(_Bound, KeyedProcessFunction):
+class _KeepFirstFollowPerPair(Bound, KeyedProcessFunction):
     """Keyed by user pair: confirmed touches grouped per deadline granule, the edge kept for good."""
 
     def __init__(self, params: FollowParams, in_memory: bool):
         self._params, self.in_memory = params, in_memory
 
     def setup(self, runtime_context):
+        self._counters = _Counters()
         self._graph = KeepFirstFollow()
         # {granule close (ms): [Follow]}: the pair's touches whose granule the watermark has not passed
         self._groups = KeyedValue(runtime_context, "touches_by_granule", self.in_memory)

@@ -1,4 +1,7 @@
-"""One value per key for the adapter's own KeyedProcessFunctions, right in both runtime modes.
+"""What the adapter's own process functions share: metrics bound per call, one value per key.
+
+``Bound``: binds the operator's metrics in open() and before each call of core code.
+``KeyedValue``: one value per key, right in both runtime modes.
 
 In STREAMING mode a value lives in a ``ValueState`` (checkpointed, restored from
 savepoints). In BATCH runtime mode it lives in the worker's memory, keyed by the
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 from pyflink.common import Types
 from pyflink.datastream.state import ValueStateDescriptor
+
+from flink_job.counters import bind_metrics
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 
@@ -39,3 +44,23 @@ class KeyedValue:
             self._memory.pop(key, None)
         else:
             self._state.clear()
+
+
+class Bound:
+    """A mixin binding the operator's metrics in open() and before each call of core code.
+
+    Python operators chained into one worker share ``flink_job.counters``' current
+    scope, so every method calls ``bind_metrics(self._rc)`` first and returns its
+    outputs as a list: counting is over before a chained operator runs. ``in_memory``:
+    keyed values in the worker's memory (BATCH runtime mode, :class:`KeyedValue`).
+    Subclasses make their state and helpers in ``setup``.
+    """
+    in_memory = False
+
+    def open(self, runtime_context):
+        self._rc = runtime_context
+        bind_metrics(runtime_context)
+        self.setup(runtime_context)
+
+    def setup(self, runtime_context):
+        pass

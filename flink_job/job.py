@@ -41,6 +41,7 @@ from flink_job.ops import FlinkOps
 from schemas.records import DeadLetter
 
 DEAD = io.DEAD
+MAX_PARALLELISM = 128
 
 
 def configure(env, cfg: RunConfig, settings: JobSettings) -> None:
@@ -48,6 +49,11 @@ def configure(env, cfg: RunConfig, settings: JobSettings) -> None:
     env.set_runtime_mode(RuntimeExecutionMode.STREAMING if cfg.source == "kafka" else RuntimeExecutionMode.BATCH)
     if settings.parallelism:
         env.set_parallelism(settings.parallelism)
+    # One max parallelism (key groups) for every operator: BATCH's adaptive scheduler refuses
+    # a result whose consumers differ in it ("Consumers must have the same max parallelism"),
+    # which an unchained keyed operator next to chained ones gave; and a savepoint rescales
+    # only within it.
+    env.set_max_parallelism(MAX_PARALLELISM)
     if settings.checkpointing_interval_ms:
         env.enable_checkpointing(settings.checkpointing_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     job = Configuration()

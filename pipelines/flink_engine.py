@@ -167,6 +167,21 @@ def core_counter_name(flink_name: str) -> str:
     return f"{stage}.{rest}" if sep and stage in DOTTED_STAGES else flink_name
 
 
+def failure_reason(stacktrace: str) -> str:
+    """One line from a failed job's root exception: a Python error's own line (the last of its
+    traceback, e.g. ``FileNotFoundError: ...``), else Java's innermost ``Caused by``."""
+    lines = [line.strip() for line in stacktrace.splitlines() if line.strip()]
+    python = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if python:
+        frames = lines[python[-1] + 1:]
+        end = next((i for i, line in enumerate(frames) if line.startswith("at ")), len(frames))
+        error = [line for line in frames[:end] if not line.startswith(("File ", "^", "~"))]
+        if error:
+            return error[-1][:500]
+    causes = [line for line in lines if line.startswith("Caused by:")]
+    return (causes[-1] if causes else lines[0] if lines else "the job failed")[:500]
+
+
 class FlinkRest:
     """The few calls of Flink's REST API the launcher needs."""
 
@@ -194,9 +209,7 @@ class FlinkRest:
             return "the job failed (Flink's REST API gave no reason)"
         root = (exceptions.get("exceptionHistory") or {}).get("entries") or []
         text = root[0].get("stacktrace") if root else exceptions.get("root-exception")
-        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-        causes = [line for line in lines if line.startswith("Caused by:")]
-        return (causes[-1] if causes else lines[0] if lines else "the job failed")[:500]
+        return failure_reason(text or "")
 
     def counters(self, job_id: str) -> dict[str, int]:
         """Every ``tapfollow`` counter of a running job, summed over operators and subtasks."""

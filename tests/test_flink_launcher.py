@@ -190,6 +190,18 @@ def test_a_failed_jobs_reason_is_its_last_cause():
     assert rest.failure("j") == "Caused by: ValueError: the real reason"
 
 
+def test_a_python_failure_is_its_own_error_line():
+    trace = ("org.apache.flink.runtime.JobException: Recovery is suppressed\n"
+             "Caused by: java.lang.RuntimeException: Error received from SDK harness: Traceback (most recent call last):\n"
+             "Traceback (most recent call last):\n"
+             '  File "/x/flink_job/io.py", line 152, in _read_path\n'
+             "    for line in iter_lines(path):\n"
+             "         ^^^^^^^^^^^^^^^^\n"
+             "FileNotFoundError: [Errno 2] No such file or directory: '/w/pings.jsonl'\n"
+             "\n\tat org.apache.beam.Something(X.java:1)\n")
+    assert flink_engine.failure_reason(trace) == "FileNotFoundError: [Errno 2] No such file or directory: '/w/pings.jsonl'"
+
+
 def test_counters_are_summed_by_name_over_operators_and_subtasks():
     rest = flink_engine.FlinkRest("h:1")
     metrics = {"v1": [{"id": "ParseEvents/Judge.tapfollow.read_pings"}, {"id": "numRecordsIn"}],

@@ -57,6 +57,10 @@ taskmanager.numberOfTaskSlots: $TM_SLOTS
 # STATE_BACKEND:70, PYTHON:30 -- with the hashmap backend in streaming, Python gets it all).
 # Measured: see infra/README.md "Flink configuration".
 taskmanager.memory.process.size: $TM_MEMORY
+# every job loads its connector jars (Kafka, Parquet + Hadoop: ~60 MB) in its own class
+# loader; with the default 256m the TaskManager died of "OutOfMemoryError: Metaspace" after
+# about six tapfollow jobs
+taskmanager.memory.jvm-metaspace.size: 512m
 taskmanager.memory.managed.fraction: $TM_MANAGED_FRACTION
 taskmanager.memory.network.min: 64m
 taskmanager.memory.network.max: 64m
@@ -108,8 +112,13 @@ tm_registered() { [[ "$(tm_count)" -ge 1 ]]; }
 # (flink-console.sh execs java), and we own the pid file.
 spawn() {  # spawn NAME PIDFILE SCRIPT
   local name="$1" pidf="$2" script="$3"
+  # from the instance's own work dir: a PyFlink worker has its TaskManager's working directory
+  # on sys.path ahead of the job's -pyfs files, so a TaskManager started inside a checkout ran
+  # that checkout's flink_job/ instead of the submitted one
+  pushd "$FLINK_WORK_DIR" >/dev/null
   nohup "$FLINK_HOME/bin/$script" start-foreground >"$FLINK_LOG_DIR/$name.out" 2>&1 </dev/null &
   echo $! >"$pidf"
+  popd >/dev/null
 }
 
 start_jm() {

@@ -40,7 +40,7 @@ from typing import Optional
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeExecutionMode
-from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from core.processor import ProcessorProtocol, late_counter_name, late_dead_letter, run_ordered as run_in_order
 from flink_job.counters import FlinkCounter, bind_metrics
@@ -189,8 +189,30 @@ def _unstamp(timed):
 
 # ---- unbounded input ----------------------------------------------------------------------
 
+# All a key holds is one ValueState, a list: when it is decided up to, its GC timer, its
+# buffered ticks, the processor's state. See _RunTicks for why.
+_DONE, _GC, _TICKS, _STATE = 0, 1, 2, 3
+
+
 class _RunTicks(KeyedProcessFunction):
-    """The streaming host: event-time ticks per key, run in order with the key's state."""
+    """The streaming host: event-time ticks per key, run in order with the key's state.
+
+    All a key holds is one ValueState ``key``: ``[done_until, gc_at, {tick end ms:
+    [messages]}, processor state]`` (cleared when all four are empty). Why one, and no
+    MapState (the costs PyFlink 2.2 puts on Python state, measured in
+    ``benchmarks/bench_flink_ordered.py``):
+
+    - a MapState lookup of an absent map key (each new tick) is a blocking round trip to
+      Java; a ValueState is read from PyFlink's Python state cache, a dict lookup, as
+      long as the key is in it (``python.state.cache-size`` entries, one per key here:
+      see :func:`recommended_configuration`);
+    - at the end of every bundle each changed state of each key is written back to Java,
+      one blocking round trip each: one state per key is one round trip per key touched
+      in a bundle, however many messages and timers it had.
+
+    Outputs are returned as lists, made while this operator's metric group is bound
+    (``flink_job.counters``).
+    """
 
     def __init__(self, processor: ProcessorProtocol, tick_s: float, lateness_s: float, step: str,
                  late_tag: OutputTag):
@@ -209,10 +231,25 @@ class _RunTicks(KeyedProcessFunction):
     def open(self, runtime_context):
         self._rc = runtime_context
         bind_metrics(runtime_context)
-        self._state = runtime_context.get_state(ValueStateDescriptor("state", PICKLED))
-        self._done = runtime_context.get_state(ValueStateDescriptor("done_until", Types.DOUBLE()))
-        self._gc_at = runtime_context.get_state(ValueStateDescriptor("gc_at", Types.LONG()))
-        self._ticks = runtime_context.get_map_state(MapStateDescriptor("ticks", Types.LONG(), PICKLED))
+        self._key = runtime_context.get_state(ValueStateDescriptor("key", PICKLED))
+
+    # -- what the key holds --
+
+    def _load(self) -> list:
+        held = self._key.value()
+        return [None, None, {}, None] if held is None else held
+
+    def _store(self, held: list) -> None:
+        if held[_DONE] is None and held[_GC] is None and not held[_TICKS] and held[_STATE] is None:
+            self._key.clear()
+        else:
+            self._key.update(held)
+
+    def held(self) -> tuple:
+        """What the current key holds: (has processor state, done_until, GC timer, buffered
+        tick ends ms) (tests)."""
+        held = self._load()
+        return held[_STATE] is not None, held[_DONE], held[_GC], sorted(held[_TICKS])
 
     # -- time arithmetic (integer ms, ticks end on multiples of tick_ms) --
 
@@ -232,36 +269,40 @@ class _RunTicks(KeyedProcessFunction):
         due = processor.sort_key(msg)[0]
         stamp = ctx.timestamp()
         t = due if stamp is None else max(due, stamp / 1000)
-        watermark = ctx.timer_service().current_watermark()
         if not math.isfinite(t):
             # configuration with no time at all: applied now, in whatever tick this is
-            yield from self._apply_now(msg)
-            return
+            held = self._load()
+            held[_STATE], outputs = run_in_order(processor, [msg], held[_STATE])
+            self._store(held)
+            return outputs
+        timers = ctx.timer_service()
+        watermark = timers.current_watermark()
         tick_end = self._tick_end_ms(t)
         if tick_end - 1 + self._lateness_ms < watermark:
             self._dropped.inc()   # its tick expired: Beam drops it with its window
-            return
-        done = self._done.value()
-        if done is not None and not processor.immediate(msg) and due < done:
-            yield self._late_letter(msg, done)
-            return
+            return ()
+        held = self._load()
+        if held[_GC] is not None and held[_GC] < watermark:
+            self._overdue_gc(ctx, held, watermark)
+        done = held[_DONE]
+        if done is not None and due < done and not processor.immediate(msg):
+            return [self._late_letter(msg, done)]
         if tick_end - 1 <= watermark:
             # its tick has passed (within the allowed lateness): run now, Beam's late pane
-            yield from self._run_tick(ctx, [msg], tick_end, watermark)
-            return
-        pending = self._ticks.get(tick_end)
+            outputs = []
+            self._run_tick(ctx, held, [msg], tick_end, watermark, outputs)
+            self._store(held)
+            return outputs
+        ticks = held[_TICKS]
+        pending = ticks.get(tick_end)
         if pending is None:
-            ctx.timer_service().register_event_time_timer(tick_end - 1)
-            pending = [msg]
+            # a tick's timer is registered once per key, with its first message
+            timers.register_event_time_timer(tick_end - 1)
+            ticks[tick_end] = [msg]
         else:
             pending.append(msg)
-        self._ticks.put(tick_end, pending)
-
-    def _apply_now(self, msg):
-        current = self._state.value()
-        current, outputs = run_in_order(self._processor, [msg], current)
-        self._state.update(current)
-        yield from outputs
+        self._key.update(held)
+        return ()
 
     def _late_letter(self, msg, done: float):
         self._late.inc()
@@ -271,78 +312,127 @@ class _RunTicks(KeyedProcessFunction):
 
     def on_timer(self, timestamp, ctx):
         bind_metrics(self._rc)
-        pending = self._ticks.get(timestamp + 1)
+        held = self._load()
+        if held[_GC] is not None and held[_GC] < timestamp:
+            self._overdue_gc(ctx, held, timestamp)
+        outputs = []
+        pending = held[_TICKS].pop(timestamp + 1, None)
         if pending is not None:
-            self._ticks.remove(timestamp + 1)
-            yield from self._run_tick(ctx, pending, timestamp + 1, timestamp)
-        if self._gc_at.value() == timestamp:
-            self._gc_at.clear()
-            self._collect(ctx, timestamp)
+            self._run_tick(ctx, held, pending, timestamp + 1, timestamp, outputs)
+        if held[_GC] == timestamp:
+            held[_GC] = None
+            self._collect(ctx, held, timestamp)
+        self._store(held)
+        return outputs
 
-    def _run_tick(self, ctx, messages, tick_end_ms: int, now_ms: int):
+    def _run_tick(self, ctx, held: list, messages, tick_end_ms: int, now_ms: int, outputs: list) -> None:
         """One tick of a key (``_RunTickGroups.process``): run, note it decided, expire."""
         processor = self._processor
-        done = self._done.value()
+        done = held[_DONE]
         on_time = []
         for msg in messages:
-            if done is not None and not processor.immediate(msg) and processor.sort_key(msg)[0] < done:
-                yield self._late_letter(msg, done)
+            if done is not None and processor.sort_key(msg)[0] < done and not processor.immediate(msg):
+                outputs.append(self._late_letter(msg, done))
             else:
                 on_time.append(msg)
-        current, outputs = run_in_order(processor, on_time, self._state.value())
-        yield from outputs
+        current, outs = run_in_order(processor, on_time, held[_STATE])
+        outputs.extend(outs)
         tick_end = tick_end_ms / 1000
-        self._done.update(tick_end if done is None else max(done, tick_end))
-        current = processor.expire(current, tick_end)
+        held[_DONE] = tick_end if done is None else max(done, tick_end)
+        current = held[_STATE] = processor.expire(current, tick_end)
         if current is None:
-            self._state.clear()
             # keep done_until while late data could still come, then forget the key
-            self._set_gc(ctx, tick_end + self._lateness_s, now_ms)
+            self._set_gc(ctx, held, tick_end + self._lateness_s, now_ms)
             return
-        self._state.update(current)
         when = processor.gc_time(current)
         if when is not None:
-            self._set_gc(ctx, max(when, tick_end), now_ms)
+            self._set_gc(ctx, held, max(when, tick_end), now_ms)
 
-    def _collect(self, ctx, timestamp: int) -> None:
+    def _collect(self, ctx, held: list, timestamp: int) -> None:
         """The GC timer (``_RunTickGroups.on_gc``): expire the state, forget the key when done."""
         now = (timestamp + 1) / 1000
-        current = self._state.value()
+        current = held[_STATE]
         if current is not None:
-            current = self._processor.expire(current, now)
+            current = held[_STATE] = self._processor.expire(current, now)
         if current is None:
-            self._state.clear()
-            done = self._done.value()
+            done = held[_DONE]
             if done is None or now >= done + self._lateness_s:
-                self._done.clear()   # nothing of this key outlives the stream
+                held[_DONE] = None   # nothing of this key outlives the stream
             else:
-                self._set_gc(ctx, done + self._lateness_s, timestamp)
+                self._set_gc(ctx, held, done + self._lateness_s, timestamp)
             return
-        self._state.update(current)
         when = self._processor.gc_time(current)
         if when is not None:
-            self._set_gc(ctx, max(when, now + 1e-3), timestamp)
+            self._set_gc(ctx, held, max(when, now + 1e-3), timestamp)
 
-    def _set_gc(self, ctx, when_s: float, now_ms: int) -> None:
+    def _overdue_gc(self, ctx, held: list, now_ms: int) -> None:
+        """Run the key's GC timers due before ``now_ms`` that have not fired.
+
+        A GC timer re-armed by ``_collect`` can lie behind the watermark (the boundary
+        after the key's ``gc_time``, when the watermark had jumped past it): Flink fires it
+        only at the next watermark, after elements and timers already on their way. The
+        key collects first, as if it had fired in time, and drops that timer.
+        """
+        timers = ctx.timer_service()
+        while held[_GC] is not None and held[_GC] < now_ms:
+            at = held[_GC]
+            held[_GC] = None
+            if at + 1 not in held[_TICKS]:
+                timers.delete_event_time_timer(at)
+            self._collect(ctx, held, at)
+
+    def _set_gc(self, ctx, held: list, when_s: float, now_ms: int) -> None:
         """The key's one GC timer at the first tick boundary at or after ``when_s``, after ``now_ms``.
 
         A timer must lie after the current time (a timer behind the watermark would wait
         for the next watermark); expiring again at the current tick would change nothing.
-        A replaced GC timer is deleted unless a tick's timer shares its time.
+
+        A GC timer only moves earlier: one due later than the key's armed timer leaves that
+        in place (when it fires, ``_collect`` expires the state, which frees nothing yet, and
+        arms the timer at the then due ``gc_time``). Most ticks push ``gc_time`` later (the
+        key was active), so this spares a timer deletion and registration per tick. Earlier
+        expiry is harmless: ``expire`` runs after every tick anyway. A timer moved earlier
+        is deleted unless a tick's timer shares its time.
         """
         soonest = ((now_ms + 1) // self._tick_ms + 1) * self._tick_ms
         at = max(self._boundary_ms(when_s), soonest) - 1
-        old = self._gc_at.value()
-        if old == at:
+        old = held[_GC]
+        if old is not None and old <= at:
             return
         timers = ctx.timer_service()
-        if old is not None and not self._ticks.contains(old + 1):
+        if old is not None and old + 1 not in held[_TICKS]:
             timers.delete_event_time_timer(old)
         timers.register_event_time_timer(at)
-        self._gc_at.update(at)
+        held[_GC] = at
 
 
 # ---- the host -----------------------------------------------------------------------------
+
+# What the streaming host needs from the job's configuration (measured with
+# benchmarks/bench_flink_ordered.py, 50,000 messages, parallelism 2):
+RECOMMENDED_CONFIGURATION = {
+    # Every bundle ends with one blocking write-back round trip per key it changed
+    # (_RunTicks), and a watermark reaches a Python operator only when a bundle ends. With
+    # the default 1,000 elements a bundle, 500 keys cost ~6x the throughput of 10,000;
+    # bundle.time (default 1 s) still bounds how late a bundle, and so a watermark, ends.
+    "python.fn-execution.bundle.size": "10000",
+    # Entries of PyFlink's Python state cache per keyed operator: one per key for the
+    # ordered host. Keys beyond it are evicted (a blocking write) and read back (another):
+    # 5,000 keys ran 8x slower at the default 1,000 than at 20,000. Each entry is one key's
+    # pickled-on-write state, held as Python objects; every bundle end walks the cache.
+    "python.state.cache-size": "20000",
+}
+
+
+def recommended_configuration() -> dict:
+    """Job configuration entries (key -> string value) the ordered hosts run fast with.
+
+    The launcher sets them on the job's ``Configuration`` (``config.set_string(key,
+    value)``, before the environment is made); a value the user gives explicitly should
+    win. Tests that pace their input set their own bundle size (1) and keep it.
+    """
+    return dict(RECOMMENDED_CONFIGURATION)
+
 
 def run_ordered(pairs, processor, stage_name: str, *, tick_s: float, allowed_lateness_s: float,
                 step: str, uid_prefix: str = "", bounded: Optional[bool] = None) -> dict:

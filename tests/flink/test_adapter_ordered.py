@@ -17,7 +17,7 @@ from tests.flink.conftest import driver_path, run_driver
 @pytest.fixture(scope="module")
 def host(pyflink_python):
     return run_driver(pyflink_python, driver_path("ordered_host.py"), "batch", "streaming", "late", "gc",
-                      timeout=240)
+                      "gc_overdue", timeout=300)
 
 
 def test_batch_equals_the_local_host(host):
@@ -50,6 +50,11 @@ def test_gc_frees_a_key_and_leaves_nothing_behind(host):
     nothing = [False, None, None, []]   # state, done_until, GC timer, buffered ticks
     assert r["left"]["g"] == nothing and r["left"]["h"] == nothing
     assert r["left"]["z"] != nothing    # the probe does see what a live key holds
+
+
+def test_a_gc_timer_behind_the_watermark_collects_before_the_keys_next_message(host):
+    r = host["gc_overdue"]
+    assert r["got"] == r["want"] and r["late"] == []   # ('a', 30.0, 1): collected first, not 3
 
 
 # ---- counters (no Flink needed) ---------------------------------------------------------

@@ -1,6 +1,6 @@
 """Driver: flink_job.ordered.run_ordered on a local MiniCluster, several cases in one run.
 
-Usage: ordered_host.py CASE...  (batch, streaming, late, gc, cost). Prints one JSON object
+Usage: ordered_host.py CASE...  (batch, streaming, late, gc, gc_overdue, cost). Prints one JSON object
 {case: result}: outputs as reprs, with what the local host (core.processor.run_keyed)
 expects, so the test in the project venv compares them.
 """
@@ -156,8 +156,7 @@ class _Probe(_RunTicks):
 
     def on_timer(self, timestamp, ctx):
         yield from super().on_timer(timestamp, ctx)
-        yield ("probe", ctx.get_current_key(), timestamp, self._state.value() is not None, self._done.value(),
-               self._gc_at.value(), sorted(self._ticks.keys()))
+        yield ("probe", ctx.get_current_key(), timestamp, *self.held())
 
 
 def case_gc():
@@ -183,6 +182,30 @@ def case_gc():
         "want": sorted(map(repr, [("g", 1.0, 1), ("g", 2.0, 2), ("h", 3.0, 5), ("z", 30.0, 0), ("g", 40.0, 1),
                                   ("z", 10_000.0, 0)] + fillers_out(30.0, 10_000.0))),
         "left": {key: list(held) for key, held in last.items()},
+    }
+
+
+def case_gc_overdue():
+    """A GC timer re-armed behind the watermark still collects before the key's next message.
+
+    Key a's GC timer lies at 11 s (its first message + 10 s idle); its second message makes
+    gc_time 12 s, and the host leaves the timer at 11 s (a GC timer only moves earlier).
+    The watermark jumps to 49 s: at 11 s nothing expires yet, and the timer is re-armed at
+    12 s, behind the watermark, where Flink fires it only at the next watermark. a@30
+    then runs at once (its tick has passed, within the allowed lateness): the key must have
+    collected first, as a timer armed at 12 s in time would have, so its sum starts afresh."""
+    arrival = [("a", 1.0, 1), ("a", 2.0, 1),
+               *settled(("z", 50.0, 0)),   # the watermark passes 49 s
+               ("a", 30.0, 1)]             # 2 s after 12 s idle: a fresh key, 1 (not 3)
+    env = environment(batch=False, paced=True)
+    events = event_stream(env, pairs_of(arrival), lambda p: p[1][1], out_of_orderness_s=1.0, pace_s=PACE_S)
+    got = collect(tagged_late(run_ordered(events, Running(idle_s=10.0), "Running", tick_s=1.0,
+                                          allowed_lateness_s=100.0, step=STEP)))
+    return {
+        "got": sorted(repr(v) for kind, _ts, v in got if kind == "out"),
+        "want": sorted(map(repr, [("a", 1.0, 1), ("a", 2.0, 2), ("a", 30.0, 1), ("z", 50.0, 0)]
+                           + fillers_out(50.0))),
+        "late": [repr(v) for kind, _ts, v in got if kind == "late"],
     }
 
 
@@ -213,7 +236,8 @@ def case_cost():
     return result
 
 
-CASES = {"batch": case_batch, "streaming": case_streaming, "late": case_late, "gc": case_gc, "cost": case_cost}
+CASES = {"batch": case_batch, "streaming": case_streaming, "late": case_late, "gc": case_gc,
+         "gc_overdue": case_gc_overdue, "cost": case_cost}
 
 if __name__ == "__main__":
     reply({name: CASES[name]() for name in sys.argv[1:]})

@@ -208,8 +208,9 @@ class _ReleaseHour(Bound, KeyedProcessFunction):
         statistics, ledger = release_window(self._params, self._plan, self._histogram.get(key, {}),
                                             float(key), self._noise)
         self._histogram.clear(key)
-        if not self.in_memory:
-            self._released.put(key, True)   # for good: an hour is never released twice
+        # for good: an hour is never released twice. In BATCH mode too: PyFlink fired an hour's
+        # timer a second time there (its histogram then empty), releasing the hour again as zeros.
+        self._released.put(key, True)
         self._counters.count([(STATISTICS_RELEASED, len(statistics)), (WINDOWS_RELEASED, 1)])
         return list(statistics) + [(self._ledger, row) for row in ledger]
 

@@ -77,3 +77,62 @@ def test_parallelism_fits_the_slots():
     slots = int(spec["flinkConfiguration"]["taskmanager.numberOfTaskSlots"]) * spec["taskManager"]["replicas"]
     assert PipelineOptions(_submit_args()).get_all_options()["parallelism"] <= slots
     assert spec["flinkConfiguration"]["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+
+
+# ---- the native PyFlink job (infra/k8s/pyflink-job.yaml and its image) ----------------------
+
+def _pyflink_deployment():
+    docs = {doc["kind"]: doc for doc in _load("pyflink-job.yaml")}
+    return docs["FlinkDeployment"], docs
+
+
+def _dockerfile():
+    with open(os.path.join(K8S, "flink-job", "Dockerfile"), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_pyflink_deployment_runs_the_flink_job_module_with_its_config():
+    deployment, docs = _pyflink_deployment()
+    flink = _infra_env("FLINK_VERSION")
+    spec = deployment["spec"]
+    assert spec["flinkVersion"] == "v" + "_".join(flink.split(".")[:2])
+    job = spec["job"]
+    # the operator's PythonDriver pattern: the flink-python jar of this very Flink version
+    assert job["jarURI"] == f"local:///opt/flink/opt/flink-python-{flink}.jar"
+    assert job["entryClass"] == "org.apache.flink.client.python.PythonDriver"
+    args = job["args"]
+    assert args[args.index("-pym") + 1] == "flink_job"
+    config = args[args.index("--config") + 1]
+    # the config file comes from the ConfigMap mounted where --config points
+    (container,) = spec["podTemplate"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert config.startswith(mounts["job-config"] + "/")
+    volumes = {v["name"]: v for v in spec["podTemplate"]["spec"]["volumes"]}
+    assert "configMap" in volumes["job-config"]
+    claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
+    assert docs["PersistentVolumeClaim"]["metadata"]["name"] == claim
+    assert job["upgradeMode"] == "savepoint"
+
+
+def test_pyflink_image_matches_the_deployment_and_the_local_venv():
+    deployment, _ = _pyflink_deployment()
+    dockerfile = _dockerfile()
+    flink = _infra_env("FLINK_VERSION")
+    assert re.search(rf"^FROM flink:{re.escape(flink)}-java17\s*$", dockerfile, re.M)
+    # the same requirements as the local PyFlink venv (infra/install.sh), with Flink's version pinned
+    assert "infra/pyflink-requirements.txt" in dockerfile
+    requirements = open(os.path.join(ROOT, "infra", "pyflink-requirements.txt"), encoding="utf-8").read()
+    assert f"apache-flink=={flink}" in requirements
+    pinned = [line.split("==")[0].split(">")[0].strip().lower() for line in requirements.splitlines()
+              if line.strip() and not line.lstrip().startswith("#")]
+    assert "pipeline-dp" not in pinned
+    venv = re.search(r"PYFLINK_VENV=(\S+)", dockerfile).group(1)
+    conf = deployment["spec"]["flinkConfiguration"]
+    assert conf["python.executable"] == conf["python.client.executable"] == f"{venv}/bin/python"
+    args = deployment["spec"]["job"]["args"]
+    assert args[args.index("-pyexec") + 1] == args[args.index("-pyclientexec") + 1] == f"{venv}/bin/python"
+    # every package the job imports is in the image, on PYTHONPATH
+    from pipelines.flink_engine import JOB_PACKAGES
+    home = re.search(r"^ENV PYTHONPATH=(\S+)", dockerfile, re.M).group(1)
+    for package in JOB_PACKAGES:
+        assert re.search(rf"^COPY {package}/ {re.escape(home)}/{package}/", dockerfile, re.M), package

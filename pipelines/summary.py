@@ -12,6 +12,10 @@ DirectRunner in streaming mode, whose bundle-based executor keeps only the last
 bundle's value of a counter, so there they are left out rather than be wrong.
 The privacy figures are summed from the ledger the DP step wrote, by its own
 ``check_ledger`` (a double release or an overspent day is reported, never summed).
+``--engine flink`` (``pipelines.flink_engine``) writes the same file through
+:func:`write_run_summary`, with ``engine: flink``, the job's id and web UI address; its
+counters are the last values Flink's REST API showed while the job ran (it forgets a
+finished job's metrics), so there they are a lower bound.
 """
 from __future__ import annotations
 

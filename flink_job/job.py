@@ -38,10 +38,12 @@ from flink_job.config import JobSettings
 from flink_job.dp_stats import release_statistics
 from flink_job.follows import resolve_follows
 from flink_job.ops import FlinkOps
+from flink_job.ordered import recommended_configuration
 from schemas.records import DeadLetter
 
 DEAD = io.DEAD
 MAX_PARALLELISM = 128
+BATCH_SHUFFLE_MODE = "ALL_EXCHANGES_PIPELINED"
 
 
 def configure(env, cfg: RunConfig, settings: JobSettings) -> None:
@@ -58,6 +60,17 @@ def configure(env, cfg: RunConfig, settings: JobSettings) -> None:
         env.enable_checkpointing(settings.checkpointing_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     job = Configuration()
     job.set_string("state.backend.type", settings.state_backend)
+    # the ordered hosts' bundle and state-cache sizes (flink_job.ordered measures why)
+    for key, value in recommended_configuration().items():
+        job.set_string(key, value)
+    if cfg.source != "kafka":
+        # BATCH: every exchange pipelined, so the job is one region that starts its Python
+        # workers once; with blocking exchanges each of ~25 keyed stages started its own,
+        # one after another (most of a small run's time)
+        job.set_string("execution.batch-shuffle-mode", BATCH_SHUFFLE_MODE)
+        # the adaptive batch scheduler (Flink 2's default for BATCH) cannot schedule an
+        # all-pipelined job (IllegalStateException in DefaultExecutionTopology)
+        job.set_string("jobmanager.scheduler", "Default")
     env.configure(job)
     if settings.jars:
         env.add_jars(*(jar if "://" in jar else "file://" + os.path.abspath(jar) for jar in settings.jars))

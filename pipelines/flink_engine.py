@@ -298,6 +298,14 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
         print(f"pipelines.run: error: {exc}", file=sys.stderr)
         return 2
     master = master_of(options)
+    rest = FlinkRest(master)
+    try:
+        rest.call("/overview")
+    except (OSError, ValueError) as exc:
+        # before anything is written or submitted: `flink run` would retry for a minute first
+        print(f"pipelines.run: error: no Flink cluster answers at http://{master} ({exc}); "
+              "start one with make infra-up, or give --flink_master HOST:PORT", file=sys.stderr)
+        return 2
     work = os.path.join(os.path.abspath(cfg.output_dir), WORK_DIR)
     os.makedirs(work, exist_ok=True)
     for folder in OUTPUT_FOLDERS:   # Flink's sinks create a folder only when they write to it
@@ -321,7 +329,6 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
     zip_path = pack_job(os.path.join(work, "tapfollow-job.zip"))
     if entry != JOB_ENTRY:
         entry = os.path.abspath(entry)
-    rest = FlinkRest(master)
     t0 = time.monotonic()
     try:
         job_id = submit(submit_command(install, master, entry, zip_path, config_path), install,

@@ -220,3 +220,23 @@ def test_counters_are_summed_by_name_over_operators_and_subtasks():
         return [{"id": name, "sum": values[name]} for name in asked]
     rest.call = call
     assert rest.counters("j") == {"alerts_late_dropped_users": 1, "emitted.alerts": 2, "read.pings": 10}
+
+
+def test_no_cluster_at_the_master_exits_2_before_submitting(tmp_path, capsys):
+    home = tmp_path / "flink"
+    (home / "bin").mkdir(parents=True)
+    flink = home / "bin" / "flink"
+    ran = tmp_path / "ran"
+    flink.write_text(f"#!/bin/sh\ntouch {ran}\n")   # must never be called
+    flink.chmod(0o755)
+    import socket
+    with socket.socket() as probe:   # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    status = flink_engine.launch(_config(output=str(tmp_path / "out")), {"flink_master": f"127.0.0.1:{port}"}, 0.0,
+                                 environ={"FLINK_HOME": str(home), "PYFLINK_PYTHON": sys.executable,
+                                          "FLINK_JOB_JARS": "", "INFRA_CACHE": str(tmp_path)})
+    err = capsys.readouterr().err
+    assert status == 2 and f"no Flink cluster answers at http://127.0.0.1:{port}" in err, err
+    assert err.count("\n") == 1
+    assert not ran.exists()

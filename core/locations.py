@@ -16,9 +16,10 @@ used to place anyone):
   and tweets without location are not positions);
 - the user's own tap report: the phone stood where it touched the other phone.
 
-Engine-neutral: ``transforms.locations.ExtractLocationReports`` hosts these rules
-in Beam; :func:`current_location` is the rule itself, used by the alert fan-out
-and by the tests' oracle.
+Engine-neutral: :func:`location_reports_over` wires these rules over any
+``core.ops.Ops`` (Beam: ``transforms.locations.ExtractLocationReports``; Flink:
+``flink_job.job``); :func:`current_location` is the rule itself, used by the alert
+fan-out and by the tests' oracle.
 """
 from __future__ import annotations
 
@@ -76,3 +77,29 @@ def current_location(reports: Iterable[LocationReport], at: float, stale_s: floa
     if best is None or at - best.ts > stale_s:
         return None
     return best
+
+
+def location_reports_over(ops, inputs: dict, max_accuracy_m: float):
+    """{'pings','tweets','taps'} -> the accepted LocationReports, on any engine (``core.ops``);
+    the refused pings and tweets are counted (PING_INACCURATE, TWEET_NOT_PRECISE)."""
+    inaccurate, not_precise = ops.counter(PING_INACCURATE), ops.counter(TWEET_NOT_PRECISE)
+
+    def from_ping(ping):
+        report = report_from_ping(ping, max_accuracy_m)
+        if report is None:
+            inaccurate.inc()
+            return []
+        return [report]
+
+    def from_tweet(tweet):
+        report = report_from_tweet(tweet)
+        if report is None:
+            not_precise.inc()
+            return []
+        return [report]
+
+    return ops.flatten([
+        ops.flat_map(inputs["pings"], from_ping, "PingReports", output_type=LocationReport),
+        ops.flat_map(inputs["tweets"], from_tweet, "TweetReports", output_type=LocationReport),
+        ops.map(inputs["taps"], report_from_tap, "TapReports", output_type=LocationReport),
+    ], "AllReports")

@@ -30,8 +30,7 @@ from pyflink.datastream import CheckpointingMode, RuntimeExecutionMode
 from core.alerts import fan_out_over
 from core.config import RunConfig
 from core.input_files import input_files, kafka_origins, origin_names
-from core.locations import (PING_INACCURATE, TWEET_NOT_PRECISE, report_from_ping, report_from_tap,
-                            report_from_tweet)
+from core.locations import location_reports_over
 from core.registry import DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, registered_ping
 from flink_job import io
 from flink_job.config import JobSettings
@@ -131,31 +130,6 @@ def keep_registered_pings(ops, pings, registry: dict, origin: str) -> dict:
     return ops.nested("KeepRegisteredPings", keep, pings)
 
 
-def location_reports(ops, pings, tweets, taps, max_accuracy_m: float):
-    """The accepted location reports (``core.locations``), as ``transforms.locations`` counts them."""
-    def reports(o, inputs):
-        inaccurate, not_precise = o.counter(PING_INACCURATE), o.counter(TWEET_NOT_PRECISE)
-
-        def from_ping(ping):
-            report = report_from_ping(ping, max_accuracy_m)
-            if report is None:
-                inaccurate.inc()
-                return []
-            return [report]
-
-        def from_tweet(tweet):
-            report = report_from_tweet(tweet)
-            if report is None:
-                not_precise.inc()
-                return []
-            return [report]
-
-        return o.flatten([o.flat_map(inputs["pings"], from_ping, "PingReports"),
-                          o.flat_map(inputs["tweets"], from_tweet, "TweetReports"),
-                          o.map(inputs["taps"], report_from_tap, "TapReports")], "AllReports")
-    return ops.nested("LocationReports", reports, {"pings": pings, "tweets": tweets, "taps": taps})
-
-
 def count_emitted(ops, col, name: str):
     """Pass-through counting ``emitted.<name>`` for the run summary (as Beam's CountEmitted)."""
     counter = ops.counter(f"emitted.{name}")
@@ -196,7 +170,8 @@ def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
 
     follow_out = ops.nested("ResolveMutualFollows",
                             lambda o, taps: resolve_follows(o, taps, registry, cfg.follows), events["taps"])
-    reports = location_reports(ops, events["pings"], events["tweets"], events["taps"], cfg.alerts.max_accuracy_m)
+    reports = ops.nested("LocationReports", lambda o, inputs: location_reports_over(o, inputs, cfg.alerts.max_accuracy_m),
+                         {"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"]})
     alert_out = ops.nested("FanOutGeofencedAlerts", lambda o, inputs: fan_out_over(o, inputs, cfg.alerts), {
         "tweets": events["tweets"], "deletes": events["deletes"], "reports": reports,
         "follows": follow_out["follows"], "users": users})

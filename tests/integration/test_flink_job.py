@@ -8,8 +8,8 @@ the JSON Lines folders).
 
 a. BATCH from files: follows, alerts, dead letters and the ledger equal Beam's; the released
    statistics have the same (window, cell, metric) keys and, noise off, the same values.
-b. STREAMING from Kafka (the world loaded with ``kafka_client``, a bounded read up to the
-   offsets at job start), follows and alerts to Kafka exactly once (read ``read_committed``),
+b. STREAMING from Kafka (the world loaded with ``kafka_client``, each event topic shuffled
+   within the watermark's bound, a bounded read up to the offsets at job start), follows and alerts to Kafka exactly once (read ``read_committed``),
    the rest to files: equal to (a).
 c. the TaskManager SIGKILLed once the first checkpoint has completed, then restarted: the
    job restores from its checkpoint and finishes; what it committed equals the no-fault
@@ -29,6 +29,7 @@ import collections
 import datetime as dt
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -39,6 +40,7 @@ import pytest
 import kafka_client
 from core.alerts import apply_retractions, is_retraction
 from core.input_files import input_files, kafka_origins, origin_names
+from core.lines import read_lines
 from pipelines import run as launcher
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
@@ -197,9 +199,25 @@ def test_parallelism_2_equals_parallelism_1(flink_batch, infra, world, tmp_path)
 
 # ---- b, c: Kafka, STREAMING ---------------------------------------------------------------
 
-def _load_topics(bootstrap: str, world: str) -> None:
+def _load_topics(bootstrap: str, world: str, disorder_s: float = 0.0, seed: int = 11) -> None:
+    """The world into its topics; with ``disorder_s``, each event topic's records shuffled
+    within that many seconds of event time (a record never more than ``disorder_s`` behind
+    the newest before it: within the job's watermark bound, ``--stream_disorder_s``)."""
     _reset_topics(bootstrap)
-    counts = kafka_client.load_world(world, bootstrap)
+    if not disorder_s:
+        counts = kafka_client.load_world(world, bootstrap)
+    else:
+        rng = random.Random(seed)
+        counts = {"users": kafka_client.produce_jsonl(kafka_client.find_input(world, "users"), "users", bootstrap,
+                                                      kind="users")}
+        for kind in ("pings", "taps", "tweets"):
+            timed = list(kafka_client.timestamped(read_lines(kafka_client.find_input(world, kind)), kind))
+            jittered = sorted(((ms or 0) + rng.uniform(0, 0.9 * disorder_s * 1000), i, line)
+                              for i, (line, ms) in enumerate(timed))
+            moved = sum(1 for position, (_key, i, _line) in enumerate(jittered) if position != i)
+            assert moved, f"{kind}: no record shuffled ({len(timed)} records)"
+            counts[kind] = kafka_client.produce_lines(kind, [line for _key, _i, line in jittered], bootstrap,
+                                                      kind=kind)
     assert all(counts.get(kind) for kind in ("users", "pings", "taps", "tweets")), counts
 
 
@@ -217,7 +235,8 @@ def _kafka_args(infra, world: str, out: str, *extra: str) -> list[str]:
 
 
 def test_streaming_from_kafka_equals_batch(infra, world, flink_batch, tmp_path):
-    _load_topics(infra.bootstrap, world)
+    # events shuffled within the watermark's bound (the default --stream_disorder_s, 5 s)
+    _load_topics(infra.bootstrap, world, disorder_s=5.0)
     out = str(tmp_path / "kafka")
     _launch(*_kafka_args(infra, world, out, "--checkpointing_interval", "2000"))
     summary = _summary(out)

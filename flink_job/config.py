@@ -18,8 +18,9 @@ from typing import Any, Mapping, Optional
 from core.config import ConfigError, RunConfig, check_fields
 
 STATE_BACKENDS = ("hashmap", "rocksdb")
-# A Kafka partition with no record for this long stops holding the watermark back
-# (``WatermarkStrategy.with_idleness``): a quiet topic must not stall every window.
+# A taps or pings partition with no record for this long stops holding the watermark back
+# (``WatermarkStrategy.with_idleness``): a quiet topic must not stall every window. The
+# firehose never goes idle this way (``flink_job.io.CLOCK_TOPIC`` says why).
 DEFAULT_IDLENESS_MS = 10_000
 
 

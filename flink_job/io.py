@@ -11,8 +11,9 @@ Sources (every line ends in exactly one place: a typed record or a dead letter):
 * **Kafka** (STREAMING): one ``KafkaSource`` per event topic from the earliest offset,
   values as strings, event time = the Kafka record's timestamp (CreateTime, which
   ``kafka_client`` sets to the record's event time as ``core.inputs`` reads it), the
-  watermark ``stream_disorder_s`` behind the largest time seen, an idle partition
-  ignored after ``kafka_idleness_ms``. ``kafka_stop_at_latest`` bounds the read to what
+  watermark ``stream_disorder_s`` behind the largest time seen, an idle taps or pings
+  partition ignored after ``kafka_idleness_ms`` (the firehose never is: ``CLOCK_TOPIC``).
+  ``kafka_stop_at_latest`` bounds the read to what
   the topics held at job start.
 * the **registry** is read at build time (the users file, or the snapshot of the users
   topic the launcher took) and merged with ``core.registry.merge_registry`` as Beam's
@@ -166,8 +167,19 @@ def stamp_judged(judged, uid: str):
     return judged.assign_timestamps_and_watermarks(strategy).name(f"{uid}/EventTime")
 
 
+# The topic whose watermark is never declared idle: the firehose, the stream's clock. If
+# every Kafka source were idle at once, the only inputs left at the joins would be the
+# finished build-time sources (registry, the DP schedule's hour ticks), whose final
+# watermark is Long.MAX: every pending hour would be released and every tick decided at
+# once, and all later data would be late. A quiet firehose holds the watermark instead
+# (nothing early, nothing late); a quiet taps or pings topic stalls nothing.
+CLOCK_TOPIC = "tweets"
+
+
 def kafka_events(env, cfg: RunConfig, stop_at_latest: bool, idleness_ms: int, uid: str):
-    """``(kind, line)`` elements of the event topics (topic = kind), at their Kafka timestamps."""
+    """``(kind, line)`` elements of the event topics (topic = kind), at their Kafka timestamps;
+    taps and pings ignored by the watermark after ``idleness_ms`` without a record, the
+    firehose never (``CLOCK_TOPIC``)."""
     streams = []
     disorder = Duration.of_millis(int(round(cfg.stream_disorder_s * 1000)))
     for kind in EVENT_KINDS:
@@ -181,8 +193,9 @@ def kafka_events(env, cfg: RunConfig, stop_at_latest: bool, idleness_ms: int, ui
                    .set_property("partition.discovery.interval.ms", "0" if stop_at_latest else "30000"))
         if stop_at_latest:
             builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
-        strategy = (WatermarkStrategy.for_bounded_out_of_orderness(disorder)
-                    .with_idleness(Duration.of_millis(idleness_ms)))
+        strategy = WatermarkStrategy.for_bounded_out_of_orderness(disorder)
+        if kind != CLOCK_TOPIC:
+            strategy = strategy.with_idleness(Duration.of_millis(idleness_ms))
         stream = (env.from_source(builder.build(), strategy, f"{uid}/Kafka:{kind}").uid(f"{uid}/kafka-{kind}")
                   .map(lambda value, kind=kind: (kind, value), output_type=PICKLED)
                   .name(f"{uid}/Kafka:{kind}/AsElement"))

@@ -44,7 +44,7 @@ from core.lines import read_lines
 from pipelines import run as launcher
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
-from tests.integration.conftest import slow_machine
+from tests.integration.conftest import slow_machine, wait_for
 from tests.integration.test_pipeline_on_runner import _reset_topics
 from tools.same_outputs import folder_fingerprint, run_once
 
@@ -306,3 +306,46 @@ def test_taskmanager_killed_mid_stream_restores_and_loses_nothing(infra, tmp_pat
     assert_same_outputs(out, expected, folders=())
     print(f"TaskManager killed ({found['killed'].strip()}); job {job} restored from checkpoint "
           f"{restored.get('id')} and finished: {len(follows)} follows, {len(alerts)} alert messages")
+
+
+# ---- a streaming job whose Kafka topics all fall quiet ------------------------------------
+
+def _released_windows(out: str) -> set:
+    return {row["window_start"] for row in read_jsonl_folder(os.path.join(out, "privacy_ledger"))}
+
+
+def test_quiet_topics_release_no_hour_early(infra, world, tmp_path):
+    """Every topic read and then quiet for longer than the idleness timeout: the job keeps
+    waiting for the firehose. (Bug found by the benchmark: with every Kafka source idle, the
+    finished build-time sources' final Long.MAX watermark won at the joins, and every
+    scheduled hour was released at once, its later data all late.)"""
+    _load_topics(infra.bootstrap, world)
+    out = str(tmp_path / "quiet")
+    args = [a for a in _kafka_args(infra, world, out, "--checkpointing_interval", "1000")
+            if a != "--flink_kafka_stop_at_latest"]    # unbounded: the job never ends by itself
+    before = {j["jid"] for j in infra.rest("/jobs/overview")["jobs"]}
+    ran = {}
+    thread = threading.Thread(target=lambda: ran.setdefault("status", launcher.run(args, flink_entry=NO_NOISE_ENTRY)),
+                              daemon=True)
+    thread.start()
+    job = None
+    try:
+        def new_job():
+            jobs = [j["jid"] for j in infra.rest("/jobs/overview")["jobs"] if j["jid"] not in before]
+            return jobs[0] if jobs else None
+        job = wait_for(new_job, 120, "the unbounded Flink job to be submitted")
+        # progress: the first hour is released once the firehose's watermark passes it
+        wait_for(lambda: _released_windows(out), 180, "the first hour's release to be committed")
+        # then every topic is quiet: taps and pings go idle after 10 s; watch for three times that
+        deadline = time.monotonic() + 30 + 3 * 10
+        while time.monotonic() < deadline:
+            released = _released_windows(out)
+            # the world's 3 scheduled hours: its last one ends after its last event, so the
+            # firehose's watermark never passes it
+            assert len(released) < 3, f"every scheduled hour was released while the topics were quiet: {released}"
+            time.sleep(1)
+        assert infra.rest(f"/jobs/{job}")["state"] == "RUNNING"
+    finally:
+        if job:
+            infra.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
+        thread.join(slow_machine(60))

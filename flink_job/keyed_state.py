@@ -6,8 +6,8 @@
 In STREAMING mode a value lives in a ``ValueState`` (checkpointed, restored from
 savepoints). In BATCH runtime mode it lives in the worker's memory, keyed by the
 current key: PyFlink 2.2's Python state requests reach BATCH mode's
-one-key-at-a-time state backend out of step with the key switches (see
-``flink_job.ordered._RunBatch``), while a key's elements and then its timers arrive
+one-key-at-a-time state backend out of step with the key switches (a key's timer
+read another key's value, or none), while a key's elements and then its timers arrive
 in order. BATCH mode restarts a failed region from its inputs, so nothing is lost
 by keeping it off the state backend; functions free a key's values once its last
 timer has run, so memory holds little more than the current key.

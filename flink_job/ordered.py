@@ -40,10 +40,11 @@ from typing import Optional
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeExecutionMode
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ValueStateDescriptor
 
 from core.processor import ProcessorProtocol, late_counter_name, late_dead_letter, run_ordered as run_in_order
 from flink_job.counters import FlinkCounter, bind_metrics
+from flink_job.keyed_state import Bound, KeyedValue
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 MAX_TIMESTAMP = 2 ** 63 - 1          # Flink's Long.MAX_VALUE: the end-of-input watermark
@@ -118,36 +119,27 @@ def runtime_is_batch(env) -> bool:
 
 # ---- bounded input ------------------------------------------------------------------------
 
-class _RunBatch(KeyedProcessFunction):
+class _RunBatch(Bound, KeyedProcessFunction):
     """Buffers a key's messages; at end of input runs ``run_batch_timed`` once -> (due_ms, out).
 
-    In BATCH runtime mode the buffer is the worker's memory, not keyed state: PyFlink
-    2.2's Python state requests reach BATCH mode's one-key-at-a-time state backend out
-    of step with the key switches (a key's timer read another key's list, or an empty
-    one), while its data and timers arrive in order: all of a key's elements, then its
-    timer. BATCH mode holds only the current key anyway, and restarts a failed region
-    from its inputs. A bounded input in STREAMING mode (a checkpointed job) buffers in a
-    ListState instead, which works there.
+    In BATCH runtime mode the buffer is the worker's memory, not keyed state
+    (``flink_job.keyed_state.KeyedValue`` says why); a bounded input in STREAMING mode
+    (a checkpointed job) buffers in keyed state, which works there.
     """
 
     def __init__(self, processor: ProcessorProtocol, in_memory: bool):
         self._processor = processor
-        self._in_memory = in_memory
+        self.in_memory = in_memory
 
-    def open(self, runtime_context):
-        self._rc = runtime_context
-        bind_metrics(runtime_context)
-        self._memory = {}
-        self._messages = (None if self._in_memory else
-                          runtime_context.get_list_state(ListStateDescriptor("messages", PICKLED)))
+    def setup(self, runtime_context):
+        self._buffer = KeyedValue(runtime_context, "messages", self.in_memory)
         self._armed_key = None
 
     def process_element(self, value, ctx):
         key = ctx.get_current_key()
-        if self._in_memory:
-            self._memory.setdefault(key, []).append(value[1])
-        else:
-            self._messages.add(value[1])
+        held = self._buffer.get(key, [])
+        held.append(value[1])
+        self._buffer.put(key, held)
         # a key's elements come together: arm its timer once (a repeat registration is
         # deduplicated, and a repeat firing finds nothing left)
         if key != self._armed_key:
@@ -159,11 +151,8 @@ class _RunBatch(KeyedProcessFunction):
         key = ctx.get_current_key()
         if key == self._armed_key:
             self._armed_key = None
-        if self._in_memory:
-            messages = self._memory.pop(key, None)
-        else:
-            messages = list(self._messages.get() or ())
-            self._messages.clear()
+        messages = self._buffer.get(key)
+        self._buffer.clear(key)
         if messages:
             for due, out in self._processor.run_batch_timed(messages):
                 yield _millis(due), out

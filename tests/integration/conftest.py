@@ -93,6 +93,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def topic_rows(topic: str, bootstrap: str) -> list[dict]:
+    """Every committed message of ``topic`` as JSON (``kafka_client`` reads ``read_committed``),
+    up to the topic's end offsets: a transaction left open (the stable offset stuck below the
+    end) is a ``TimeoutError``, never an empty or short read. (A read for a fixed 3 s once
+    returned no follows on a busy CI machine.)"""
+    import kafka_client
+    return [json.loads(value) for value in kafka_client.snapshot_topic(bootstrap, topic, timeout_s=slow_machine(120))]
+
+
 def _run(script: str, timeout: int = 600) -> str:
     out = subprocess.run(["bash", os.path.join(INFRA, script)], capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:

@@ -44,7 +44,7 @@ from core.lines import read_lines
 from pipelines import run as launcher
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
-from tests.integration.conftest import slow_machine, wait_for
+from tests.integration.conftest import slow_machine, topic_rows, wait_for
 from tests.integration.test_pipeline_on_runner import _reset_topics
 from tools.same_outputs import folder_fingerprint, run_once
 
@@ -221,11 +221,6 @@ def _load_topics(bootstrap: str, world: str, disorder_s: float = 0.0, seed: int 
     assert all(counts.get(kind) for kind in ("users", "pings", "taps", "tweets")), counts
 
 
-def _topic_rows(topic: str, bootstrap: str) -> list[dict]:
-    """Every committed message of ``topic`` (``kafka_client`` reads ``read_committed``)."""
-    return [json.loads(value) for _ts, value in kafka_client.consume(topic, bootstrap, None, timeout_s=3)]
-
-
 def _kafka_args(infra, world: str, out: str, *extra: str) -> list[str]:
     return ["--engine", "flink", "--flink_master", infra.flink_master, "--source", "kafka",
             "--flink_kafka_stop_at_latest", "--results_sink", "kafka",
@@ -243,7 +238,7 @@ def test_streaming_from_kafka_equals_batch(infra, world, flink_batch, tmp_path):
     assert (summary["engine"], summary["state"], summary["mode"], summary["source"]) == \
         ("flink", "FINISHED", "streaming", "kafka")
     assert summary["stages"]["read"] == _lines_of(world)
-    follows, alerts = _topic_rows("follows", infra.bootstrap), _topic_rows("alerts", infra.bootstrap)
+    follows, alerts = topic_rows("follows", infra.bootstrap), topic_rows("alerts", infra.bootstrap)
     assert_kafka_results(follows, alerts, flink_batch)
     assert_same_outputs(out, flink_batch, folders=())
 
@@ -292,7 +287,7 @@ def test_taskmanager_killed_mid_stream_restores_and_loses_nothing(infra, tmp_pat
     restored = (infra.rest(f"/jobs/{job}/checkpoints").get("latest") or {}).get("restored")
     assert restored is not None, f"job {job} did not restore from a checkpoint"
 
-    follows, alerts = _topic_rows("follows", infra.bootstrap), _topic_rows("alerts", infra.bootstrap)
+    follows, alerts = topic_rows("follows", infra.bootstrap), topic_rows("alerts", infra.bootstrap)
     # an alert and its retraction share the alert_id (streaming learns of a delete later)
     twice = [key for key, n in collections.Counter((a["alert_id"], is_retraction(Alert(**a))) for a in alerts).items()
              if n > 1]

@@ -40,7 +40,7 @@ import kafka_client
 from pipelines.run import PRISM_NO_SPLIT, add_runner_experiments
 from pipelines.sinks import read_jsonl_folder
 from schemas.records import Alert
-from tests.integration.conftest import slow_machine, wait_for
+from tests.integration.conftest import slow_machine, topic_rows, wait_for
 from core.alerts import apply_retractions
 
 pytestmark = pytest.mark.flink
@@ -187,10 +187,6 @@ def _feed_through_gateway(world: str, bootstrap: str, workdir) -> dict[str, int]
     return produced
 
 
-def _topic_rows(topic: str, bootstrap: str) -> list[dict]:
-    return [json.loads(value) for _ts, value in kafka_client.consume(topic, bootstrap, None, timeout_s=2)]
-
-
 def _kept_alerts(rows: list[dict]) -> list[dict]:
     return [a._asdict() for a in apply_retractions(Alert(**row) for row in rows)]
 
@@ -231,8 +227,8 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
             assert proc.poll() is None, f"pipeline exited with {proc.returncode}:\n{log_tail()}"
             assert prism.state(job) == RUNNING, \
                 f"job {job} is {job_api.JobState.Enum.Name(prism.state(job))}:\n{log_tail()}"
-            follows = _topic_rows("follows", infra.bootstrap)
-            alerts = _topic_rows("alerts", infra.bootstrap)
+            follows = topic_rows("follows", infra.bootstrap)
+            alerts = topic_rows("alerts", infra.bootstrap)
             if len(follows) >= len(expected["follows"]) and len(_kept_alerts(alerts)) >= len(expected["alerts"]):
                 return True
             return False
@@ -244,8 +240,8 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
               120, "the privacy ledger of every hour")
         time.sleep(3)  # anything extra (duplicates, late retractions) would show up now
         assert prism.state(job) == RUNNING, log_tail()
-        follows = _topic_rows("follows", infra.bootstrap)
-        alerts = _topic_rows("alerts", infra.bootstrap)
+        follows = topic_rows("follows", infra.bootstrap)
+        alerts = topic_rows("alerts", infra.bootstrap)
         got = {folder: read_jsonl_folder(os.path.join(out, folder)) for folder in ("deadletter", "privacy_ledger")}
         # released statistics: noisy values, so the keys (hour, cell, metric) are compared
         expected_marketing = _marketing_keys(direct_batch)

@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "hypothesis>=6.100",
+    "prometheus-client>=0.20",    # the reference parser of the Prometheus text format (tests of /metrics)
 ]
 
 setup(

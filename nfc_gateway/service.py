@@ -37,7 +37,9 @@
 * ``GET /healthz`` -- 200 ``{"status": "ok"}`` with the sinks' state, or 503
   ``{"status": "failing"}`` while the tap spool cannot be written (disk full);
   ``GET /metrics`` -- every counter (accepted, duplicates, each rejection reason,
-  firehose progress) as JSON. Neither shows a filesystem path or an exception's text.
+  firehose progress) as JSON, or in Prometheus's text format for Prometheus
+  (``?format=prometheus`` or its ``Accept`` header: :func:`prometheus_text`).
+  Neither shows a filesystem path or an exception's text.
 
 The order of checks is fixed so each answer is specific and cheap requests stay
 cheap: size and type, then JSON and shape, then duplicate (so a retry of an
@@ -664,6 +666,11 @@ class Gateway:
             response.force_close()
         return response
 
+    def _text(self, status: int, text: str, content_type: str) -> web.Response:
+        response = web.Response(status=status, body=text.encode("utf-8"), headers={"Content-Type": content_type})
+        response.headers["Server"] = SERVER_NAME
+        return response
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         connection: _Connection = request.protocol
         deadline = connection.request_started(request)
@@ -688,6 +695,8 @@ class Gateway:
             if method != "GET":
                 return self._method_not_allowed(method, "GET", connection)
             if path == "/metrics":
+                if wants_prometheus_text(request):
+                    return self._text(200, prometheus_text(self.metrics()), PROMETHEUS_TEXT_TYPE)
                 return self._json(200, self.metrics())
             health = await self._loop.run_in_executor(self._pool, self.health)
             return self._json(200 if health["status"] != "failing" else 503, health)
@@ -814,6 +823,51 @@ class Gateway:
         if self.firehose:
             out["firehose"] = self.firehose.status()
         return out
+
+
+PROMETHEUS_TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_PREFIX = "tapfollow_gateway"
+
+
+def wants_prometheus_text(request) -> bool:
+    """``/metrics?format=prometheus``, or an ``Accept`` that asks for Prometheus's text format
+    (Prometheus sends ``application/openmetrics-text…,text/plain;version=0.0.4…``) and not JSON.
+    Anything else, as before, gets the JSON body."""
+    if request.query.get("format") == "prometheus":
+        return True
+    accept = request.headers.get("Accept", "")
+    return ("openmetrics" in accept or "text/plain" in accept) and "application/json" not in accept
+
+
+def prometheus_text(metrics: dict) -> str:
+    """``Gateway.metrics()`` in Prometheus's text exposition format (version 0.0.4).
+
+    Counters: ``rejected_<reason>`` -> ``tapfollow_gateway_rejected_total{reason=…}``, every other
+    counter ``<name>`` -> ``tapfollow_gateway_<name>_total``; the firehose's progress counts ->
+    ``tapfollow_gateway_firehose_<field>_total``; connection and tap-id figures are gauges. Counter
+    names are the gateway's own (``[a-z_]``), so no label value needs escaping."""
+    counters = metrics.get("counters", {})
+    lines = [f"# HELP {PROMETHEUS_PREFIX}_rejected_total Requests and reports refused, by reason",
+             f"# TYPE {PROMETHEUS_PREFIX}_rejected_total counter"]
+    lines += [f'{PROMETHEUS_PREFIX}_rejected_total{{reason="{name[len("rejected_"):]}"}} {value}'
+              for name, value in sorted(counters.items()) if name.startswith("rejected_")]
+    plain = {name: value for name, value in counters.items() if not name.startswith("rejected_")}
+    for name in ("accepted", "duplicates"):
+        plain.setdefault(name, 0)
+    firehose = metrics.get("firehose") or {}
+    for field in ("read", "written", "not_json", "write_retries"):
+        if field in firehose:
+            plain[f"firehose_{field}"] = firehose[field]
+    for name, value in sorted(plain.items()):
+        lines += [f"# TYPE {PROMETHEUS_PREFIX}_{name}_total counter", f"{PROMETHEUS_PREFIX}_{name}_total {value}"]
+    gauges = {name: metrics[name] for name in ("tap_ids_known", "open_connections", "clients_connected")
+              if name in metrics}
+    if firehose:
+        gauges["firehose_done"] = int(bool(firehose.get("done")))
+        gauges["firehose_failed"] = int(bool(firehose.get("error")))
+    for name, value in sorted(gauges.items()):
+        lines += [f"# TYPE {PROMETHEUS_PREFIX}_{name} gauge", f"{PROMETHEUS_PREFIX}_{name} {value}"]
+    return "\n".join(lines) + "\n"
 
 
 def run_gateway(config: GatewayConfig) -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop everything infra/up.sh started (Flink, expansion service, Java worker pool,
-# Kafka) and check that no process of ours is left. Data under infra/.cache/data is kept
+# Kafka, Prometheus) and check that no process of ours is left. Data under infra/.cache/data is kept
 # (infra/kafka.sh reset / rm -rf infra/.cache/data for a clean slate).
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,6 +10,7 @@ bash "$HERE/flink.sh" stop
 bash "$HERE/prism.sh" stop
 bash "$HERE/xlang.sh" stop
 bash "$HERE/kafka.sh" stop
+bash "$HERE/prometheus.sh" stop
 left=0
 for f in "$RUN_DIR"/*.pid; do
   [[ -e "$f" ]] || continue
@@ -17,7 +18,7 @@ for f in "$RUN_DIR"/*.pid; do
 done
 # processes of this instance started from this cache dir without a pid file (e.g. a crashed
 # script) (only JVMs and prism: a `tail -f infra/.cache/logs/...` is not a stray)
-strays="$(instance_pids "^[^ ]*java .*$INFRA_CACHE/|^$PRISM_BIN( |\$)" | tr '\n' ' ')"
+strays="$(instance_pids "^[^ ]*java .*$INFRA_CACHE/|^$PRISM_BIN( |\$)|^prometheus --config.file=" | tr '\n' ' ')"
 if [[ -n "$strays" ]]; then echo "stray processes using $INFRA_CACHE: $strays"; left=1; fi
 # PyFlink Python workers outlive a TaskManager that died without stopping them
 workers="$(pyflink_worker_pids | tr '\n' ' ')"

@@ -58,3 +58,18 @@ PRISM_WEB_PORT="${PRISM_WEB_PORT:-8074}"
 FLINK_JOB_SERVER_JAR="$INFRA_CACHE/jars/beam-runners-flink-$FLINK_MAJOR_MINOR-job-server-$BEAM_VERSION.jar"
 
 JAVA="${JAVA:-java}"
+
+# Prometheus (Debian's package; infra/prometheus.sh): its port, and the targets it scrapes.
+# Flink's Prometheus reporter listens on FLINK_PROM_JM_PORT (JobManager) and the first free
+# port of FLINK_PROM_TM_PORTS (TaskManagers); both follow FLINK_REST_PORT, so a second
+# instance with its own REST port gets its own metric ports (8081 -> 9249, 9250-9253).
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
+FLINK_PROM_JM_PORT="${FLINK_PROM_JM_PORT:-$(( FLINK_REST_PORT + 1168 ))}"
+FLINK_PROM_TM_PORTS="${FLINK_PROM_TM_PORTS:-$(( FLINK_PROM_JM_PORT + 1 ))-$(( FLINK_PROM_JM_PORT + 4 ))}"
+GATEWAY_PORT="${GATEWAY_PORT:-8080}"                  # nfc_gateway serve --port
+FIREHOSE_METRICS_PORT="${FIREHOSE_METRICS_PORT:-8082}" # the firehose client's /metrics
+PORTAL_PORT="${PORTAL_PORT:-8000}"                    # python -m portal's /metrics
+# Rule evaluation: how often, and how long a condition must hold before its alert fires
+# (tests shorten both).
+PROMETHEUS_EVAL_INTERVAL="${PROMETHEUS_EVAL_INTERVAL:-15s}"
+PROMETHEUS_ALERT_FOR="${PROMETHEUS_ALERT_FOR:-2m}"

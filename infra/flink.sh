@@ -96,6 +96,10 @@ execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATIO
 restart-strategy.type: fixed-delay
 restart-strategy.fixed-delay.attempts: 20
 restart-strategy.fixed-delay.delay: 2s
+# Prometheus reporter (plugins/metrics-prometheus): each JVM serves /metrics; the port is set per
+# process at start (spawn: JobManager $FLINK_PROM_JM_PORT, TaskManagers $FLINK_PROM_TM_PORTS)
+metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory
+metrics.reporter.prom.port: $FLINK_PROM_TM_PORTS
 EOF
   for f in log4j.properties log4j-console.properties log4j-cli.properties logback.xml logback-console.xml; do
     [[ -f "$FLINK_HOME/conf/$f" ]] && cp "$FLINK_HOME/conf/$f" "$FLINK_CONF_DIR/$f"
@@ -110,13 +114,13 @@ tm_registered() { [[ "$(tm_count)" -ge 1 ]]; }
 
 # Run a Flink daemon in the foreground under nohup so that $! is the JVM itself
 # (flink-console.sh execs java), and we own the pid file.
-spawn() {  # spawn NAME PIDFILE SCRIPT
-  local name="$1" pidf="$2" script="$3"
+spawn() {  # spawn NAME PIDFILE SCRIPT [-D key=value ...]
+  local name="$1" pidf="$2" script="$3"; shift 3
   # from the instance's own work dir: a PyFlink worker has its TaskManager's working directory
   # on sys.path ahead of the job's -pyfs files, so a TaskManager started inside a checkout ran
   # that checkout's flink_job/ instead of the submitted one
   pushd "$FLINK_WORK_DIR" >/dev/null
-  nohup "$FLINK_HOME/bin/$script" start-foreground >"$FLINK_LOG_DIR/$name.out" 2>&1 </dev/null &
+  nohup "$FLINK_HOME/bin/$script" start-foreground "$@" >"$FLINK_LOG_DIR/$name.out" 2>&1 </dev/null &
   echo $! >"$pidf"
   popd >/dev/null
 }
@@ -124,7 +128,7 @@ spawn() {  # spawn NAME PIDFILE SCRIPT
 start_jm() {
   if pid_alive "$JM_PID"; then echo "flink: jobmanager already running (pid $(cat "$JM_PID"))"; return 0; fi
   port_open 127.0.0.1 "$FLINK_REST_PORT" && die "port $FLINK_REST_PORT busy but no jobmanager pid file; refusing to start"
-  spawn jobmanager "$JM_PID" jobmanager.sh
+  spawn jobmanager "$JM_PID" jobmanager.sh -D "metrics.reporter.prom.port=$FLINK_PROM_JM_PORT"
   wait_for 90 rest_ok || { tail -30 "$FLINK_LOG_DIR/jobmanager.out" >&2; die "jobmanager REST did not come up within 90 s"; }
   echo "flink: jobmanager running (pid $(cat "$JM_PID"))"
 }

@@ -154,6 +154,32 @@ else
   fi
 fi
 
+# ---------------------------------------------------------- Prometheus ----
+# Debian's package (the server and promtool); infra/prometheus.sh runs it per instance with
+# a generated config. The package's own service (port 9090) is never used: stopped if the
+# install started it.
+if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+  say "Prometheus: already at $(command -v prometheus) ($(prometheus --version 2>&1 | head -1))"
+else
+  say "Prometheus: apt-get install -y prometheus"
+  # another apt run (a second checkout's install) may hold dpkg's lock: wait for it
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+    prometheus >/dev/null
+  if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+fi
+
+# Flink's Prometheus metrics reporter, a plugin (its own class loader) in plugins/: the wheel
+# ships it; fetched from Maven Central at Flink's version when it does not.
+prom_plugin="$FLINK_HOME/plugins/metrics-prometheus/flink-metrics-prometheus-$FLINK_VERSION.jar"
+if [[ "$FORCE" == 1 || ! -f "$prom_plugin" ]]; then
+  say "Flink Prometheus reporter: org.apache.flink:flink-metrics-prometheus:$FLINK_VERSION -> $(dirname "$prom_plugin")"
+  $MVN org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+    -Dartifact="org.apache.flink:flink-metrics-prometheus:$FLINK_VERSION" -DoutputDirectory="$(dirname "$prom_plugin")"
+else
+  say "Flink Prometheus reporter: already at $prom_plugin"
+fi
+
 # --------------------------------------------------------------- Prism ----
 # Beam's portable local runner (Go). apache_beam would download a release binary from
 # GitHub (unreachable here); we build the same command from the Go module proxy.

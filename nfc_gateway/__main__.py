@@ -4,6 +4,7 @@
 * ``serve``  -- the gateway: tap reports over HTTP and the firehose in, Kafka
   topics or the contract's JSONL files out.
 * ``keygen`` -- a new Ed25519 key for a user (private key file + users.jsonl line).
+* ``login``  -- the phone signs the portal's sign-in challenge and prints the sign-in link.
 
 Exit status 0 on success; 2 with a one-line reason on stderr for a bad argument,
 an unreadable key store, or an invalid configuration.
@@ -129,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--user-id", required=True)
     keygen.add_argument("--key-out", required=True, help="private key file to create (mode 0600; never overwritten)")
     keygen.add_argument("--users-out", help="append the user's users.jsonl line here")
+
+    login = sub.add_parser("login", help="sign the portal's challenge with this phone's key; print the sign-in link")
+    login.add_argument("--portal", required=True, help="the portal's base URL, e.g. http://127.0.0.1:8088")
+    login.add_argument("--user-id", required=True, help="this phone's user (Twitter id_str)")
+    login.add_argument("--key", required=True, help="file with base64 of this user's 32-byte Ed25519 seed")
     return parser
 
 
@@ -143,6 +149,8 @@ def main(argv=None) -> int:
             return _serve(args)
         if args.command == "keygen":
             return _keygen(args)
+        if args.command == "login":
+            return _login(args)
     except ConfigError as exc:
         print(f"nfc_gateway {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -217,6 +225,20 @@ def _keygen(args) -> int:
         with open(args.users_out, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
     print(line)
+    return 0
+
+
+def _login(args) -> int:
+    from nfc_gateway.agent import portal_signin_link
+    from nfc_gateway.keys import KeyStoreError, load_private_key
+    from schemas.signin import SigninUnavailable
+
+    if not args.user_id.isdigit():
+        raise ConfigError(f"--user-id {args.user_id!r} is not a Twitter id_str")
+    try:
+        print(portal_signin_link(args.portal, args.user_id, load_private_key(args.key)))
+    except (KeyStoreError, SigninUnavailable) as exc:
+        raise ConfigError(str(exc)) from None
     return 0
 
 

@@ -335,3 +335,9 @@ class TapAgent:
             return
         for report in self.outbox.pending():
             self._deliver(report)
+
+
+def portal_signin_link(portal_base: str, user_id: str, private_key) -> str:
+    """Sign the portal's single-use challenge with this phone's key (``schemas.signin``); the link to open."""
+    from schemas.signin import fetch_signin_link
+    return fetch_signin_link(portal_base, "subscriber", user_id, private_key)

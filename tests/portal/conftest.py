@@ -1,0 +1,73 @@
+"""Fixtures of the portal's tests: the hand-made run, a real portal server (uvicorn, a free
+port, a subprocess), and a sign-in helper that does what the phone does."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from schemas.signin import fetch_signin_link
+from tests.portal import world
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class PortalServer:
+    def __init__(self, proc, url, root):
+        self.proc, self.url, self.root = proc, url.rstrip("/"), root
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, follow_redirects=False, timeout=30.0)
+
+    def signin_link(self, account: str, role: str = "subscriber") -> str:
+        return fetch_signin_link(self.url, role, account, world.key(account))
+
+    def sign_in(self, account: str, role: str = "subscriber", client: httpx.Client | None = None) -> httpx.Client:
+        """A client holding a session, signed in the way a browser does: the link, then its form."""
+        client = client or self.client()
+        page = client.get(self.signin_link(account, role).replace(self.url, ""))
+        assert page.status_code == 200, page.text
+        form = form_fields(page.text)
+        reply = client.post("/auth/signin", data=form)
+        assert reply.status_code == 303, reply.text
+        return client
+
+
+def form_fields(html: str) -> dict[str, str]:
+    import re
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
+
+
+def start_portal(root: str, output: str, world_dir: str | None, *extra: str) -> PortalServer:
+    args = [sys.executable, "-m", "portal", "serve", "--output", output, "--port", "0",
+            "--marketers", os.path.join(root, "marketers.json"), "--registry-out", os.path.join(root, "registry.jsonl"),
+            *extra]
+    if world_dir:
+        args += ["--input", world_dir]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=open(os.path.join(root, "portal.log"), "w"),
+                            text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"portal exited: {open(os.path.join(root, 'portal.log')).read()[-2000:]}")
+        event = json.loads(line)
+        if event.get("event") == "serving":
+            return PortalServer(proc, event["url"], root)
+    proc.kill()
+    raise TimeoutError("the portal did not start in 120 s")
+
+
+@pytest.fixture(scope="session")
+def portal(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("portal"))
+    world_dir, out = world.build(root)
+    server = start_portal(root, out, world_dir)
+    yield server
+    server.proc.terminate()
+    server.proc.wait(30)

@@ -21,11 +21,24 @@ INSTALL_REQUIRES = [
     "aiohttp>=3.10,<4",           # the gateway's asyncio HTTP server (and the planned portal and firehose client)
 ]
 
+# The portal (python -m portal): ASGI stack, server-side templates, the embedded store, metrics.
+PORTAL_REQUIRES = [
+    "starlette>=0.40,<2",
+    "uvicorn>=0.30,<1",
+    "jinja2>=3.1,<4",
+    "python-multipart>=0.0.9",    # Starlette's form parsing
+    "duckdb>=1.1,<3",
+    "prometheus-client>=0.20",
+]
+
+# `make test` and `make run` install these (the portal's too: `make run` points at it).
 TEST_REQUIRES = [
     "pytest>=8",
     "hypothesis>=6.100",
     "prometheus-client>=0.20",    # the reference parser of the Prometheus text format (tests of /metrics)
-]
+    "httpx>=0.27,<1",             # the portal's HTTP-level tests
+    "selenium>=4.20,<5",          # the portal's browser tests (Debian's chromium + chromedriver: infra/browser.sh)
+] + PORTAL_REQUIRES
 
 setup(
     name="tapfollow",
@@ -37,8 +50,10 @@ setup(
     ),
     python_requires=">=3.11",
     packages=find_packages(
-        include=["schemas*", "core*", "kafka_client*", "transforms*", "pipelines*", "nfc_gateway*", "synthetic*"]
+        include=["schemas*", "core*", "kafka_client*", "transforms*", "pipelines*", "nfc_gateway*", "synthetic*",
+                 "portal*"]
     ),
+    package_data={"portal": ["templates/*.html"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "portal": PORTAL_REQUIRES},
 )

@@ -18,8 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class PortalServer:
-    def __init__(self, proc, url, root):
+    def __init__(self, proc, url, root, loaded: dict):
         self.proc, self.url, self.root = proc, url.rstrip("/"), root
+        self.loaded = loaded          # the "loaded" event: counts, refusals, the registry signing key
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, follow_redirects=False, timeout=30.0)
@@ -51,14 +52,16 @@ def start_portal(root: str, output: str, world_dir: str | None, *extra: str) -> 
         args += ["--input", world_dir]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=open(os.path.join(root, "portal.log"), "w"),
                             text=True)
-    deadline = time.monotonic() + 120
+    deadline, loaded = time.monotonic() + 120, {}
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"portal exited: {open(os.path.join(root, 'portal.log')).read()[-2000:]}")
         event = json.loads(line)
+        if event.get("event") == "loaded":
+            loaded = event
         if event.get("event") == "serving":
-            return PortalServer(proc, event["url"], root)
+            return PortalServer(proc, event["url"], root, loaded)
     proc.kill()
     raise TimeoutError("the portal did not start in 120 s")
 

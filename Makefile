@@ -18,10 +18,15 @@ install: $(STAMP)
 # The main job: DirectRunner on the embedded synthetic world; pass more with ARGS="…".
 run: $(STAMP)
 	$(BIN)/python -m pipelines.run $(ARGS)
+	@echo
+	@echo "Open the portal over these outputs (OUT: the run's --output, default out; subscribers' pages need the world's users and pings: --input WORLD):"
+	@echo "  $(BIN)/python -m portal serve --output $(or $(patsubst --output=%,%,$(filter --output=%,$(ARGS))),OUT) [--input WORLD] --port 8088"
+	@echo "  then http://127.0.0.1:8088/  (marketers: $(BIN)/python -m portal marketer-key --help; phones: $(BIN)/python -m nfc_gateway login --help)"
 
 # The whole suite, including the Flink + Kafka integration tests (infra installs its own parts).
 test: $(STAMP)
 	bash infra/install.sh
+	bash infra/browser.sh
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 # Unit and DirectRunner tests only (no cluster).

@@ -19,8 +19,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m pipelines.run $(ARGS)
 	@echo
-	@echo "Open the portal over these outputs (OUT: the run's --output, default out; subscribers' pages need the world's users and pings: --input WORLD):"
-	@echo "  $(BIN)/python -m portal serve --output $(or $(patsubst --output=%,%,$(filter --output=%,$(ARGS))),OUT) [--input WORLD] --port 8088"
+	@echo "Open the portal over these outputs (subscribers' pages need the world's users and pings: --input WORLD):"
+	@echo "  $(BIN)/python -m portal serve --output $(or $(patsubst --output=%,%,$(filter --output=%,$(ARGS))),out) [--input WORLD] --port 8088"
 	@echo "  then http://127.0.0.1:8088/  (marketers: $(BIN)/python -m portal marketer-key --help; phones: $(BIN)/python -m nfc_gateway login --help)"
 
 # The whole suite, including the Flink + Kafka integration tests (infra installs its own parts).

@@ -17,7 +17,8 @@ from collections import defaultdict
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("schemas", "core", "transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic", "flink_job")
+PACKAGES = ("schemas", "core", "transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic", "flink_job",
+            "portal")
 ENGINES = ("apache_beam", "pyflink")
 
 # What a folder must never import, anywhere in its modules (lazy imports included).
@@ -25,7 +26,9 @@ FORBIDDEN = {
     "schemas": ENGINES + ("core", "transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic"),
     "core": ENGINES + ("transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic"),
     "kafka_client": ENGINES + ("transforms", "pipelines", "nfc_gateway", "synthetic"),
-    "nfc_gateway": ENGINES + ("transforms", "pipelines"),
+    "nfc_gateway": ENGINES + ("transforms", "pipelines", "portal"),
+    # the portal: a service over the outputs, with the core, schemas and the Kafka client only
+    "portal": ENGINES + ("transforms", "pipelines", "nfc_gateway", "synthetic", "flink_job"),
     # the Flink host: runs in the PyFlink venv (its Beam is 2.61), with the core and schemas only
     "flink_job": ("apache_beam", "transforms", "pipelines", "kafka_client", "nfc_gateway", "synthetic"),
 }

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 
 import apache_beam as beam
@@ -36,7 +37,7 @@ from transforms.follows import ResolveMutualFollows
 from transforms.parse_inputs import ParseInputs
 from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry
 
-OUTPUT_FOLDERS = ("follows", "alerts", "marketing", "deadletter", "privacy_ledger")
+OUTPUT_FOLDERS = ("follows", "alerts", "timeline", "marketing", "deadletter", "privacy_ledger")
 
 
 def config_from(options: PipelineOptions) -> RunConfig:
@@ -119,6 +120,9 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
     else:
         follows | "WriteFollows" >> sinks.WriteJsonl(out("follows"), cfg.streaming)
         alerts | "WriteAlerts" >> sinks.WriteJsonl(out("alerts"), cfg.streaming)
+    # The local timeline (the portal's "near you") goes to its folder in every mode: no topic.
+    (alert_out["timeline"] | "CountTimeline" >> sinks.CountEmitted("timeline")
+     | "WriteTimeline" >> sinks.WriteJsonl(out("timeline"), cfg.streaming))
 
     (dp_out["statistics"] | "CountStatistics" >> sinks.CountEmitted("statistics")
      | "WriteMarketing" >> sinks.WriteMarketingParquet(out("marketing"), cfg.streaming))
@@ -178,15 +182,27 @@ def ensure_default_world(options: PipelineOptions) -> None:
     project.input = world_dir
 
 
-def watch_job(result, retry_s: float = 5.0, sleep=time.sleep) -> None:
-    """Wait until the job ends, for as long as it runs.
+def watch_job(result, retry_s: float = 5.0, sleep=time.sleep, stream_deadline_s: float | None = None) -> None:
+    """Wait until the job ends, for as long as it runs; a failed job raises.
 
-    A portable runner's state stream can drop while a streaming job runs on (seen on
-    Prism after about 5 minutes: grpc DEADLINE_EXCEEDED "Stream removed" out of
-    ``wait_until_finish``): then the job's state is asked, and while it is not terminal
-    the launcher waits again instead of dying with a traceback. Cancelling is how an
-    unbounded job ends (Prism and Flink report it as a failed wait): that is said, and
-    the summary of what the job did is written. A job that failed raises."""
+    A portable runner's job (Prism; Flink through Beam's job server) is followed on the job
+    service's state stream, re-attached whenever it drops: seen on Prism after about 5
+    minutes of a streaming job, grpc DEADLINE_EXCEEDED "Stream removed". Beam's own
+    ``wait_until_finish`` is not used there: when its stream drops it raises *and* stops the
+    LOOPBACK worker pool of this process (its cleanup), so the job would run on without
+    workers. ``stream_deadline_s`` gives each attached stream a deadline (tests: a short one
+    makes the stream drop for real); after a drop, while the job is not terminal, the launcher
+    says so with the job id and watches again. Other runners' results are waited on with
+    ``wait_until_finish``, and a failed wait is retried the same way while the job runs.
+    Cancelling is how an unbounded job ends: that is said, and the summary still written."""
+    from apache_beam.runners.portability.portable_runner import PipelineResult as PortableResult
+    if isinstance(result, PortableResult):
+        state = _follow_portable_job(result, retry_s, sleep, stream_deadline_s)
+        if state == PipelineState.FAILED:
+            raise RuntimeError(f"the job {result._job_id} failed: {result._last_error_message()}")
+        if state == PipelineState.CANCELLED:
+            print("pipelines.run: the job was cancelled", file=sys.stderr)
+        return
     lost = 0
     while True:
         try:
@@ -203,9 +219,58 @@ def watch_job(result, retry_s: float = 5.0, sleep=time.sleep) -> None:
             if state in (PipelineState.UNKNOWN, PipelineState.UNRECOGNIZED) or PipelineState.is_terminal(state):
                 raise
             lost += 1
-            print(f"pipelines.run: lost the job's state stream ({lost}x); the job is {state}, "
-                  f"watching again", file=sys.stderr)
+            _say_lost(lost, "", state)
             sleep(retry_s)
+
+
+def _say_lost(lost: int, job: str, state) -> None:
+    print(f"pipelines.run: lost the job's state stream ({lost}x); the job{job} is {state}, "
+          f"watching again", file=sys.stderr)
+
+
+def _follow_portable_job(result, retry_s: float, sleep, stream_deadline_s: float | None):
+    """The terminal state of a portable job, followed on (re-attached) state streams; the
+    LOOPBACK workers of this process are stopped once the job has ended."""
+    from apache_beam.portability.api import beam_job_api_pb2
+    from apache_beam.runners.portability.portable_runner import TERMINAL_STATES
+    request = beam_job_api_pb2.GetJobStateRequest(job_id=result._job_id)
+    # the stream the submission opened, first (unless every stream is to have a deadline)
+    stream = (result._state_stream if stream_deadline_s is None
+              else result._job_service.GetStateStream(request, timeout=stream_deadline_s))
+    lost = 0
+
+    def keep_messages():   # the job's messages, for the error of a failed job (as Beam keeps them)
+        try:
+            for message in result._message_stream:
+                result._messages.append(message)
+        except Exception:  # noqa: BLE001 -- the stream ended or dropped: the state stream decides
+            pass
+    threading.Thread(target=keep_messages, name="job-messages", daemon=True).start()
+    try:
+        while True:
+            try:
+                for response in stream:
+                    result._state = result.runner_api_state_to_pipeline_state(response.state)
+                    if response.state in TERMINAL_STATES:
+                        return result._state
+            except Exception as exc:  # noqa: BLE001 -- grpc's stream errors; the job's own state decides
+                dropped = exc
+            else:
+                dropped = None   # the service closed the stream without a final state
+            try:
+                state = result.state                 # one GetState call
+            except Exception:  # noqa: BLE001 -- no job service left: nothing more to follow
+                if dropped is not None:
+                    raise dropped
+                raise
+            if PipelineState.is_terminal(state):
+                return state
+            lost += 1
+            _say_lost(lost, f" {result._job_id}", state)
+            sleep(retry_s)
+            stream = result._job_service.GetStateStream(request, timeout=stream_deadline_s)
+    finally:
+        result._cleanup()
 
 
 def run(argv=None, flink_entry: str | None = None) -> int:

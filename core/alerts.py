@@ -29,17 +29,23 @@ The rules (each has a test in ``tests/test_alerts.py``):
   ``reason`` = ``nearby|friend:<kind>:<rule name or #hashtag>``; ``ts`` = the
   tweet's time; ``distance_m`` rounded to 0.1 m.
 
-**Deleted tweets.** A deleted tweet never alerts. In batch (bounded input) the
-deletions are all known, so a deleted tweet's alerts are never written. In
-streaming an alert is written when the watermark passes the tweet's time; a
-deletion arriving later (up to ``retract_horizon_s`` after the alert) writes,
-for each alert already written, a **retraction**: an ``Alert`` with the same
-``alert_id``, ``user_id``, ``tweet_id`` and ``distance_m``, ``ts`` = the
-deletion's time and ``reason`` = ``retract:`` + the original reason. A consumer
-keyed on ``alert_id`` withdraws (or never shows) the alert; applying the
-retractions to a streaming run's output gives exactly the batch run's output.
-An alert to a deleted tweet still took its user's happening and hourly slot
-(a streaming consumer has already shown it; batch mirrors that so both agree).
+**Compliance: deleted, edited, withheld, scrubbed tweets; protected, suspended,
+deleted users.** A tweet a compliance message covers never alerts
+(``core.compliance``: what each message covers, and the two gates every alert and
+timeline entry passes). In batch (bounded input) the messages are all known, so such a
+tweet's alerts are never written. In streaming an alert is written when the watermark
+passes the tweet's time; a message arriving later (up to ``retract_horizon_s`` after
+the alert) writes, for each alert already written, a **retraction**: an ``Alert`` with
+the same ``alert_id``, ``user_id``, ``tweet_id`` and ``distance_m``, ``ts`` = the
+message's time and ``reason`` = ``retract:`` + the original reason. A consumer keyed on
+``alert_id`` withdraws (or never shows) the alert; applying the retractions to a
+streaming run's output gives exactly the batch run's output. An alert to a covered
+tweet still took its user's happening and hourly slot (a streaming consumer has already
+shown it; batch mirrors that so both agree).
+
+**The local timeline** (``core.timeline``) is found beside the alerts from the same
+tweets and happenings and passes the same gates: ``fan_out_over`` returns it as
+``timeline``.
 
 **Batch and streaming agree** because every stateful step is an *ordered
 processor* (``core.processor``, below): per key, it sees its messages in a total
@@ -71,13 +77,18 @@ The steps (each labelled, each ordered step a processor run by ``Ops.run_ordered
     reports ------> cell ------+-> NearbyCandidates[cell] -------+
     happenings -> author ------+-> FriendCandidates[user] -------+-> DecidePerUser[user]
     follows ---> both users ---+     users, reports -> user -----+         |
-                                           deletes -> tweet id -> ApplyDeletes[tweet] -> alerts
+    tweets, happenings -> JoinHappenings[tweet] -> timeline entries --+    |
+    compliance -> ApplyUserCompliance[author] <- alerts, entries -----+----+
+               -> ApplyTweetCompliance[tweet] -> alerts, timeline
 
 Counters (namespace ``tapfollow``): ``alerts_tweet_<verdict>``,
 ``alerts_tweet_copy_collapsed``, ``alerts_location_ping_inaccurate``,
 ``alerts_location_tweet_not_precise``, ``alerts_decided``,
 ``alerts_capped_per_hour``, ``alerts_emitted``, ``alerts_retracted``,
-``alerts_suppressed_deleted``, ``alerts_late_<step>``.
+``alerts_suppressed_deleted`` (by any compliance message), ``timeline_emitted``,
+``timeline_retracted``, ``timeline_suppressed``, ``compliance_<kind>`` (each message
+used, per kind), ``compliance_withheld_elsewhere``, ``compliance_outputs_taken`` /
+``_suppressed`` (by the user gate), ``alerts_late_<step>``.
 """
 from __future__ import annotations
 
@@ -87,13 +98,17 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
 from core import geo
+from core.compliance import (RETRACT_PREFIX, AlertMsg, ApplyTweetCompliance, DeleteMsg, Shown,  # noqa: F401
+                             apply_compliance_over, apply_retractions, check_country, is_retraction)
 from core.happenings import Happening, RuleSet, find_happenings_over, rule_set
 from core.locations import LocationReport, newer
 from core.ops import LocalOps, Ops
 from core.processor import Processor, run_ordered_timed
-from schemas.records import Alert, Follow, Tweet, TweetDelete, User
+from core.timeline import timeline_over
+from schemas.records import Alert, ComplianceEvent, Follow, TimelineEntry, Tweet, User
 
-RETRACT_PREFIX = "retract:"
+# The tweet gate's old name (it took back deleted tweets only): the Flink host's tests use it.
+ApplyDeletes = ApplyTweetCompliance
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,8 @@ class AlertParams:
     stream_tick_s: float = 1.0                # streaming: event-time granularity of decisions
     allowed_lateness_s: float = 3600.0        # streaming: data this far behind the watermark -> dead letters
     rules_path: str = ""                      # JSON rule set; empty = core.happenings.DEFAULT_RULES
+    service_country: str = "JP"               # tweets/users withheld here are never alerted or shown
+    timeline_h3_res: int = 8                  # cell of a timeline entry (core.config: = DpParams.h3_res)
 
     def __post_init__(self):
         for name in ("location_stale_s", "max_accuracy_m", "burst_radius_m", "radius_concert_m", "radius_sale_m",
@@ -137,7 +154,8 @@ class AlertParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name in ("burst_h3_res", "happening_h3_res", "index_h3_res"):
+        check_country(self.service_country)
+        for name in ("burst_h3_res", "happening_h3_res", "index_h3_res", "timeline_h3_res"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 15:
                 raise ValueError(f"{name} must be an H3 resolution 0..15, got {value!r}")
@@ -156,17 +174,6 @@ class AlertParams:
 
 def alert_id(user_id: str, key: str, tweet_id: str) -> str:
     return hashlib.sha256(f"{user_id}|{key}|{tweet_id}".encode("utf-8")).hexdigest()[:32]
-
-
-def is_retraction(alert: Alert) -> bool:
-    return alert.reason.startswith(RETRACT_PREFIX)
-
-
-def apply_retractions(alerts: Iterable[Alert]) -> list[Alert]:
-    """What a consumer keeps: every alert whose alert_id was never retracted."""
-    alerts = list(alerts)
-    retracted = {a.alert_id for a in alerts if is_retraction(a)}
-    return [a for a in alerts if not is_retraction(a) and a.alert_id not in retracted]
 
 
 # ---- messages and processors of the fan-out -------------------------------------------
@@ -196,14 +203,6 @@ class FollowEdge(NamedTuple):
     friend_id: str
     established_at: float
     known_at: float
-
-
-class DeleteMsg(NamedTuple):
-    delete: TweetDelete
-
-
-class AlertMsg(NamedTuple):
-    alert: Alert
 
 
 class CellIndex(Processor):
@@ -347,8 +346,9 @@ class DecideForUser(Processor):
         state["keys"][h.key] = h.ts
         state["tweets"][h.tweet_id] = h.ts
         reason = f"{'friend' if friend else 'nearby'}:{h.kind}:{h.label}"
-        return state, [("alert", Alert(alert_id(here.user_id, h.key, h.tweet_id), here.user_id, h.tweet_id,
-                                      h.ts, round(distance, 1), reason))]
+        alert = Alert(alert_id(here.user_id, h.key, h.tweet_id), here.user_id, h.tweet_id, h.ts,
+                      round(distance, 1), reason)
+        return state, [("alert", Shown(alert, h.author_id))]
 
     def run_batch_timed(self, messages):
         """Bounded input: a user no happening asked about has nothing to decide (most users)."""
@@ -374,49 +374,6 @@ class DecideForUser(Processor):
         if state["latest"] is not None:
             times.append(state["latest"].ts + self.stale_s + 1e-3)
         return max(times) if times else None
-
-
-class ApplyDeletes(Processor):
-    """Keyed by tweet id: drops a deleted tweet's alerts, or retracts them once written."""
-    name = "deletes"
-
-    def __init__(self, horizon_s: float):
-        self.horizon_s = horizon_s
-
-    @staticmethod
-    def sort_key(msg):
-        if isinstance(msg, DeleteMsg):
-            return (msg.delete.ts, 0, "")
-        return (msg.alert.ts, 1, msg.alert.alert_id)
-
-    def initial_state(self):
-        return {"deleted": None, "written": []}
-
-    def process(self, state, msg):
-        if isinstance(msg, DeleteMsg):
-            if state["deleted"] is not None:
-                return state, []
-            state["deleted"] = msg.delete.ts
-            retractions = [a._replace(ts=msg.delete.ts, reason=RETRACT_PREFIX + a.reason) for a in state["written"]]
-            state["written"] = []
-            return state, [("retracted", a) for a in retractions]
-        if state["deleted"] is not None:
-            return state, [("suppressed", msg.alert)]
-        state["written"].append(msg.alert)
-        return state, [("alert", msg.alert)]
-
-    def run_batch_timed(self, messages):
-        """Bounded input: every deletion is known, so a deleted tweet alerts no one at all."""
-        alerts = sorted((m.alert for m in messages if isinstance(m, AlertMsg)), key=lambda a: (a.ts, a.alert_id))
-        tag = "suppressed" if any(isinstance(m, DeleteMsg) for m in messages) else "alert"
-        return [(a.ts, (tag, a)) for a in alerts]
-
-    def expire(self, state, now):
-        last = max([a.ts for a in state["written"]] + [state["deleted"] or -math.inf])
-        return None if now - last >= self.horizon_s else state
-
-    def gc_time(self, state):
-        return max([a.ts for a in state["written"]] + [state["deleted"] or -math.inf]) + self.horizon_s
 
 
 # ---- pure message builders of the fan-out ----------------------
@@ -451,9 +408,10 @@ def _counting_split(ops: Ops, tag_counters: dict):
 # ---- the one wiring of the fan-out ------------------------------------------------------
 
 def fan_out_over(ops: Ops, inputs: dict, params: AlertParams) -> dict:
-    """{'tweets','deletes','reports','follows','users'} -> {'alerts','dead_letters'}, on any engine.
+    """{'tweets','deletes','reports','follows','users'} -> {'alerts','timeline','dead_letters'}, on any engine.
 
-    ``reports`` are the accepted location reports (``core.locations``).
+    ``reports`` are the accepted location reports (``core.locations``); ``deletes`` every
+    compliance message (``ComplianceEvent``: the input kept its first kind's name).
     """
     res = params.index_h3_res
 
@@ -487,24 +445,49 @@ def fan_out_over(ops: Ops, inputs: dict, params: AlertParams) -> dict:
     ], "UserMessages")
     decided = ordered(user_msgs, DecideForUser(params), "DecidePerUser")
     alerts = ops.flat_map(decided["out"], _counting_split(
-        ops, {"alert": "alerts_decided", "capped": "alerts_capped_per_hour"}), "CountDecisions", output_type=Alert)
+        ops, {"alert": "alerts_decided", "capped": "alerts_capped_per_hour"}), "CountDecisions")
+    # alerts : Shown(Alert, author id), at the tweet's event time
+    timeline = timeline_over(ops, inputs["tweets"], happenings, params, ordered)
+    # timeline['out'] : Shown(TimelineEntry, author id), at the tweet's event time
 
-    delete_msgs = ops.flatten([
-        ops.map(alerts, lambda a: (a.tweet_id, AlertMsg(a)), "KeyAlertsByTweet"),
-        ops.map(inputs["deletes"], lambda d: (d.tweet_id, DeleteMsg(d)), "KeyDeletesByTweet"),
-    ], "DeleteMessages")
-    final = ordered(delete_msgs, ApplyDeletes(params.retract_horizon_s), "ApplyDeletes")
-    out = ops.flat_map(final["out"], _counting_split(
-        ops, {"alert": "alerts_emitted", "retracted": "alerts_retracted", "suppressed": "alerts_suppressed_deleted"}),
-        "CountEmitted", output_type=Alert)
-    dead = ops.flatten([found["late"], near["late"], friends["late"], decided["late"], final["late"]], "LateMessages")
-    return {"alerts": out, "dead_letters": dead}
+    shown = ops.flatten([alerts, timeline["out"]], "AllOutputs")
+    gated = apply_compliance_over(ops, shown, inputs["deletes"], params, ordered)
+    # gated['outputs'] : (alert | retracted | suppressed, Alert | TimelineEntry)
+    out = ops.flat_map(gated["outputs"], _split_outputs(ops, Alert, "alerts", {"suppressed": "suppressed_deleted"}),
+                       "CountEmitted", output_type=Alert)
+    entries = ops.flat_map(gated["outputs"], _split_outputs(ops, TimelineEntry, "timeline"),
+                           "CountTimeline", output_type=TimelineEntry)
+    dead = ops.flatten([found["late"], near["late"], friends["late"], decided["late"], timeline["late"],
+                        gated["late"]], "LateMessages")
+    return {"alerts": out, "timeline": entries, "dead_letters": dead}
 
 
-def fan_out(tweets: Iterable[Tweet], deletes: Iterable[TweetDelete], reports: Iterable[LocationReport],
-            follows: Iterable[Follow], users: Iterable[User], params: AlertParams) -> list[Alert]:
-    """Every alert of a bounded input (plain lists, no engine), sorted by (ts, alert_id)."""
+def _split_outputs(ops: Ops, record_type: type, prefix: str, renamed: dict = {}):  # noqa: B006 - read only
+    """(tag, record) -> the records of ``record_type`` written (alert, retracted), counting each tag."""
+    names = {"alert": "emitted", "retracted": "retracted", "suppressed": "suppressed", **renamed}
+    counters = {tag: ops.counter(f"{prefix}_{name}") for tag, name in names.items()}
+
+    def split(tagged):
+        tag, record = tagged
+        if isinstance(record, record_type):
+            counters[tag].inc()
+            if tag != "suppressed":
+                yield record
+    return split
+
+
+def fan_out_outputs(tweets: Iterable[Tweet], deletes: Iterable[ComplianceEvent],
+                    reports: Iterable[LocationReport], follows: Iterable[Follow], users: Iterable[User],
+                    params: AlertParams) -> dict:
+    """{'alerts', 'timeline'} of a bounded input (plain lists, no engine), each sorted."""
     inputs = {"tweets": list(tweets), "deletes": list(deletes), "reports": list(reports),
               "follows": list(follows), "users": list(users)}
-    alerts = fan_out_over(LocalOps(), inputs, params)["alerts"]
-    return sorted(alerts, key=lambda a: (a.ts, a.alert_id))
+    out = fan_out_over(LocalOps(), inputs, params)
+    return {"alerts": sorted(out["alerts"], key=lambda a: (a.ts, a.alert_id)),
+            "timeline": sorted(out["timeline"], key=lambda e: (e.ts, e.tweet_id, e.retracted))}
+
+
+def fan_out(tweets: Iterable[Tweet], deletes: Iterable[ComplianceEvent], reports: Iterable[LocationReport],
+            follows: Iterable[Follow], users: Iterable[User], params: AlertParams) -> list[Alert]:
+    """Every alert of a bounded input (plain lists, no engine), sorted by (ts, alert_id)."""
+    return fan_out_outputs(tweets, deletes, reports, follows, users, params)["alerts"]

@@ -7,6 +7,9 @@ Engine-neutral (no Beam, no launcher): the Beam launcher (``pipelines.options`` 
 
 * :data:`STEP_PARAMS`: each step's frozen parameter dataclass and its flag prefix
   (``--follows_*``, ``--alerts_*``, ``--dp_*``), validated by the dataclass itself.
+* Derived: ``AlertParams.timeline_h3_res`` is ``DpParams.h3_res`` (the local timeline's
+  cells are the statistics' cells) unless given; ``--service_country`` sets
+  ``AlertParams.service_country`` (default ``JP``: withheld there, never alerted or shown).
 * Derived: ``AlertParams.follow_known_after_s`` -- when a mutual follow counts for
   alerts -- comes from the follow step (a follow is emitted at most its touch's
   pending expiry plus the clock skew after ``established_at``); a value given by flag
@@ -141,6 +144,14 @@ def run_config(values: Mapping[str, Any], *, streaming: bool, runner: Optional[s
     if values.get("alerts_follow_known_after_s") is None:
         alerts = dataclasses.replace(alerts, follow_known_after_s=follow_known_after_s(follows))
     dp = params_from_values(values, "dp", DpParams)
+    # The timeline's cell is the statistics' cell; --service_country is the short flag of the alert step's.
+    derived = {"timeline_h3_res": dp.h3_res} if values.get("alerts_timeline_h3_res") is None else {}
+    if values.get("service_country") is not None:
+        derived["service_country"] = values["service_country"]
+    try:
+        alerts = dataclasses.replace(alerts, **derived)
+    except ValueError as exc:
+        raise ConfigError(f"--service_country: {exc}") from None
     settings = {name: values[name] for name in (
         "source", "results_sink", "kafka_bootstrap_servers", "kafka_expansion_service",
         "stream_disorder_s", "stream_seed", "max_event_future_s") if values.get(name) is not None}

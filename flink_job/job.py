@@ -12,7 +12,7 @@ Step for step as the Beam reference (``pipelines/run.py::build``):
 6. FanOutGeofencedAlerts: the location reports (``core.locations``) and
    ``core.alerts.fan_out_over`` on :class:`flink_job.ops.FlinkOps`;
 7. ReleaseDpStatistics (``flink_job.dp_stats.release_statistics``);
-8. sinks: follows and alerts (folders, or Kafka exactly once), marketing Parquet, the
+8. sinks: follows and alerts (folders, or Kafka exactly once), the timeline (its folder), marketing Parquet, the
    privacy ledger, and every dead letter united into ``deadletter/``.
 
 Every operator is named and has a stable uid (its stage path), so a savepoint taken from
@@ -196,3 +196,5 @@ def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
         tweets[DEAD], pings[DEAD], follow_out["dead_letters"], alert_out["dead_letters"]], "AllDeadLetters")
     io.jsonl_sink(count_emitted(ops, dead_letters, "dead_letters"), out("deadletter"), "WriteDeadLetters")
     return origins
+    # The local timeline (the portal's "near you") goes to its folder in every mode: no topic.
+    io.jsonl_sink(count_emitted(ops, alert_out["timeline"], "timeline"), out("timeline"), "WriteTimeline")

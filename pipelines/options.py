@@ -88,6 +88,9 @@ class TapFollowOptions(PipelineOptions):
         parser.add_argument("--world_seed", type=int, default=42)
         # Midday to evening in Tokyo: the hours with sales, concerts and crowds.
         parser.add_argument("--world_start", default="2026-11-20T12:00:00+09:00")
+        parser.add_argument("--service_country", default=None,
+                            help="the service's country (ISO 3166-1 alpha-2, default JP): tweets and "
+                                 "users withheld there are never alerted or shown")
         for prefix, params_cls in STEP_PARAMS:
             add_params_arguments(parser, prefix, params_cls)
 

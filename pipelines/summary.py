@@ -31,7 +31,7 @@ from core.conventions import METRICS_NAMESPACE
 from core.dp_accounting import BudgetError, check_ledger
 from pipelines.sinks import read_jsonl_folder
 
-JSONL_OUTPUTS = ("follows", "alerts", "privacy_ledger")
+JSONL_OUTPUTS = ("follows", "alerts", "timeline", "privacy_ledger")
 
 
 def counters_of(result) -> dict[str, int]:
@@ -122,6 +122,10 @@ def write_run_summary(cfg, lines_read: dict[str, int], origins: dict[str, str], 
         "output": cfg.output_dir,
         "stages": stages,
         "counters": counters,
+        # each compliance message used, per kind (core.compliance); the rest are dead letters
+        "compliance_used": None if counters is None else {
+            name[len("compliance_"):]: n for name, n in sorted(counters.items())
+            if name.startswith("compliance_") and not name.startswith("compliance_outputs_")},
         "privacy": dict(privacy_spent(ledger, cfg.dp.epsilon_per_user_day, cfg.dp.delta_per_user_day),
                         budget_epsilon_per_user_day=cfg.dp.epsilon_per_user_day,
                         budget_delta_per_user_day=cfg.dp.delta_per_user_day),

@@ -1,7 +1,7 @@
 """The typed records that flow through the pipeline.
 
-Inputs (``User``, ``Ping``, ``TapReport``, ``Tweet``, ``TweetDelete``) come out of
-``schemas.parse``; outputs (``Follow``, ``Alert``, ``Statistic``, ``DeadLetter``)
+Inputs (``User``, ``Ping``, ``TapReport``, ``Tweet``, ``ComplianceEvent``) come out of
+``schemas.parse``; outputs (``Follow``, ``Alert``, ``TimelineEntry``, ``Statistic``, ``DeadLetter``)
 go to the sinks of ``shared/CONTRACTS.md``. Times are float epoch seconds (UTC)
 inside the pipeline (see ``schemas.timefmt``) and RFC 3339 in files.
 
@@ -72,11 +72,23 @@ class Tweet(NamedTuple):
     retweet_of: Optional[str]    # the original's id when this is a retweet
 
 
-class TweetDelete(NamedTuple):
-    """A v1.1 compliance ``delete`` notice: the tweet must never alert."""
-    tweet_id: str
-    author_id: str
-    ts: float                    # timestamp_ms of the notice, else the tweet id's snowflake time
+class ComplianceEvent(NamedTuple):
+    """One firehose compliance message (v1.1 stream message or v2 compliance event), normalised.
+
+    ``kind`` is the v2 event name (``schemas.compliance.KINDS``: the v1.1 ``status_withheld`` is
+    ``withheld``); what each kind covers is ``core.compliance``'s. The first three fields are the
+    ones a ``delete`` notice always had (``TweetDelete`` is this record's old name).
+    """
+    tweet_id: Optional[str]      # the tweet a tweet event is about; None for a user event
+    author_id: Optional[str]     # the tweet's author / the user of a user event; None: not sent (tweet_edit)
+    ts: float                    # event_at / timestamp_ms, else the tweet id's snowflake time
+    kind: str = "delete"
+    up_to_tweet_id: Optional[str] = None   # scrub_geo: the user's tweets up to this id lose their location
+    countries: List[str] = []    # withheld / user_withheld: withheld_in_countries, upper case
+    superseded: List[str] = []   # tweet_edit: the earlier versions the edit replaces
+
+
+TweetDelete = ComplianceEvent
 
 
 class Follow(NamedTuple):
@@ -94,6 +106,20 @@ class Alert(NamedTuple):
     ts: float
     distance_m: float
     reason: str
+
+
+class TimelineEntry(NamedTuple):
+    """One public, precisely geotagged tweet inside the service area, for the local timeline
+    (``core.timeline``); ``retracted`` rows take back an earlier entry with the same tweet_id."""
+    tweet_id: str
+    author_id: str
+    ts: float                    # created_at
+    text: str
+    lat: float
+    lng: float
+    h3_cell: str                 # the tweet's cell at the statistics' resolution (DpParams.h3_res)
+    happening: Optional[str]     # the happening kind (core.happenings.KINDS) if the tweet is one, else None
+    retracted: bool              # True: an earlier entry with this tweet_id must no longer be shown
 
 
 class Statistic(NamedTuple):
@@ -120,7 +146,7 @@ class DeadLetter(NamedTuple):
 # Every record an engine moves between steps. The engine adapters give each one their
 # schema'd coder (Beam: ``transforms/__init__.py`` registers ``RowCoder``); nothing here
 # imports an engine, so a worker without Beam reads and writes these records.
-ALL_RECORDS = (User, Ping, TapReport, Tweet, TweetDelete, Follow, Alert, Statistic, DeadLetter)
+ALL_RECORDS = (User, Ping, TapReport, Tweet, ComplianceEvent, Follow, Alert, TimelineEntry, Statistic, DeadLetter)
 
 # Fields holding event time; sinks write them as RFC 3339.
 TIME_FIELDS = frozenset({"ts", "established_at", "window_start", "window_end"})

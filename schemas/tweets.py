@@ -1,15 +1,16 @@
-"""The firehose parser: one decoded ``tweets.jsonl`` object -> ``Tweet`` or ``TweetDelete``.
+"""The firehose parser: one decoded ``tweets.jsonl`` object -> ``Tweet`` or ``ComplianceEvent``.
 
 ``parse_tweet(obj)`` is called by ``schemas.parse.parse_line('tweets', line)``
 after JSON decoding. The firehose mixes three kinds of object in one file:
 
 * API v1.1 status objects (``id_str``, ``user``, ``created_at`` …);
 * API v2 stream objects ``{"data": {...}, "includes": {"places", "tweets", "users"}}``;
-* v1.1 compliance ``delete`` notices ``{"delete": {"status": {...}, "timestamp_ms": ...}}``.
+* compliance messages, v1.1 (``delete``, ``scrub_geo``, ``status_withheld``,
+  ``user_withheld``) and v2 (``{"data": {"<event>": {...}}}``: ``delete``, ``tweet_edit``,
+  ``withheld``, ``drop``/``undrop``, ``scrub_geo``, ``user_*``): ``schemas.compliance``.
 
-Every other message (``limit``, ``scrub_geo``, ``status_withheld``,
-``user_delete``, ``disconnect``, v2 ``errors`` …) raises ``InvalidRecord``
-naming it, so it becomes a dead letter rather than vanishing.
+Every other message (``limit``, ``disconnect``, ``warning``, v2 ``errors`` …) raises
+``InvalidRecord`` naming it, so it becomes a dead letter rather than vanishing.
 
 The same tweet delivered as v1.1 or as v2 gives an *equal* ``Tweet``: both
 paths reduce to the same normalisation rules, written once here:
@@ -37,8 +38,8 @@ import unicodedata
 
 from schemas.errors import InvalidRecord
 from schemas.parse import as_lat_lng, as_object, as_str, as_user_id, req
-from schemas.records import Tweet, TweetDelete
-from schemas.timefmt import check_epoch, parse_rfc3339, parse_twitter_v1
+from schemas.records import ComplianceEvent, Tweet
+from schemas.timefmt import parse_rfc3339, parse_twitter_v1
 
 # Snowflake ids carry their creation time: milliseconds = (id >> 22) + this epoch.
 SNOWFLAKE_EPOCH_MS = 1288834974657
@@ -49,25 +50,34 @@ _MAX_ID = 1 << 64
 
 # Firehose / compliance-firehose messages that are not tweets; named in the error.
 UNSUPPORTED_MESSAGES = frozenset({
-    "limit", "scrub_geo", "status_withheld", "user_withheld", "disconnect", "warning",
-    "user_delete", "user_undelete", "user_protect", "user_unprotect", "user_suspend",
-    "user_unsuspend", "event", "friends", "friends_str", "direct_message", "control",
+    "limit", "disconnect", "warning", "event", "friends", "friends_str", "direct_message", "control",
     "for_user", "errors",
+})
+# Top-level names of the compliance messages (schemas.compliance.V1_NAMES), checked on every
+# object: listed here so the hot path imports nothing.
+COMPLIANCE_MESSAGES = frozenset({
+    "delete", "scrub_geo", "status_withheld", "user_withheld", "user_delete", "user_undelete",
+    "user_protect", "user_unprotect", "user_suspend", "user_unsuspend",
 })
 # Any of these at the top level makes an object a v1.1 status (then missing
 # fields get their specific error rather than "unrecognised object").
 _V1_STATUS_KEYS = ("id_str", "created_at", "user", "text", "full_text")
 
 
-def parse_tweet(obj: dict) -> Tweet | TweetDelete:
-    """One decoded firehose object -> ``Tweet`` | ``TweetDelete``, or ``InvalidRecord``."""
+def parse_tweet(obj: dict) -> Tweet | ComplianceEvent:
+    """One decoded firehose object -> ``Tweet`` | ``ComplianceEvent``, or ``InvalidRecord``."""
     if not isinstance(obj, dict):
         raise InvalidRecord(f"expected a JSON object, got {type(obj).__name__}")
-    if "delete" in obj:
-        return _parse_delete(obj["delete"])
     if "data" in obj:
+        data = obj["data"]
+        if isinstance(data, dict) and len(data) == 1 and "id" not in data and "text" not in data:
+            from schemas.compliance import parse_v2_event  # rare: compliance imports this module
+            return parse_v2_event(data)
         return _parse_v2(obj)
     for key in obj:
+        if key in COMPLIANCE_MESSAGES:
+            from schemas.compliance import parse_v1_message
+            return parse_v1_message(key, obj[key])
         if key in UNSUPPORTED_MESSAGES:
             raise InvalidRecord(f"unsupported firehose message {key!r}")
     for key in _V1_STATUS_KEYS:
@@ -96,41 +106,11 @@ def snowflake_time(tweet_id: str) -> float:
     return ((int(tweet_id) >> 22) + SNOWFLAKE_EPOCH_MS) / 1000.0
 
 
-# ---- v1.1 compliance: delete ---------------------------------------------------------
-
-def _parse_delete(notice) -> TweetDelete:
-    notice = as_object(notice, "delete")
-    status = notice.get("status")
-    if status is None:
-        for other in notice:
-            if other != "timestamp_ms":
-                raise InvalidRecord(f"unsupported firehose message 'delete.{str(other)[:40]}'")
-        raise InvalidRecord("missing required field 'delete.status'")
-    status = as_object(status, "delete.status")
-    tweet_id = _id_of(status, "id_str", "id", "delete.status.")
-    author_id = _id_of(status, "user_id_str", "user_id", "delete.status.")
-    millis = notice.get("timestamp_ms")
-    if millis is None:
-        ts = check_epoch(snowflake_time(tweet_id), "delete.status.id (snowflake time)")
-    else:
-        ts = check_epoch(_as_millis(millis, "delete.timestamp_ms") / 1000.0, "delete.timestamp_ms")
-    return TweetDelete(tweet_id=tweet_id, author_id=author_id, ts=ts)
-
-
-def _as_millis(value, field: str) -> int:
-    # v1.1 sends timestamp_ms as a string of digits; accept a JSON integer too.
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 15:
-        return value
-    raise InvalidRecord(f"{field}: expected epoch milliseconds as digits, got {_show(value)}")
-
-
 # ---- API v1.1 status ----------------------------------------------------------------
 
 def _parse_v1(status: dict) -> Tweet:
-    tweet_id = _id_of(status, "id_str", "id", "")
-    author_id = _id_of(as_object(req(status, "user"), "user"), "id_str", "id", "user.")
+    tweet_id = id_of(status, "id_str", "id", "")
+    author_id = id_of(as_object(req(status, "user"), "user"), "id_str", "id", "user.")
     ts = parse_twitter_v1(req(status, "created_at"), "created_at")
     lang = _lang(status.get("lang"), "lang")
     original = status.get("retweeted_status")
@@ -139,7 +119,7 @@ def _parse_v1(status: dict) -> Tweet:
         text, hashtags = _v1_text_and_hashtags(status, "")
     else:
         original = as_object(original, "retweeted_status")
-        retweet_of = _id_of(original, "id_str", "id", "retweeted_status.")
+        retweet_of = id_of(original, "id_str", "id", "retweeted_status.")
         text, hashtags = _v1_text_and_hashtags(original, "retweeted_status.")
     lat, lng, coarse, place_id = _v1_location(status)
     return Tweet(tweet_id=tweet_id, author_id=author_id, ts=ts, text=text, lang=lang,
@@ -378,7 +358,7 @@ def _lang(value, field: str):
     return None if value is None else as_str(value, field, 35)
 
 
-def _id_of(obj: dict, str_field: str, int_field: str, where: str) -> str:
+def id_of(obj: dict, str_field: str, int_field: str, where: str) -> str:
     """An id from ``<x>_str``, else from the numeric field if it is an exact integer."""
     value = obj.get(str_field)
     if value is not None:

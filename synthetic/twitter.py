@@ -17,7 +17,11 @@ with them:
 * ids are snowflakes: ``((unix_ms - 1288834974657) << 22) | sequence``, so the
   id's own time equals ``created_at`` (v1.1's to the second, ``timestamp_ms`` to
   the millisecond; v2's ``created_at`` has whole seconds, as the API gives).
-* deletions are v1.1 compliance messages ``{"delete": {"status": …}, "timestamp_ms"}``.
+* compliance messages (``synthetic.compliance`` plans them) in the form of the API the
+  tweet came from: a v1.1 tweet's delete is ``{"delete": {"status": …}, "timestamp_ms"}``,
+  a v2 tweet's ``{"data": {"delete": {"tweet": …, "event_at"}}}``; the other kinds in both
+  forms where v1.1 has one (``scrub_geo``, ``status_withheld``, ``user_withheld``), else
+  the v2 compliance event (``tweet_edit``, ``drop``/``undrop``, ``user_*``).
 """
 from __future__ import annotations
 
@@ -291,8 +295,39 @@ def render(spec: TweetSpec) -> str:
     return _DUMPS(_v1_status(spec) if spec.api == "v1" else _v2_object(spec))
 
 
-def render_delete(tweet_id: int, user_id: str, millis: int) -> str:
-    """A v1.1 compliance ``delete`` notice, sent at ``millis``."""
+def render_delete(tweet_id: int, user_id: str, millis: int, api: str = "v1") -> str:
+    """A compliance ``delete`` notice sent at ``millis``: v1.1's, or the v2 compliance event."""
+    if api == "v2":
+        return render_v2_event("delete", millis, tweet=(tweet_id, user_id))
     return _DUMPS({"delete": {"status": {"id": tweet_id, "id_str": str(tweet_id),
                                          "user_id": int(user_id), "user_id_str": user_id},
                               "timestamp_ms": str(millis)}})
+
+
+def render_v2_event(kind: str, millis: int, tweet: Optional[tuple] = None, user_id: Optional[str] = None,
+                    **fields) -> str:
+    """A v2 compliance stream event: ``tweet`` = (id, author id or None), or ``user_id``."""
+    body = {}
+    if tweet is not None:
+        body["tweet"] = {"id": str(tweet[0]), **({"author_id": tweet[1]} if tweet[1] else {})}
+    if user_id is not None:
+        body["user"] = {"id": user_id}
+    body.update(fields)
+    body["event_at"] = clock.rfc3339_ms(millis)
+    return _DUMPS({"data": {kind: body}})
+
+
+def render_v1_scrub_geo(user_id: str, up_to: int, millis: int) -> str:
+    return _DUMPS({"scrub_geo": {"user_id": int(user_id), "user_id_str": user_id, "up_to_status_id": up_to,
+                                 "up_to_status_id_str": str(up_to), "timestamp_ms": str(millis)}})
+
+
+def render_v1_status_withheld(tweet_id: int, user_id: str, countries: list, millis: int) -> str:
+    return _DUMPS({"status_withheld": {"id": tweet_id, "id_str": str(tweet_id), "user_id": int(user_id),
+                                       "user_id_str": user_id, "withheld_in_countries": countries,
+                                       "timestamp_ms": str(millis)}})
+
+
+def render_v1_user_withheld(user_id: str, countries: list, millis: int) -> str:
+    return _DUMPS({"user_withheld": {"id": int(user_id), "id_str": user_id, "withheld_in_countries": countries,
+                                     "timestamp_ms": str(millis)}})

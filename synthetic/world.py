@@ -21,6 +21,11 @@ the pipeline against it:
     the world's window).
 ``truth/deleted.jsonl``
     ``tweet_id``, ``author_id``, ``deleted_at``: every tweet with a delete notice.
+``truth/withdrawn.jsonl``
+    ``tweet_id``, ``author_id``, ``kind``, ``at``: every other tweet a compliance message
+    withdraws (edited, dropped, withheld in JP, scrubbed, its user protected, suspended,
+    deleted or withheld in JP): it must never be alerted or on the timeline
+    (``synthetic.compliance``).
 ``truth/manifest.json``
     ``seed``, ``params`` and ``counts`` (lines per file).
 
@@ -72,14 +77,14 @@ from schemas.records import TapReport, to_json_dict
 from schemas.service_area import contains
 from schemas.touch import follow_for_touch
 from schemas.tweets import normalize_hashtag
-from synthetic import adversary, clock, geo, twitter
+from synthetic import adversary, clock, compliance, geo, twitter
 from synthetic.params import (DEFAULT_HOURS, DEFAULT_SEED, DEFAULT_START, DEFAULT_USERS, check_params,
                               prepare_output_dir)
 
 
 INPUT_FILES = ("users.jsonl", "pings.jsonl", "taps.jsonl", "tweets.jsonl")
 TRUTH_FILES = ("truth/follows.jsonl", "truth/happenings.jsonl", "truth/attendance.jsonl",
-               "truth/deleted.jsonl")
+               "truth/deleted.jsonl", "truth/withdrawn.jsonl")
 
 JST_OFFSET_S = 9 * 3600     # daily routines follow Tokyo's clock whatever --start's offset
 HOUR = 3600.0
@@ -813,6 +818,7 @@ class World:
         retweetable: list[twitter.TweetSpec] = []
         deleted: list[tuple] = []  # (spec, delete millis)
         deletable: list[twitter.TweetSpec] = []  # geotagged event tweets outside the opening bursts
+        aimable: list[twitter.TweetSpec] = []    # precise event tweets: what compliance messages aim at
 
         # Event tweets: the opening burst from the core attendees, then the others through the happening.
         for h in self.happenings:
@@ -840,6 +846,8 @@ class World:
                         retweetable.append(spec)
                         if not is_core and coords is not None:
                             deletable.append(spec)
+                        if coords is not None:
+                            aimable.append(spec)
             # Non-users at the happening tweet about it too (no attendance truth: no phone data).
             for _ in range(round(len(h.attendees) * 0.5)):
                 p = self.public[rng.randrange(len(self.public))]
@@ -922,11 +930,20 @@ class World:
                 retweets.append(self._spec(rng, t, rter, text, orig.hashtags, None, None, retweet_of=orig))
         self.progress(f"retweets: {len(retweets)}, deletes: {len(deleted)}")
 
+        deleted_ids = {s.tweet_id for s, _ms in deleted}
+        plan = compliance.plan_compliance(self, self.rng("compliance"), specs, deleted_ids,
+                                          [s for s in aimable if s.tweet_id not in deleted_ids])
+        self.withdrawn = plan.withdrawn
+        self.progress(f"compliance: {len(plan.lines) - len(plan.edits)} messages, {len(plan.edits)} edits, "
+                      f"{len(plan.withdrawn)} tweets withdrawn")
+
         lines = [(s.millis, s.tweet_id, twitter.render(s)) for s in specs]
         lines.extend((s.millis, s.tweet_id, twitter.render(s)) for s in retweets)
-        # A delete notice sorts after every tweet of its millisecond (ids < 2**64 < this order key).
-        lines.extend((ms, 1 << 64, twitter.render_delete(s.tweet_id, s.author.user_id, ms))
+        # A compliance message sorts after every tweet of its millisecond (ids < 2**64 < this order key);
+        # a v2 tweet's delete comes from the v2 compliance stream.
+        lines.extend((ms, 1 << 64, twitter.render_delete(s.tweet_id, s.author.user_id, ms, s.api))
                      for s, ms in deleted if ms < t1 * 1000)
+        lines.extend(plan.lines)
         lines.sort()
         return [line for _, _, line in lines], sorted((s.tweet_id, s.author.user_id, ms) for s, ms in deleted if ms < t1 * 1000)
 
@@ -1119,6 +1136,8 @@ def write_world(out_dir: str, users: int = DEFAULT_USERS, hours: float = DEFAULT
         sorted(h.attendees, key=lambda a: (a[1], a[0].user_id))))
     write("truth/deleted.jsonl", (_DUMPS({"tweet_id": str(tid), "author_id": uid, "deleted_at": clock.rfc3339_ms(ms)})
                                   for tid, uid, ms in deleted))
+    write("truth/withdrawn.jsonl", (_DUMPS({"tweet_id": str(w.tweet_id), "author_id": w.author_id, "kind": w.kind,
+                                            "at": clock.rfc3339_ms(w.millis)}) for w in world.withdrawn))
     hostile_truth = ("truth/tap_attacks.jsonl", "truth/invalid_lines.jsonl")
     if adversarial:
         write(hostile_truth[0], (_DUMPS(label) for label in attack_labels))

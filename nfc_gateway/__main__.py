@@ -3,6 +3,8 @@
 * ``agent``  -- the phone side: NFC touches in, tap reports out to the gateway.
 * ``serve``  -- the gateway: tap reports over HTTP and the firehose in, Kafka
   topics or the contract's JSONL files out.
+* ``firehose`` -- the live firehose client: one connection per partition in, the same
+  sinks as ``serve`` out (``nfc_gateway.firehose_client``).
 * ``keygen`` -- a new Ed25519 key for a user (private key file + users.jsonl line).
 * ``login``  -- the phone signs the portal's sign-in challenge and prints the sign-in link.
 
@@ -126,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a keep-alive connection may sit idle before it is closed")
     serve.add_argument("--instance-id", default=None, help="names this gateway in Kafka keys/headers (default: hostname)")
 
+    firehose = sub.add_parser("firehose", help="stream the live firehose (one connection per partition) to the sink")
+    from nfc_gateway.firehose_client import add_arguments as add_firehose_arguments
+    add_firehose_arguments(firehose)
+
     keygen = sub.add_parser("keygen", help="create a user's key pair")
     keygen.add_argument("--user-id", required=True)
     keygen.add_argument("--key-out", required=True, help="private key file to create (mode 0600; never overwritten)")
@@ -151,6 +157,8 @@ def main(argv=None) -> int:
             return _keygen(args)
         if args.command == "login":
             return _login(args)
+        if args.command == "firehose":
+            return _firehose(args)
     except ConfigError as exc:
         print(f"nfc_gateway {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -209,6 +217,14 @@ def _serve(args) -> int:
         return run_gateway(config)
     except OSError as exc:
         raise ConfigError(f"cannot start: {exc}") from None
+
+
+def _firehose(args) -> int:
+    from nfc_gateway import firehose_client
+    try:
+        return firehose_client.run_from_args(args)
+    except firehose_client.ConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _keygen(args) -> int:

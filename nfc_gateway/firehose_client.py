@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from kafka_client import event_time_ms
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_ENV = "TWITTER_BEARER_TOKEN"
@@ -155,8 +157,8 @@ class Judged:
     reason: str = ""
 
 
-def judge(line: bytes) -> Judged:
-    from kafka_client import event_time_ms
+def judge(line: bytes, with_time: bool = True) -> Judged:
+    """``with_time=False`` skips the event time (parsing dates is a third of the cost)."""
     try:
         obj = json.loads(line)
     except UnicodeDecodeError:
@@ -173,7 +175,7 @@ def judge(line: bytes) -> Judged:
             return Judged("control", reason=name)
     if "errors" in obj and "data" not in obj:
         return Judged("control", reason="errors")
-    return Judged("record", key=dedup_key(obj, line), event_ms=event_time_ms(obj))
+    return Judged("record", key=dedup_key(obj, line), event_ms=event_time_ms(obj) if with_time else None)
 
 
 def dedup_key(obj: dict, line: bytes) -> str:
@@ -230,6 +232,7 @@ def tail_lines(path: Path, count: int, block: int = 1 << 20) -> list[bytes]:
 class FileDownstream:
     """``OUT/tweets.jsonl`` through ``FileTweetSink``: fsync, then the committed state."""
     name = "file"
+    needs_event_times = False
 
     def __init__(self, output_dir: Path):
         from nfc_gateway.sinks import FileTweetSink, FirehoseState
@@ -239,7 +242,8 @@ class FileDownstream:
     def recent(self, count: int) -> Iterable[bytes]:
         return tail_lines(self.sink.path, count)
 
-    def write(self, lines: list[bytes]):
+    def write(self, records: list[tuple[bytes, Optional[int]]]):
+        lines = [line for line, _ in records]
         ends = list(range(self.count + 1, self.count + len(lines) + 1))
         self.sink.write_batch(SOURCE, lines, ends)
         self.count = ends[-1]
@@ -252,6 +256,7 @@ class KafkaDownstream:
     """Kafka topic ``tweets``: one transaction per batch (``kafka_sink.publish_exactly``),
     each record's CreateTime its event time, headers naming this client and a sequence."""
     name = "kafka"
+    needs_event_times = True
 
     def __init__(self, output_dir: Path, bootstrap: str, topic: str, gateway: str, stop: threading.Event):
         from nfc_gateway.kafka_sink import connect
@@ -281,20 +286,14 @@ class KafkaDownstream:
         finally:
             client.close()
 
-    def write(self, lines: list[bytes]):
-        from kafka_client import event_time_ms
+    def write(self, records: list[tuple[bytes, Optional[int]]]):
+        """``(line, event time ms)`` pairs; the event time becomes the CreateTime."""
         from nfc_gateway.kafka_sink import publish_exactly
-        records = []
-        for i, line in enumerate(lines, start=self.committed + 1):
-            try:
-                ms = event_time_ms(json.loads(line))
-            except ValueError:
-                ms = None
-            records.append((None, line, i, ms))
-        if not publish_exactly(self.sender, self.topic, records, self.gateway, SOURCE, self.bootstrap,
+        keyed = [(None, line, seq, ms) for seq, (line, ms) in enumerate(records, start=self.committed + 1)]
+        if not publish_exactly(self.sender, self.topic, keyed, self.gateway, SOURCE, self.bootstrap,
                                self.committed, set(), self.stop):
             raise RuntimeError("stopped before the batch was acknowledged")
-        self.committed += len(lines)
+        self.committed += len(records)
         self._save(self.state_path, {"seq": self.committed})
 
     def close(self):
@@ -483,7 +482,7 @@ class FirehoseClient:
             else:
                 self._downstream = FileDownstream(self.out)
         for line in self._downstream.recent(self.config.dedup_ids):
-            judged = judge(line)
+            judged = judge(line, with_time=False)
             if judged.kind == "record":
                 self.recent.add(judged.key)
         self.deadletter = DurableLog(self.out / "deadletter" / "firehose-client.jsonl")
@@ -636,6 +635,9 @@ class FirehoseClient:
     def _judge_chunk(self, framer: RecordFramer, chunk: bytes, partition: int) -> list:
         batch = []
         now = time.time()
+        # every record's event time when the sink stamps it (Kafka's CreateTime); otherwise
+        # only the chunk's last record's, for the lag metric
+        every_time = self._downstream.needs_event_times
         for line, oversized in framer.feed(chunk):
             if oversized:
                 self._dead(partition, oversized, line, truncated=True)
@@ -643,7 +645,7 @@ class FirehoseClient:
             if not line.strip():
                 self.metrics.keepalives += 1
                 continue
-            judged = judge(line)
+            judged = judge(line, with_time=every_time)
             if judged.kind == "dead":
                 self._dead(partition, judged.reason, line)
             elif judged.kind == "control":
@@ -656,6 +658,12 @@ class FirehoseClient:
             else:
                 self.metrics.duplicates += 1
                 self.last_record_at[partition] = now
+        if batch and not every_time:
+            line, part, received_at, _ = batch[-1]
+            try:
+                batch[-1] = (line, part, received_at, event_time_ms(json.loads(line)))
+            except ValueError:
+                pass
         return batch
 
     def _dead(self, partition: int, reason: str, raw: bytes, truncated: bool = False):
@@ -683,9 +691,12 @@ class FirehoseClient:
                     break
                 batch.extend(more)
             self.metrics.queued = queue.qsize()
-            await asyncio.to_thread(self._write, [line for line, *_ in batch])
+            await asyncio.to_thread(self._write, [(line, event_ms) for line, _, _, event_ms in batch])
             for _, partition, received_at, event_ms in batch:
-                self.positions[str(partition)] = {"received_at": received_at, "event_time_ms": event_ms}
+                position = self.positions.setdefault(str(partition), {"event_time_ms": None})
+                position["received_at"] = received_at
+                if event_ms is not None:
+                    position["event_time_ms"] = event_ms
                 self.metrics.per_partition[partition] = self.metrics.per_partition.get(partition, 0) + 1
                 if event_ms is not None and (self.metrics.newest_event_ms is None or event_ms > self.metrics.newest_event_ms):
                     self.metrics.newest_event_ms = event_ms
@@ -694,7 +705,7 @@ class FirehoseClient:
                 await asyncio.to_thread(self._save_positions)
                 last_positions = time.monotonic()
 
-    def _write(self, lines: list[bytes]):
+    def _write(self, lines: list[tuple[bytes, Optional[int]]]):
         """Until the sink has them: a full disk or a broker away is waited out (the sinks cut
         a failed batch back, so a retry writes nothing twice)."""
         backoff = 0.2

@@ -144,3 +144,14 @@ def infra():
             assert out.returncode == 0, f"infra/down.sh left processes:\n{out.stdout}\n{out.stderr}"
             run_dir = os.path.join(CACHE, "run")
             assert not [f for f in os.listdir(run_dir) if f.endswith(".pid")], os.listdir(run_dir)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request):
+    """A broker for tests that need only Kafka: this infra instance's, if one already answers
+    (``infra/kafka.sh start`` alone), else the one the whole ``infra`` fixture starts."""
+    from kafka_client import port_open
+    bootstrap = _env_value("KAFKA_BOOTSTRAP")
+    if port_open(bootstrap):
+        return bootstrap
+    return request.getfixturevalue("infra").bootstrap

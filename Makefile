@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 
-.PHONY: run test test-fast infra-up infra-submit infra-down install
+.PHONY: run test test-fast infra-up infra-submit infra-down install firehose-demo
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,17 @@ infra-submit: $(STAMP)
 
 infra-down:
 	bash infra/down.sh
+
+# The live firehose client (python -m nfc_gateway firehose) against the local firehose
+# emulator serving a fresh world's tweets on 2 partitions, for DEMO_SECONDS (default 30);
+# tweets land in out-firehose/tweets.jsonl, metrics on http://127.0.0.1:9464/metrics.
+firehose-demo: $(STAMP)
+	test -d out-firehose-world || $(BIN)/python -m pipelines.generate --output out-firehose-world --users 200 --hours 2
+	rm -f out-firehose-world/emulator.json; export FIREHOSE_EMULATOR_TOKEN=demo-token TWITTER_BEARER_TOKEN=demo-token; \
+	$(BIN)/python -m nfc_gateway.firehose_emulator --world out-firehose-world --port 0 --partitions 2 \
+	    --rate 10 --keepalive 2 > out-firehose-world/emulator.json & emu=$$!; trap 'kill $$emu' EXIT; \
+	until [ -s out-firehose-world/emulator.json ]; do kill -0 $$emu || exit 1; sleep 0.2; done; \
+	url=$$($(BIN)/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' out-firehose-world/emulator.json); \
+	timeout -s INT $(or $(DEMO_SECONDS),30) $(BIN)/python -m nfc_gateway firehose --url $$url --partitions 2 \
+	    --output out-firehose --metrics-port 9464 || test $$? = 124; \
+	wc -l out-firehose/tweets.jsonl

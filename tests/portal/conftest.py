@@ -28,15 +28,9 @@ class PortalServer:
     def signin_link(self, account: str, role: str = "subscriber") -> str:
         return fetch_signin_link(self.url, role, account, world.key(account))
 
-    def sign_in(self, account: str, role: str = "subscriber", client: httpx.Client | None = None) -> httpx.Client:
-        """A client holding a session, signed in the way a browser does: the link, then its form."""
-        client = client or self.client()
-        page = client.get(self.signin_link(account, role).replace(self.url, ""))
-        assert page.status_code == 200, page.text
-        form = form_fields(page.text)
-        reply = client.post("/auth/signin", data=form)
-        assert reply.status_code == 303, reply.text
-        return client
+    def sign_in(self, account: str, role: str = "subscriber") -> httpx.Client:
+        """A client holding a session (the hand-made world's keys)."""
+        return sign_in_with(self.url, role, account, world.key(account))
 
 
 def form_fields(html: str) -> dict[str, str]:
@@ -74,3 +68,36 @@ def portal(tmp_path_factory):
     yield server
     server.proc.terminate()
     server.proc.wait(30)
+
+
+def owned_key(user_id: str):
+    """A key pair the tests and the benchmark own for a generated user (the generator keeps no
+    private keys): (private key, base64 public key)."""
+    import hashlib
+    from schemas.proofs import new_keypair
+    return new_keypair(hashlib.sha256(f"portal-tests/{user_id}".encode()).digest())
+
+
+def rekeyed_world(world_dir: str, dest: str) -> list[str]:
+    """A portal input folder at ``dest``: the world's users with ``owned_key`` public keys, its
+    pings linked as they are. Returns the user ids."""
+    os.makedirs(dest, exist_ok=True)
+    users = []
+    with open(os.path.join(world_dir, "users.jsonl")) as src, open(os.path.join(dest, "users.jsonl"), "w") as dst:
+        for line in src:
+            row = json.loads(line)
+            row["pubkey"] = owned_key(row["user_id"])[1]
+            users.append(row["user_id"])
+            dst.write(json.dumps(row) + "\n")
+    os.symlink(os.path.abspath(os.path.join(world_dir, "pings.jsonl")), os.path.join(dest, "pings.jsonl"))
+    return users
+
+
+def sign_in_with(url: str, role: str, account: str, key) -> httpx.Client:
+    """A client signed in at ``url`` as a browser does it: the signed link, then its form."""
+    client = httpx.Client(base_url=url, follow_redirects=False, timeout=60.0)
+    page = client.get(fetch_signin_link(url, role, account, key).replace(url, ""))
+    reply = client.post("/auth/signin", data=form_fields(page.text))
+    if reply.status_code != 303:
+        raise AssertionError(f"sign-in of {role} {account} refused: {reply.status_code} {reply.text[:300]}")
+    return client

@@ -315,7 +315,7 @@ def test_a_blocked_sink_holds_the_stream_back_within_the_bound(world, tmp_path):
             most_queued.append(client.metrics.queued)
             released.wait()
             super().write(batch)
-            written.extend(batch)
+            written.extend(line for line, _ in batch)
 
     async def scenario():
         emulator = FirehoseEmulator(big, TOKEN, partitions=1, rate=0, keepalive_s=0.1)
@@ -346,4 +346,5 @@ def test_a_blocked_sink_holds_the_stream_back_within_the_bound(world, tmp_path):
     client = None
     asyncio.run(scenario())
     assert Counter(written) == Counter(big)
+    assert Counter(_written(tmp_path / "out")) == Counter(big)
     assert max(most_queued) <= 4

@@ -5,7 +5,8 @@
 # instance ($CONF_DIR/prometheus, $DATA_DIR/prometheus); ports from env.sh.
 #   infra/prometheus.sh start|stop|status|config
 #   config  -- (re)writes the config and rules only (start does it too), and checks them with promtool
-# Rule timing from the environment: PROMETHEUS_EVAL_INTERVAL (15s), PROMETHEUS_ALERT_FOR (2m);
+# Rule timing from the environment: PROMETHEUS_EVAL_INTERVAL (15s), PROMETHEUS_ALERT_FOR (2m),
+# PROMETHEUS_RATE_WINDOW (four evaluation intervals);
 # thresholds: PROMETHEUS_DEAD_LETTER_RATE (records/s, 0.1), PROMETHEUS_CONSUMER_LAG (records, 10000),
 # PROMETHEUS_WATERMARK_LAG_S (600).
 set -euo pipefail
@@ -23,13 +24,12 @@ seconds() { local d="$1"; case "$d" in *ms) echo 1;; *s) echo "${d%s}";; *m) ech
 write_conf() {
   command -v prometheus >/dev/null || die "prometheus not installed; run infra/install.sh"
   mkdir -p "$PROM_CONF_DIR" "$PROM_DATA_DIR" "$RUN_DIR" "$LOG_DIR"
-  local eval_s window tm_lo tm_hi tm_targets="" p
-  eval_s="$(seconds "$PROMETHEUS_EVAL_INTERVAL")"
-  # a rate needs two samples inside its window: four evaluation intervals, at least a minute
-  window="$(( eval_s * 4 > 60 ? eval_s * 4 : 60 ))s"
-  tm_lo="${FLINK_PROM_TM_PORTS%-*}"; tm_hi="${FLINK_PROM_TM_PORTS#*-}"
+  local window tm_port
+  # a rate needs two samples inside its window (scrapes come every evaluation interval): four,
+  # unless PROMETHEUS_RATE_WINDOW says otherwise
+  window="${PROMETHEUS_RATE_WINDOW:-$(( $(seconds "$PROMETHEUS_EVAL_INTERVAL") * 4 ))s}"
   # the first TaskManager port only: a replacement TaskManager (after a kill) takes it again
-  tm_targets="'127.0.0.1:$tm_lo'"
+  tm_port="${FLINK_PROM_TM_PORTS%-*}"
   sed -e "s/__FOR__/$PROMETHEUS_ALERT_FOR/g" -e "s/__RATE_WINDOW__/$window/g" \
       -e "s/__DEAD_LETTER_RATE__/${PROMETHEUS_DEAD_LETTER_RATE:-0.1}/g" \
       -e "s/__CONSUMER_LAG__/${PROMETHEUS_CONSUMER_LAG:-10000}/g" \
@@ -45,7 +45,7 @@ scrape_configs:
   - job_name: flink-jobmanager
     static_configs: [{targets: ['127.0.0.1:$FLINK_PROM_JM_PORT']}]
   - job_name: flink-taskmanager
-    static_configs: [{targets: [$tm_targets]}]
+    static_configs: [{targets: ['127.0.0.1:$tm_port']}]
   - job_name: gateway          # python -m nfc_gateway serve --port \$GATEWAY_PORT
     params: {format: [prometheus]}
     static_configs: [{targets: ['127.0.0.1:$GATEWAY_PORT']}]

@@ -128,7 +128,7 @@ def infra():
         flink_rest=f"http://127.0.0.1:{rest_port}",
         flink_master=f"127.0.0.1:{rest_port}",
         flink_home=_env_value("FLINK_HOME"),
-        flink_conf_dir=os.path.join(CACHE, "conf", "flink"),
+        flink_conf_dir=_env_value("INFRA_FLINK_CONF_DIR"),   # a second instance's own ($INFRA_CONF_DIR/flink)
         prism_endpoint=f"127.0.0.1:{_env_value('PRISM_JOB_PORT')}" if os.access(prism_bin, os.X_OK) else None,
         flink_job_server_jar=jar if os.path.exists(jar) else None,
         up_seconds=up_seconds,

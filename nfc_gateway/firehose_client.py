@@ -210,22 +210,34 @@ class RecentIds:
         return len(self._keys)
 
 
-def tail_lines(path: Path, count: int, block: int = 1 << 20) -> list[bytes]:
-    """The last ``count`` complete lines of ``path`` (read backwards, not the whole file)."""
+def tail_lines(path: Path, count: int, block: int = 1 << 20) -> Iterator[bytes]:
+    """The last ``count`` complete lines of ``path``, newest first, read backwards a block at
+    a time (memory: a block and a line, never the file)."""
     if count <= 0 or not path.exists():
-        return []
+        return
     with open(path, "rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        data, pos = b"", end
-        while pos > 0 and data.count(b"\n") <= count:
+        pos = handle.seek(0, os.SEEK_END)
+        carry = b""                      # the start of a line that may begin in an earlier block
+        unfinished = True                # carry is still the piece after the file's last newline
+        while pos > 0 and count > 0:
             start = max(0, pos - block)
             handle.seek(start)
-            data = handle.read(pos - start) + data
+            data = handle.read(pos - start) + carry
             pos = start
-    lines = data.split(b"\n")[:-1]          # the part after the last newline is unfinished
-    if pos > 0:
-        lines = lines[1:]                   # the first piece may be cut
-    return lines[-count:]
+            pieces = data.split(b"\n")
+            carry = pieces.pop(0)
+            if unfinished:
+                if not pieces:
+                    continue             # no newline yet: all of it is the unfinished piece
+                pieces.pop()
+                unfinished = False
+            for line in reversed(pieces):
+                if count <= 0:
+                    return
+                yield line
+                count -= 1
+        if pos == 0 and not unfinished and count > 0 and carry:
+            yield carry                  # the file's first line
 
 
 # -- downstream -------------------------------------------------------------------------
@@ -233,6 +245,7 @@ class FileDownstream:
     """``OUT/tweets.jsonl`` through ``FileTweetSink``: fsync, then the committed state."""
     name = "file"
     needs_event_times = False
+    recent_newest_first = True
 
     def __init__(self, output_dir: Path):
         from nfc_gateway.sinks import FileTweetSink, FirehoseState
@@ -257,6 +270,7 @@ class KafkaDownstream:
     each record's CreateTime its event time, headers naming this client and a sequence."""
     name = "kafka"
     needs_event_times = True
+    recent_newest_first = False
 
     def __init__(self, output_dir: Path, bootstrap: str, topic: str, gateway: str, stop: threading.Event):
         from nfc_gateway.kafka_sink import connect
@@ -273,7 +287,8 @@ class KafkaDownstream:
         # go after them. They are not re-sent: the dedup set is rebuilt from the topic's tail.
         self.committed = max([self.committed, *landed])
 
-    def recent(self, count: int) -> Iterable[bytes]:
+    def recent(self, count: int) -> Iterator[bytes]:
+        """The last ``count`` committed records of each partition, oldest first."""
         from confluent_kafka import TopicPartition
         from kafka_client import consumer, partitions_of, read_partitions
         client = consumer(self.bootstrap)
@@ -282,7 +297,10 @@ class KafkaDownstream:
             for p in partitions_of(client, self.topic):
                 begin, end = client.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
                 starts[p], ends[p] = max(begin, end - count), end
-            return [msg.value() for msg in read_partitions(client, self.topic, starts, ends, time.monotonic() + 120)]
+            # a generous deadline: up to ``count`` records per partition at a slow 10k/s
+            deadline = time.monotonic() + 120 + sum(ends[p] - starts[p] for p in ends) / 10_000
+            for msg in read_partitions(client, self.topic, starts, ends, deadline):
+                yield msg.value()
         finally:
             client.close()
 
@@ -481,10 +499,15 @@ class FirehoseClient:
                                                    gateway, self._stop)
             else:
                 self._downstream = FileDownstream(self.out)
-        for line in self._downstream.recent(self.config.dedup_ids):
+        keys = []
+        for line in self._downstream.recent(self.config.dedup_ids):      # newest first
             judged = judge(line, with_time=False)
             if judged.kind == "record":
-                self.recent.add(judged.key)
+                keys.append(judged.key)
+        if getattr(self._downstream, "recent_newest_first", False):
+            keys.reverse()
+        for key in keys:                 # oldest first, so the oldest are evicted first
+            self.recent.add(key)
         self.deadletter = DurableLog(self.out / "deadletter" / "firehose-client.jsonl")
         log.info("firehose client: %d recent record keys loaded from the %s sink", len(self.recent),
                  self._downstream.name)

@@ -104,8 +104,13 @@ def test_recent_ids_are_bounded():
 def test_tail_lines(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"".join(b"line%d\n" % i for i in range(1000)) + b"unfinished")
-    assert tail_lines(path, 3, block=7) == [b"line997", b"line998", b"line999"]
-    assert tail_lines(path, 5000, block=64) == [b"line%d" % i for i in range(1000)]
+    assert list(tail_lines(path, 3, block=7)) == [b"line999", b"line998", b"line997"]
+    for block in (1, 5, 64, 1 << 20):
+        assert list(tail_lines(path, 5000, block=block)) == [b"line%d" % i for i in reversed(range(1000))]
+    path.write_bytes(b"only\n")
+    assert list(tail_lines(path, 5)) == [b"only"]
+    path.write_bytes(b"no newline at all")
+    assert list(tail_lines(path, 5, block=4)) == []
 
 
 # -- whole runs -------------------------------------------------------------------------

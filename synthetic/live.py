@@ -5,7 +5,7 @@ world of the ``--hours`` that have just ended (unless ``--start`` is given: no
 record is dated ahead of the wall clock, which the pipeline and the gateway
 refuse), writes everything but the firehose to ``DIR`` (users, pings, taps,
 truth), and then writes the firehose lines -- v1.1 statuses, v2 objects and
-delete notices, in event-time order -- to standard output in their event-time
+compliance messages, in event-time order -- to standard output in their event-time
 rhythm from the moment it starts (``--speed 60`` plays an hour in a minute). Piped into the gateway, it is the
 "live stream" the firehose connector hands on (``serve`` needs a users registry,
 and one that exists before it starts: the live run is still writing its own)::
@@ -23,12 +23,14 @@ import re
 import time
 from typing import Callable, IO, Iterable, Iterator, Optional
 
+from schemas.timefmt import parse_rfc3339
 from synthetic.twitter import snowflake_millis
 
 # The first fields of each rendered line (synthetic.twitter keeps the top-level ids first).
 _V1_ID = re.compile(r'^\{"created_at":"[^"]*","id":(\d+)')
 _V2_ID = re.compile(r'^\{"data":\{"id":"(\d+)"')
-_DELETE_MS = re.compile(r'"timestamp_ms":"(\d+)"')
+_TIMESTAMP_MS = re.compile(r'"timestamp_ms":"(\d+)"')    # v1.1 compliance messages
+_EVENT_AT = re.compile(r'"event_at":"([^"]+)"')            # v2 compliance events
 
 
 def line_millis(line: str) -> Optional[int]:
@@ -38,11 +40,16 @@ def line_millis(line: str) -> Optional[int]:
     match = _V1_ID.match(head) or _V2_ID.match(head)
     if match:
         return snowflake_millis(int(match.group(1)))
-    if head.startswith('{"delete"'):
-        match = _DELETE_MS.search(line)
+    if head.startswith('{"data":{"'):
+        match = _EVENT_AT.search(line)
         if match:
-            return int(match.group(1))
-    return None
+            try:
+                return int(round(parse_rfc3339(match.group(1), "event_at") * 1000))
+            except ValueError:
+                return None
+        return None
+    match = _TIMESTAMP_MS.search(line)
+    return int(match.group(1)) if match else None
 
 
 def paced(lines: Iterable[str], t0_ms: int, speed: float,

@@ -1,7 +1,7 @@
 """Property: for random interleavings of tweets and compliance messages, the outputs equal those of
 the same world with what each message covers taken out in advance (and no messages at all).
 
-Worlds are the scenarios of ``tests/test_compliance.py`` (each tweet its own happening, listener
+Worlds are the scenarios of ``tests/compliance_scenarios.py`` (each tweet its own happening, listener
 and place, so tweets do not interact), with authors shared between scenarios so user events
 cover several tweets, and random messages of every kind at random event times, before or after
 the tweets. What a message covers is computed here by an oracle written from the rules as
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from core.compliance import apply_retractions
 from schemas.compliance import USER_KINDS
 from schemas.records import ComplianceEvent
-from tests.test_compliance import T0, Scenario, StreamingLocalOps, outputs
+from tests.compliance_scenarios import T0, Scenario, StreamingLocalOps, outputs
 
 AUTHORS = ("201", "202", "203")
 STATE_OF = {"user_protect": ("protect", True), "user_unprotect": ("protect", False),

@@ -28,6 +28,7 @@ from schemas.records import Follow, TapReport, to_json_dict
 from schemas.service_area import contains
 from schemas.timefmt import format_rfc3339, parse_rfc3339, parse_twitter_v1
 from schemas.touch import follow_for_touch
+from schemas.compliance import KINDS as COMPLIANCE_KINDS
 from schemas.tweets import normalize_hashtag
 from synthetic import adversary, clock, geo, twitter
 from synthetic.world import INPUT_FILES, TRUTH_FILES, write_world
@@ -71,7 +72,30 @@ def _v1_statuses(tweets):
 
 
 def _v2_objects(tweets):
-    return [t for t in tweets if "data" in t]
+    return [t for t in tweets if "data" in t and "id" in t["data"]]
+
+
+def _compliance(tweets):
+    """The compliance messages: v1.1's top-level ones and v2's ``{"data": {"<event>": …}}``."""
+    return [t for t in tweets if "id_str" not in t and not ("data" in t and "id" in t["data"])]
+
+
+def _compliance_ms(t) -> int:
+    body = next(iter(t["data"].values())) if "data" in t else next(iter(t.values()))
+    return int(body["timestamp_ms"]) if "timestamp_ms" in body else int(parse_rfc3339(body["event_at"]) * 1000)
+
+
+def _delete_notices(tweets):
+    """(tweet id, author id, millis) of every delete notice, v1.1 and v2 forms."""
+    out = []
+    for t in tweets:
+        if "delete" in t:
+            out.append((t["delete"]["status"]["id_str"], t["delete"]["status"]["user_id_str"],
+                        int(t["delete"]["timestamp_ms"])))
+        elif "delete" in t.get("data", {}):
+            tweet = t["data"]["delete"]["tweet"]
+            out.append((tweet["id"], tweet["author_id"], _compliance_ms(t)))
+    return out
 
 
 def _all_originals(tweets):
@@ -80,7 +104,7 @@ def _all_originals(tweets):
     for t in tweets:
         if "id_str" in t:
             out[t["id_str"]] = (t["user"]["id_str"], parse_twitter_v1(t["created_at"]))
-        elif "data" in t:
+        elif "data" in t and "id" in t["data"]:
             out[t["data"]["id"]] = (t["data"]["author_id"], parse_rfc3339(t["data"]["created_at"]))
     return out
 
@@ -121,8 +145,10 @@ def test_every_line_parses(world, source):
 def test_every_tweet_line_parses(world):
     kinds = collections.Counter()
     for line in _read(world[0], "tweets.jsonl"):
-        kinds[type(parse_line("tweets", line)).__name__] += 1
-    assert kinds["Tweet"] > 0 and kinds["TweetDelete"] > 0
+        record = parse_line("tweets", line)
+        kinds[getattr(record, "kind", type(record).__name__)] += 1
+    # tweets, and every compliance message kind (synthetic.compliance guarantees one of each)
+    assert kinds["Tweet"] > 0 and set(kinds) - {"Tweet"} == set(COMPLIANCE_KINDS)
 
 
 def test_parsed_tweets_keep_location_hashtags_and_retweet_links(world, tweets):
@@ -275,10 +301,11 @@ def test_pings_are_in_time_order_with_the_documented_sources_and_accuracies(worl
 # ---- the firehose -------------------------------------------------------------------------
 
 def test_both_api_versions_and_their_quirks_are_present(tweets):
-    v1, v2 = _v1_statuses(tweets), _v2_objects(tweets)
-    deletes = [t for t in tweets if "delete" in t]
-    assert v1 and v2 and deletes
-    assert len(v1) + len(v2) + len(deletes) == len(tweets)
+    v1, v2, compliance = _v1_statuses(tweets), _v2_objects(tweets), _compliance(tweets)
+    assert v1 and v2 and compliance
+    assert len(v1) + len(v2) + len(compliance) == len(tweets)
+    # compliance messages in both forms: v1.1 top-level and v2 events
+    assert any("data" in t for t in compliance) and any("data" not in t for t in compliance)
     assert any(t["coordinates"] for t in v1)
     assert any(t["place"] and not t["coordinates"] for t in v1), "v1.1 place-only tweet"
     assert any(not t["place"] and not t["coordinates"] and "retweeted_status" not in t for t in v1)
@@ -308,9 +335,10 @@ def test_ids_are_snowflakes_consistent_with_created_at(tweets):
 
 
 def test_tweets_are_in_time_order(tweets):
+    compliance = _compliance(tweets)
     def millis(t):
-        if "delete" in t:
-            return int(t["delete"]["timestamp_ms"])
+        if t in compliance:
+            return _compliance_ms(t)
         return twitter.snowflake_millis(int(t["id_str"] if "id_str" in t else t["data"]["id"]))
     order = [millis(t) for t in tweets]
     assert order == sorted(order)
@@ -318,18 +346,17 @@ def test_tweets_are_in_time_order(tweets):
 
 def test_deletes_reference_earlier_tweets_and_match_the_truth(world, tweets):
     originals = _all_originals(tweets)
-    notices = [t["delete"] for t in tweets if "delete" in t]
+    notices = _delete_notices(tweets)
     truth = _jsonl(world[0], "truth/deleted.jsonl")
-    assert [(n["status"]["id_str"], n["status"]["user_id_str"]) for n in notices] == \
+    assert [(tweet_id, author) for tweet_id, author, _ms in notices] == \
         [(d["tweet_id"], d["author_id"]) for d in sorted(truth, key=lambda d: d["deleted_at"])]
     event_ids = {i for h in _jsonl(world[0], "truth/happenings.jsonl") for i in h["event_tweet_ids"]}
-    for n in notices:
-        tweet_id = n["status"]["id_str"]
+    for tweet_id, author_id, ms in notices:
         assert tweet_id in originals
         author, created = originals[tweet_id]
-        assert author == n["status"]["user_id_str"]
-        assert created < int(n["timestamp_ms"]) / 1000.0 <= created + 3600
-    assert any(n["status"]["id_str"] in event_ids for n in notices), "some deleted tweets are event tweets"
+        assert author == author_id
+        assert created < ms / 1000.0 <= created + 3600
+    assert any(tweet_id in event_ids for tweet_id, _a, _ms in notices), "some deleted tweets are event tweets"
 
 
 def test_retweets_reference_earlier_undeleted_tweets(world, tweets):

@@ -27,11 +27,13 @@ def _generate(*args, stdout=subprocess.PIPE):
 
 
 def _event_ms(obj: dict) -> int:
-    if "delete" in obj:
-        return int(obj["delete"]["timestamp_ms"])
-    if "data" in obj:
+    if "data" in obj and "id" in obj["data"]:
         return int(parse_rfc3339(obj["data"]["created_at"]) * 1000)
-    return int(parse_twitter_v1(obj["created_at"]) * 1000)
+    if "created_at" in obj:
+        return int(parse_twitter_v1(obj["created_at"]) * 1000)
+    # a compliance message: v1.1's timestamp_ms, v2's event_at
+    body = next(iter(obj["data"].values())) if "data" in obj else next(iter(obj.values()))
+    return int(body["timestamp_ms"]) if "timestamp_ms" in body else int(parse_rfc3339(body["event_at"]) * 1000)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +54,12 @@ def test_line_millis_reads_the_event_time_of_every_firehose_line(file_world):
             continue
         obj = json.loads(line)
         ms = line_millis(line)
-        seen_kinds.add(next(iter({"delete", "data", "created_at"} & obj.keys())))
+        tweet = "created_at" in obj or "id" in obj.get("data", {})
+        seen_kinds.add(("v2" if "data" in obj else "v1.1") + (" tweet" if tweet else " compliance"))
         # created_at has whole seconds; the snowflake keeps the milliseconds
         assert ms // 1000 == _event_ms(obj) // 1000, line[:120]
-    assert seen_kinds == {"delete", "data", "created_at"}
+    # both tweet forms, and compliance messages (in the form of their tweet's API, or v2 events)
+    assert {"v1.1 tweet", "v2 tweet"} < seen_kinds <= {"v1.1 tweet", "v2 tweet", "v1.1 compliance", "v2 compliance"}
     assert line_millis("not json") is None and line_millis('{"foo": 1}') is None
 
 

@@ -359,6 +359,32 @@ def hour_end_us(hour: float) -> int:
 
 # ---------------------------------------------------------------- the chain on a list
 
+def spend_user_history(user: Optional[User], contributions: Sequence[bnd.Contribution], hour_bounds: bnd.HourBounds,
+                       bands: Tuple[str, ...], spender: "SpendUserDay"):
+    """Steps 2-3 for one user's whole history, as a bounded input has it: each hour bounded
+    (``bound_user_hour_of``), then each JST day spent in hour order (``SpendUserDay``).
+    Returns (the kept UserHours, [(counter, amount)]). Nothing is late in a bounded input."""
+    hours: Dict[float, List[bnd.Contribution]] = {}
+    for c in contributions:
+        hours.setdefault(acct.hour_start(c.ts), []).append(c)
+    counted: List[Tuple[str, int]] = []
+    bounded = []
+    for start in sorted(hours):
+        user_hour, counts = bound_user_hour_of(user, hours[start], False, hour_bounds, bands)
+        counted.extend(counts)
+        if user_hour is not None:
+            bounded.append(user_hour)
+    kept = []
+    state = spender.initial_state()
+    for user_hour in sorted(bounded, key=spender.sort_key):
+        state, spent = spender.process(state, user_hour)
+        for hour in spent:
+            counted.extend(hour.counts())
+            if hour.kept is not None:
+                kept.append(hour.kept)
+    return kept, counted
+
+
 def release_contributions(contributions: Iterable[bnd.Contribution], users: Mapping[str, User],
                           params: DpParams, noise) -> Tuple[List[Statistic], List[dict], Dict[str, int]]:
     """Steps 2-5 on plain lists, as a bounded input is released: (statistics, ledger, counters).
@@ -372,26 +398,17 @@ def release_contributions(contributions: Iterable[bnd.Contribution], users: Mapp
             counts[name] = counts.get(name, 0) + amount
 
     plan, families = params.plan(), tuple(params.plan().metrics)
-    groups: Dict[Tuple[str, float], List[bnd.Contribution]] = {}
+    by_user: Dict[str, List[bnd.Contribution]] = {}
     for c in contributions:
-        groups.setdefault((c.user_id, acct.hour_start(c.ts)), []).append(c)
+        by_user.setdefault(c.user_id, []).append(c)
     hour_bounds, bands = params.hour_bounds(), params.bands()
-    by_user: Dict[str, List[bnd.UserHour]] = {}
-    for (user_id, _start), group in sorted(groups.items()):
-        user_hour, counted = bound_user_hour_of(users.get(user_id), group, False, hour_bounds, bands)
-        count(counted)
-        if user_hour is not None:
-            by_user.setdefault(user_id, []).append(user_hour)
     spender = SpendUserDay(params.max_hours_per_day, params.cells_per_day())
     histograms: Dict[float, Dict[Tuple[str, str], int]] = {}
     for user_id in sorted(by_user):
-        state = spender.initial_state()
-        for user_hour in sorted(by_user[user_id], key=spender.sort_key):
-            state, spent = spender.process(state, user_hour)
-            for hour in spent:
-                count(hour.counts())
-                if hour.kept is not None:
-                    add_to_histogram(histograms.setdefault(hour.kept.window_start, {}), hour.kept, families)
+        kept, counted = spend_user_history(users.get(user_id), by_user[user_id], hour_bounds, bands, spender)
+        count(counted)
+        for user_hour in kept:
+            add_to_histogram(histograms.setdefault(user_hour.window_start, {}), user_hour, families)
     statistics, ledger = [], []
     for start in params.scheduled_hours():
         rows, ledger_rows = release_window(params, plan, histograms.get(start, {}), start, noise)

@@ -26,10 +26,12 @@ chain, the same in batch and streaming except where step 2 says:
    (``DaySoFarWindows``), then fits each hour, in time order, into what is
    left of the user's day (``max_hours_per_day`` hours, ``max_cells_per_day``
    cell-hours per metric), deciding each hour when the watermark passes it.
-   Bounded input takes a shorter road to the same result: one grouping per
-   user over all time, and ``spend_days`` walks each JST day in hour order
-   (one element per user-hour instead of up to 24 day-so-far copies; the
-   batch = streaming tests compare the two with zero noise).
+   Bounded input takes a shorter road to the same result: one global-window
+   grouping per user over all time, in which ``core.dp_stats.spend_user_history``
+   bounds each hour and walks each JST day in hour order (no hourly windows, whose
+   GroupByKey takes Beam's slow general trigger path, and one element per
+   user-hour instead of up to 24 day-so-far copies; the batch = streaming tests
+   compare the two with zero noise).
 3. ``SumPerCell`` + ``ReleaseHour``: one histogram per scheduled hour; every public
    partition of every enabled metric is released, data or not, with Gaussian
    noise from Google's DP library; the hour's ledger rows go out beside them.
@@ -107,7 +109,7 @@ from core.dp_stats import (BOUNDED_HOURS, BOUNDED_PRESENCE, BOUNDED_TOUCHES, BOU
                            OPTED_OUT, OUTSIDE_SCHEDULE, STATISTICS_RELEASED, UNKNOWN_USER, USED,
                            WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram, bound_user_hour_of,
                            drop_counter, hour_end_us, hour_tick, merge_histograms, release_window,
-                           to_contribution)
+                           spend_user_history, to_contribution)
 from core.conventions import METRICS_NAMESPACE as _NS, is_bounded
 from core.processor import run_ordered
 from schemas import service_area
@@ -246,8 +248,9 @@ class _CollectHoursFn(beam.CombineFn):
         return acc
 
 
-class _SpendDayFn(beam.DoFn):
-    """Both hosts of ``core.dp_stats.SpendUserDay``: run a user's hours through it, count the drops."""
+class SpendUserDayFn(beam.DoFn):
+    """Streaming: (user, [this hour's UserHour, earlier hours' HourUse]) -> this hour within the
+    day's bounds (``core.dp_stats.SpendUserDay``), drops counted."""
 
     def __init__(self, max_hours: int, max_cells_per_day: int):
         self._max_hours, self._max_cells = max_hours, max_cells_per_day
@@ -256,30 +259,40 @@ class _SpendDayFn(beam.DoFn):
     def setup(self):
         self._spender = SpendUserDay(self._max_hours, self._max_cells)
 
-    def _spend(self, items):
-        """The kept UserHours of ``items`` (UserHour and HourUse messages of one user), drops counted."""
-        _, spent = run_ordered(self._spender, items)
-        for hour in spent:
-            self._counters.count(hour.counts())
-        return [hour.kept for hour in spent if hour.kept is not None]
-
-
-class SpendUserDayFn(_SpendDayFn):
-    """(user, [this hour's UserHour, earlier hours' HourUse]) -> this hour within the day's bounds."""
-
     def process(self, element):
         _, items = element
         # without this hour's UserHour the user had earlier hours today but none in this window's hour
-        yield from self._spend(items)
+        _, spent = run_ordered(self._spender, items)
+        for hour in spent:
+            self._counters.count(hour.counts())
+            if hour.kept is not None:
+                yield hour.kept
 
 
-class SpendWholeDaysFn(_SpendDayFn):
-    """Bounded input: (user, [every UserHour]) -> each hour within its day's bounds, stamped at
-    its hour's end (the same processor as ``SpendUserDayFn``, over the user's whole history)."""
+class SpendUserHistoryFn(beam.DoFn):
+    """Bounded input: (user, [every Contribution of the user]) -> the user's UserHours, each
+    bounded and fitted into its day (``core.dp_stats.spend_user_history``: the same rules as the
+    streaming chain's ``BoundUserHourFn`` + ``SpendUserDayFn``), stamped at its hour's end.
 
-    def process(self, element):
-        _, hours = element
-        for user_hour in self._spend(hours):
+    One global-window grouping per user instead of hourly windows then a second grouping:
+    the hourly windows sent every contribution through Beam's general trigger driver, the
+    batch runner's slowest GroupByKey (issue #13's profile)."""
+
+    def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...], max_hours: int, max_cells_per_day: int):
+        self._bounds, self._bands = bounds, bands
+        self._max_hours, self._max_cells = max_hours, max_cells_per_day
+        self._counters = _Counters([OPTED_OUT, UNKNOWN_USER, LATE, USED, BOUNDED_HOURS, BOUNDED_PRESENCE,
+                                    BOUNDED_TWEETS, BOUNDED_TOUCHES])
+
+    def setup(self):
+        self._spender = SpendUserDay(self._max_hours, self._max_cells)
+
+    def process(self, element, users):
+        user_id, contributions = element
+        kept, counts = spend_user_history(users.get(user_id), list(contributions), self._bounds, self._bands,
+                                          self._spender)
+        self._counters.count(counts)
+        for user_hour in kept:
             yield window.TimestampedValue(user_hour, Timestamp(micros=hour_end_us(user_hour.window_start)))
 
 
@@ -295,34 +308,27 @@ class BoundUserHours(beam.PTransform):
 
     def expand(self, contributions):
         p, users = self._params, self._registry
-        streaming = not is_bounded(contributions)
-        if streaming:
-            # Late firings exist only so late data can be counted; they are never released.
-            hourly_windows = beam.WindowInto(
-                window.FixedWindows(acct.HOUR_S),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.DISCARDING,
-                allowed_lateness=p.late_count_horizon_s)
-        else:
-            # Bounded input is never late; the default trigger takes the runner's fast path.
-            hourly_windows = beam.WindowInto(window.FixedWindows(acct.HOUR_S))
+        if is_bounded(contributions):
+            # Bounded input: a user's whole history is at hand, so each hour is bounded and each
+            # day spent in one pass over one global-window group per user (the runner's fast
+            # GroupByKey; one element per user-hour out, none of the day-so-far copies).
+            return (contributions
+                    | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
+                    | "GroupUserHistory" >> beam.GroupByKey()
+                    | "SpendUserHistory" >> beam.ParDo(
+                        SpendUserHistoryFn(p.hour_bounds(), p.bands(), p.max_hours_per_day, p.cells_per_day()),
+                        users))
+        # Late firings exist only so late data can be counted; they are never released.
         hourly = (contributions
-                  | "HourlyWindows" >> hourly_windows
+                  | "HourlyWindows" >> beam.WindowInto(
+                      window.FixedWindows(acct.HOUR_S),
+                      trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                      accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                      allowed_lateness=p.late_count_horizon_s)
                   | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
                   | "GroupUserHour" >> beam.GroupByKey()
                   # col : (user_id, UserHour), stamped at the hour's end
                   | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users))
-        if not streaming:
-            # Bounded input: a user's whole history is at hand, so each day is spent in one pass
-            # (one element per user-hour, not up to 24 copies in day-so-far windows).
-            # The group is stamped at its earliest hour's end (not the global window's end), so
-            # each hour re-stamped at its own end is on time for the hourly release downstream:
-            # Prism judges lateness in batch too.
-            return (hourly
-                    | "AllHours" >> beam.WindowInto(window.GlobalWindows(),
-                                                    timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
-                    | "GroupUserHours" >> beam.GroupByKey()
-                    | "SpendWholeDays" >> beam.ParDo(SpendWholeDaysFn(p.max_hours_per_day, p.cells_per_day())))
         # col : UserHour within the day's bounds, stamped at its hour's end, in the day-so-far window
         return (hourly
                 | "WithHourUse" >> beam.FlatMap(_with_hour_use)

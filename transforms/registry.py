@@ -4,7 +4,8 @@
   ``user_id`` (``core.registry.merge_registry``); every extra copy is a dead letter.
   Follows, alerts and DP statistics all read the merged registry.
 * :class:`DedupeTweets`: each tweet id used once, by alerts and statistics alike
-  (``core.registry.FirstCopy``, its state in a stateful DoFn and freed by an
+  (``core.registry.FirstCopy``; bounded input: one group per id in the ordered
+  host's batch plan; unbounded: its state in a stateful DoFn, freed by an
   event-time timer ``horizon_s`` past the tweet's time); the launcher sets
   ``horizon_s`` beyond every step's lateness bound, so a copy arriving after that
   is late data no step uses.
@@ -21,9 +22,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
-from core.conventions import METRICS_NAMESPACE as _NS
+from core.conventions import METRICS_NAMESPACE as _NS, is_bounded
 from core.registry import DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, merge_registry, registered_ping
 from schemas.records import DeadLetter, Ping, Tweet, User
+from transforms.ordered import OrderedByKey
 
 DEAD = "dead_letters"
 
@@ -57,6 +59,14 @@ class MergeRegistry(beam.PTransform):
         }
 
 
+def _routed_copy(out, duplicates):
+    """A ``FirstCopy`` output: the tweet to the main output, a later copy's dead letter counted aside."""
+    if isinstance(out, DeadLetter):
+        duplicates.inc()
+        return beam.pvalue.TaggedOutput(DEAD, out)
+    return out
+
+
 class _FirstCopyFn(beam.DoFn):
     """Hosts ``core.registry.FirstCopy``: its state per tweet id, freed at its ``gc_time``."""
     FORGET_AT = ReadModifyWriteStateSpec("forget_at", FloatCoder())
@@ -77,15 +87,21 @@ class _FirstCopyFn(beam.DoFn):
             forget_at.write(after)
             expire.set(self._first_copy.gc_time(after))
         for out in outputs:
-            if isinstance(out, DeadLetter):
-                self._duplicates.inc()
-                yield beam.pvalue.TaggedOutput(DEAD, out)
-            else:
-                yield out
+            yield _routed_copy(out, self._duplicates)
 
     @on_timer(EXPIRE)
     def forget(self, forget_at=beam.DoFn.StateParam(FORGET_AT)):
         forget_at.clear()
+
+
+class _RouteCopiesFn(beam.DoFn):
+    """``FirstCopy``'s outputs from the ordered host (bounded input), routed by ``_routed_copy``."""
+
+    def setup(self):
+        self._duplicates = Metrics.counter(_NS, DUPLICATE_TWEETS)
+
+    def process(self, out):
+        yield _routed_copy(out, self._duplicates)
 
 
 class DedupeTweets(beam.PTransform):
@@ -96,11 +112,18 @@ class DedupeTweets(beam.PTransform):
         self._origin, self._horizon_s = origin, horizon_s
 
     def expand(self, pairs):
-        out = (pairs
-               | "ById" >> beam.Map(lambda pair: (pair[0].tweet_id, pair)).with_output_types(
-                   typing.Tuple[str, typing.Tuple[Tweet, str]])
-               | "FirstCopy" >> beam.ParDo(_FirstCopyFn(self._origin, self._horizon_s)).with_outputs(
-                   DEAD, main="tweets"))
+        by_id = pairs | "ById" >> beam.Map(lambda pair: (pair[0].tweet_id, pair)).with_output_types(
+            typing.Tuple[str, typing.Tuple[Tweet, str]])
+        if is_bounded(by_id):
+            # Bounded input: one global-window group per tweet id (the ordered host's batch plan).
+            # The stateful DoFn below costs a state commit per id, which DirectRunner's state
+            # cache weighs object by object (objsize): a third of a batch run (issue #13's profile).
+            first_copy = FirstCopy(self._origin, self._horizon_s)
+            ordered = by_id | "FirstCopy" >> OrderedByKey(first_copy, bounded=True, step="tweets")
+            out = ordered["out"] | "RouteCopies" >> beam.ParDo(_RouteCopiesFn()).with_outputs(DEAD, main="tweets")
+        else:
+            out = by_id | "FirstCopy" >> beam.ParDo(_FirstCopyFn(self._origin, self._horizon_s)).with_outputs(
+                DEAD, main="tweets")
         return {
             "tweets": out["tweets"] | "AsTweet" >> beam.Map(lambda t: t).with_output_types(Tweet),
             "dead_letters": out[DEAD] | "AsDeadLetter" >> beam.Map(lambda d: d).with_output_types(DeadLetter),

@@ -353,3 +353,13 @@ def test_a_blocked_sink_holds_the_stream_back_within_the_bound(world, tmp_path):
     assert Counter(written) == Counter(big)
     assert Counter(_written(tmp_path / "out")) == Counter(big)
     assert max(most_queued) <= 4
+
+
+def test_the_command_refuses_to_start_without_a_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_TOKEN_VAR"}
+    out = subprocess.run([sys.executable, "-m", "nfc_gateway", "firehose", "--url", "http://127.0.0.1:9/s",
+                          "--token-env", "NO_SUCH_TOKEN_VAR", "--output", str(tmp_path)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=slow_machine(30))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == \
+        "nfc_gateway firehose: no bearer token: set $NO_SUCH_TOKEN_VAR or give --token-file"

@@ -113,8 +113,9 @@ def help_text() -> str:
     return parser.format_help()
 
 
-def _beam_flags() -> set[str]:
-    """Every flag a registered ``PipelineOptions`` subclass declares (Beam's and ours)."""
+def _beam_actions() -> dict[str, argparse.Action]:
+    """Every flag a registered ``PipelineOptions`` subclass declares (Beam's and ours), with
+    its argparse action (whether it takes a value)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, conflict_handler="resolve")
     pending, classes = [PipelineOptions], []
     while pending:
@@ -127,20 +128,31 @@ def _beam_flags() -> set[str]:
             cls._add_argparse_args(parser)
         except argparse.ArgumentError:
             continue   # two classes declaring one flag: it is known either way
-    return {flag for action in parser._actions for flag in action.option_strings}
+    return {flag: action for action in parser._actions for flag in action.option_strings}
 
 
 def unknown_flags(argv: list[str]) -> list[str]:
-    """The ``--flags`` of ``argv`` that no options class declares. Beam drops unknown flags
-    silently, so ``--engine flink`` or ``--alerts_radiusm 900`` would run a default job."""
-    known = _beam_flags()
-    unknown = []
+    """What of ``argv`` no options class takes: ``--flags`` none declares, single-dash options
+    (``-x``) and words that are no flag's value. Beam drops all of these silently, so
+    ``--engin flink`` or ``--alerts_radiusm 900`` would run a default job."""
+    actions = _beam_actions()
+    unknown, values_left = [], 0
     for arg in argv:
-        if not arg.startswith("--") or arg == "--":
+        if values_left and not arg.startswith("--"):   # the previous flag's value (may be "-1")
+            values_left -= 1
             continue
-        flag = arg.split("=", 1)[0]
-        if flag not in known:
-            unknown.append(flag)
+        values_left = 0
+        if arg == "--":
+            continue
+        if arg.startswith("--"):
+            flag, has_value, _ = arg.partition("=")
+            action = actions.get(flag)
+            if action is None:
+                unknown.append(flag)
+            elif not has_value and action.nargs != 0:
+                values_left = len(argv) if action.nargs in ("*", "+") else 1
+        else:
+            unknown.append(arg.partition("=")[0] if arg.startswith("-") else arg)
     return unknown
 
 

@@ -283,8 +283,10 @@ def run(argv=None, flink_entry: str | None = None) -> int:
         return 0
     unknown = unknown_flags(argv)
     if unknown:
-        print(f"pipelines.run: error: unknown option {unknown[0]} (neither a project option nor a Beam "
-              "option; see --help)", file=sys.stderr)
+        what = (f"unknown option {unknown[0]}" if unknown[0].startswith("-")
+                else f"unexpected argument {unknown[0]!r}: not the value of any option")
+        print(f"pipelines.run: error: {what} (neither a project option nor a Beam option; see --help)",
+              file=sys.stderr)
         return 2
     wrong = bad_choice(argv)
     if wrong:

@@ -240,7 +240,7 @@ def resolve_follows(ops, taps, registry: dict, params: FollowParams) -> dict:
         return (stream.process(function, output_type=PICKLED).name(uid_path(base, name)).uid(uid_path(base, name))
                 .disable_chaining())
 
-    # stateless: no uid (flink_job.ordered.STATELESS_UIDS)
+    # stateless: its uid comes from flink_job.ordered.assign_uids
     checked = (taps.process(_CheckTaps(params, pubkeys, dead), output_type=PICKLED)
                .name(uid_path(base, "CheckTapReports")))
     judged = stateful(key_pairs(checked), _JudgeNonce(params, dead, in_memory), "JudgeTouches")

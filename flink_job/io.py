@@ -30,9 +30,8 @@ exactly-once ``KafkaSink`` (transactions committed on checkpoints: readers must 
 
 Every operator is named after its stage; the stateful ones -- sources (their read
 positions) and sinks (their pending files and transactions) -- also carry that name as
-their uid, so a checkpoint or savepoint restores into a rebuilt job. Stateless maps carry
-no uid (``flink_job.ops``: PyFlink's chaining makes uids of chained stateless operators
-collide).
+their uid, so a checkpoint or savepoint restores into a rebuilt job. The stateless maps
+get theirs from their names (``flink_job.ordered.assign_uids``).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ its Beam graph. Each operator is named by its scope path
 (``<uid_prefix>/<nested scopes>/<stage_name>``, unique: a path built twice is an
 error): the names show in Flink's UI and metric scopes. The stateful operators (the
 ordered hosts) also take it as their uid, which keeps savepoints restorable across
-rebuilds of the job; stateless ones cannot (``flink_job.ordered.STATELESS_UIDS``).
+rebuilds of the job; so do the stateless ones (``flink_job.ordered.assign_uids``).
 
 Elements are the core's plain Python objects, pickled (``Types.PICKLED_BYTE_ARRAY``);
 ``output_type`` is ignored. Each function given to an operation runs in a wrapper that
@@ -113,8 +113,9 @@ class FlinkOps(Ops):
         return uid
 
     def _named(self, stream, stage_name: str):
-        """Named by its scope path; stateless, so no uid (flink_job.ordered.STATELESS_UIDS)."""
-        return stream.name(self._uid(stage_name))
+        """Named by its scope path, which is its uid too (``flink_job.ordered.assign_uids``)."""
+        uid = self._uid(stage_name)
+        return stream.name(uid).uid(uid)
 
     # -- the operations --
 
@@ -149,7 +150,7 @@ class FlinkOps(Ops):
     def tagged(self, col, fn, tags, stage_name):
         uid = self._uid(stage_name)
         outputs = {tag: OutputTag(uid_path(uid, tag), PICKLED) for tag in tags}
-        main = col.process(_Tagged(fn, outputs), output_type=PICKLED).name(uid)
+        main = col.process(_Tagged(fn, outputs), output_type=PICKLED).name(uid).uid(uid)
         return {tag: side_output(main, output_tag, uid_path(uid, tag, "Out")) for tag, output_tag in outputs.items()}
 
     def run_ordered(self, col, processor, stage_name, *, tick_s, allowed_lateness_s, step):

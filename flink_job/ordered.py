@@ -56,12 +56,56 @@ def dropped_counter_name(step: str, processor: ProcessorProtocol) -> str:
     return f"{step}_late_dropped_{processor.name}"
 
 
-# Only stateful operators (the keyed process functions) get a uid. PyFlink 2.2 fuses
-# chained Python operators and, when one of them has a side output, the fused graph holds a
-# stateless operator's uid twice and the job fails to start ("Hash collision on
-# user-specified ID"). Stateless operators have nothing to restore from a savepoint, so
-# Flink's generated ids serve them; their names still carry the scope path.
-STATELESS_UIDS = False
+# Every operator has a stable uid, so a savepoint restores into a job built by newer code
+# or at another parallelism: the stateful ones (keyed process functions, sources, sinks)
+# and FlinkOps' stages get their scope path where they are built; every other operator one
+# from :func:`assign_uids` once the job is built (PyFlink adds operators of its own -- key
+# extraction, side-output and timestamp maps -- that no call here names). (An earlier
+# "Hash collision on user-specified ID" came from two side-output maps given one uid;
+# assign_uids numbers siblings.)
+
+
+def _transformations(env) -> list:
+    """Every transformation of ``env``'s job, inputs before their consumers, in build order."""
+    seen, ordered = set(), []
+
+    def visit(t):
+        if t.getId() in seen:
+            return
+        seen.add(t.getId())
+        for parent in t.getInputs():
+            visit(parent)
+        ordered.append(t)
+    for sink in env._j_stream_execution_environment.getTransformations():
+        visit(sink)
+    return ordered
+
+
+def assign_uids(env) -> int:
+    """A stable uid for every operator of the built job that has none: its name when that is
+    a scope path no other operator has (``ReleaseDpStatistics/CountSpentHours``), else its
+    first input's uid and its name (``<input uid>/_stream_key_by_map_operator``, ``#n`` for
+    the n-th sibling of one name), so the same code builds the same uids and a savepoint maps
+    onto every operator; the number assigned. Deterministic: transformations are visited
+    inputs first, in build order."""
+    transformations = _transformations(env)
+    taken = {t.getUid() for t in transformations if t.getUid()}
+    assigned = 0
+    for t in transformations:
+        if t.getUid():
+            continue
+        name = str(t.getName())
+        inputs = list(t.getInputs())
+        scoped = "/" in name and name not in taken
+        base = name if scoped else uid_path(inputs[0].getUid() if inputs else "", name)
+        uid, n = base, 1
+        while uid in taken:
+            n += 1
+            uid = f"{base}#{n}"
+        t.setUid(uid)
+        taken.add(uid)
+        assigned += 1
+    return assigned
 
 
 def uid_path(*parts: str) -> str:
@@ -101,9 +145,9 @@ def side_output(stream, tag: OutputTag, uid: str):
     user-specified ID") when an operator's side output feeds a Java operator (a union, a
     sink) while its main output feeds a chained Python operator with a uid; a Python
     operator first on the side output avoids one form of that, whatever the caller does
-    with it. (Stateless operators get no uid at all: see :data:`STATELESS_UIDS`.)
+    with it.
     """
-    return stream.get_side_output(tag).map(_identity, output_type=PICKLED).name(uid)
+    return stream.get_side_output(tag).map(_identity, output_type=PICKLED).name(uid).uid(uid)
 
 
 def runtime_is_batch(env) -> bool:

@@ -189,8 +189,10 @@ class FlinkRest:
         self.base = f"http://{master}"
         self.timeout_s = timeout_s
 
-    def call(self, path: str, method: str = "GET"):
-        request = urllib.request.Request(self.base + path, method=method)
+    def call(self, path: str, method: str = "GET", body: Optional[dict] = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, method=method, data=data,
+                                         headers={"Content-Type": "application/json"} if data else {})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
             body = response.read()
         return json.loads(body) if body else None
@@ -200,6 +202,46 @@ class FlinkRest:
 
     def cancel(self, job_id: str) -> None:
         self.call(f"/jobs/{job_id}?mode=cancel", method="PATCH")
+
+    def stop_with_savepoint(self, job_id: str, target_dir: Optional[str] = None, drain: bool = False,
+                            timeout_s: float = 600.0, poll_s: float = 1.0, sleep: Callable = time.sleep) -> str:
+        """Stop the job with a savepoint (Flink's ``stop``: sources stop, a synchronous
+        savepoint is taken, sinks commit, the job ends FINISHED); the savepoint's path.
+        ``drain``: send the maximum watermark first (every timer fires: an end of input).
+        RuntimeError with Flink's reason if the savepoint fails."""
+        body = {"drain": drain}
+        if target_dir:
+            body["targetDirectory"] = target_dir
+        trigger = self.call(f"/jobs/{job_id}/stop", method="POST", body=body)["request-id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.call(f"/jobs/{job_id}/savepoints/{trigger}")
+            if status["status"]["id"] == "COMPLETED":
+                operation = status.get("operation") or {}
+                if operation.get("failure-cause"):
+                    raise RuntimeError("stop with savepoint failed: "
+                                       + failure_reason(operation["failure-cause"].get("stack-trace", "")))
+                return operation["location"]
+            sleep(poll_s)
+        raise RuntimeError(f"stop with savepoint of job {job_id}: no savepoint after {timeout_s:.0f} s")
+
+    def status(self, job_id: str) -> dict:
+        """What an operator asks of a job: state, name, parallelism, checkpoints, restored from."""
+        job = self.call(f"/jobs/{job_id}")
+        try:
+            checkpoints = self.call(f"/jobs/{job_id}/checkpoints")
+        except (OSError, ValueError):
+            checkpoints = {}
+        latest = checkpoints.get("latest") or {}
+        completed = latest.get("completed") or {}
+        restored = latest.get("restored") or {}
+        return {"job_id": job_id, "name": job.get("name"), "state": job["state"],
+                "parallelism": max((v["parallelism"] for v in job.get("vertices", [])), default=None),
+                "checkpoints": checkpoints.get("counts", {}),
+                "last_checkpoint": completed.get("external_path"),
+                "last_savepoint": (latest.get("savepoint") or {}).get("external_path"),
+                "restored_from": restored.get("external_path"),
+                "url": f"{self.base}/#/job/{'running' if job['state'] not in TERMINAL else 'completed'}/{job_id}"}
 
     def failure(self, job_id: str) -> str:
         """The job's root exception, first line."""
@@ -225,9 +267,13 @@ class FlinkRest:
         return dict(sorted(totals.items()))
 
 
-def submit_command(install: FlinkInstall, master: str, entry: str, zip_path: str, config_path: str) -> list[str]:
-    """``flink run`` of the job, detached. ``entry``: a module (``-pym``) or a script (``-py``)."""
+def submit_command(install: FlinkInstall, master: str, entry: str, zip_path: str, config_path: str,
+                   savepoint: Optional[str] = None) -> list[str]:
+    """``flink run`` of the job, detached. ``entry``: a module (``-pym``) or a script (``-py``);
+    ``savepoint``: start from it (``-s``; every stateful operator has a stable uid)."""
     run = [os.path.join(install.flink_home, "bin", "flink"), "run", "-m", master, "-d"]
+    if savepoint:
+        run += ["-s", savepoint]
     run += ["-py", entry] if entry.endswith(".py") else ["-pym", entry]
     return run + ["-pyfs", zip_path, "-pyclientexec", install.python, "-pyexec", install.python,
                   "--config", config_path]
@@ -330,13 +376,18 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
     if entry != JOB_ENTRY:
         entry = os.path.abspath(entry)
     t0 = time.monotonic()
+    savepoint = options.get("flink_savepoint")
     try:
-        job_id = submit(submit_command(install, master, entry, zip_path, config_path), install,
+        job_id = submit(submit_command(install, master, entry, zip_path, config_path, savepoint), install,
                         os.path.join(work, "flink-run.log"))
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         print(f"pipelines.run: error: {exc}", file=sys.stderr)
         return 1
     print(f"Flink job {job_id} ({settings.job_name}): http://{master}/#/job/running/{job_id}", file=sys.stderr)
+    if options.get("flink_detached"):
+        # the job runs on; `python -m pipelines.flink_engine status|stop JOB_ID` operate it
+        print(job_id)
+        return 0
     interrupted = False
     try:
         state, counters = watch(rest, job_id)
@@ -364,3 +415,65 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
     print_summary(summary)
     print(f"Flink job {job_id} {state} in {done_s:.1f} s: {url}", file=sys.stderr)
     return 130 if interrupted else 0
+
+
+# ---- the job's lifecycle: ``python -m pipelines.flink_engine COMMAND`` --------------------
+
+LIFECYCLE_USAGE = """python -m pipelines.flink_engine COMMAND [--flink_master HOST:PORT] ...
+
+  status JOB_ID                     state, parallelism, checkpoints, last savepoint, restored from (JSON)
+  stop JOB_ID [--savepoint_dir D]   stop with a savepoint (the job ends FINISHED); prints its path
+       [--drain]                    ... after the maximum watermark: every pending timer fires (an end of input)
+  upgrade JOB_ID [--savepoint_dir D] -- RUN_ARGS...
+                                    stop with a savepoint, then submit `pipelines.run RUN_ARGS` from it,
+                                    detached (new code, new parameters or --parallelism: a rescale)
+
+Submit detached: `python -m pipelines.run --engine flink ... --flink_detached` (prints the job id);
+resume from a savepoint: the same with `--flink_savepoint PATH`."""
+
+
+def lifecycle(argv, run_job: Optional[Callable] = None) -> int:
+    """The lifecycle commands (:data:`LIFECYCLE_USAGE`); the exit status. ``run_job``: the
+    launcher's ``pipelines.run.run`` (tests pass their own, code only)."""
+    import argparse
+    argv = list(argv)
+    run_args: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, run_args = argv[:at], argv[at + 1:]
+    parser = argparse.ArgumentParser(prog="python -m pipelines.flink_engine", usage=LIFECYCLE_USAGE)
+    parser.add_argument("command", choices=("status", "stop", "upgrade"))
+    parser.add_argument("job_id")
+    parser.add_argument("--flink_master", default=None)
+    parser.add_argument("--savepoint_dir", default=None, help="default: the cluster's savepoint dir")
+    parser.add_argument("--drain", action="store_true")
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"[0-9a-f]{32}", args.job_id):
+        parser.error(f"job id {args.job_id!r}: a Flink job id is 32 hex digits")
+    if args.command == "upgrade" and not run_args:
+        parser.error("upgrade: give the new job's pipelines.run arguments after --")
+    if any(a.startswith("--flink_savepoint") for a in run_args):
+        parser.error("upgrade: the new job starts from the savepoint it takes; give no --flink_savepoint")
+    master = master_of({"flink_master": args.flink_master})
+    rest = FlinkRest(master)
+    try:
+        if args.command == "status":
+            print(json.dumps(rest.status(args.job_id), indent=2, sort_keys=True))
+            return 0
+        savepoint_dir = os.path.abspath(args.savepoint_dir) if args.savepoint_dir else None
+        location = rest.stop_with_savepoint(args.job_id, savepoint_dir, drain=args.drain)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"pipelines.flink_engine: error: {args.command} {args.job_id} at {master}: {exc}", file=sys.stderr)
+        return 1
+    print(f"Flink job {args.job_id} stopped with savepoint {location}", file=sys.stderr)
+    if args.command == "stop":
+        print(location)
+        return 0
+    if run_job is None:
+        from pipelines.run import run as run_job
+    given = [a for a in run_args if a != "--flink_detached"]
+    return run_job(given + ["--flink_master", master, "--flink_savepoint", location, "--flink_detached"])
+
+
+if __name__ == "__main__":
+    sys.exit(lifecycle(sys.argv[1:]))

@@ -64,6 +64,12 @@ class TapFollowOptions(PipelineOptions):
         parser.add_argument("--flink_kafka_stop_at_latest", action="store_true", default=False,
                             help="--engine flink --source kafka: read the topics only up to what they held "
                                  "when the job started, then end (a bounded read in streaming mode)")
+        parser.add_argument("--flink_detached", action="store_true", default=False,
+                            help="--engine flink: print the job id and return once submitted "
+                                 "(python -m pipelines.flink_engine status|stop|upgrade JOB_ID operate it)")
+        parser.add_argument("--flink_savepoint", default=None,
+                            help="--engine flink: start the job from this savepoint (a resume, an "
+                                 "upgrade, a rescale with --parallelism)")
         parser.add_argument("--source", default="files", choices=SOURCES,
                             help="where events come from (default files)")
         parser.add_argument("--kafka_bootstrap_servers", default=DEFAULT_KAFKA_BOOTSTRAP)
@@ -82,15 +88,15 @@ class TapFollowOptions(PipelineOptions):
                             help="an event (ping, tap, tweet, delete) stamped more than this many seconds "
                                  "ahead of the worker's wall clock is a dead letter, in batch and "
                                  "streaming, and never moves the watermark (default 300)")
+        parser.add_argument("--service_country", default=None,
+                            help="the service's country (ISO 3166-1 alpha-2, default JP): tweets and "
+                                 "users withheld there are never alerted or shown")
         parser.add_argument("--world_users", type=int, default=300,
                             help="size of the default synthetic world (no --input)")
         parser.add_argument("--world_hours", type=int, default=6)
         parser.add_argument("--world_seed", type=int, default=42)
         # Midday to evening in Tokyo: the hours with sales, concerts and crowds.
         parser.add_argument("--world_start", default="2026-11-20T12:00:00+09:00")
-        parser.add_argument("--service_country", default=None,
-                            help="the service's country (ISO 3166-1 alpha-2, default JP): tweets and "
-                                 "users withheld there are never alerted or shown")
         for prefix, params_cls in STEP_PARAMS:
             add_params_arguments(parser, prefix, params_cls)
 

@@ -44,6 +44,7 @@ from core.dp_noise import SecureGaussianNoise
 from core.dp_stats import (STATISTICS_RELEASED, WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram,
                            bound_user_hour_of, hour_end_us, hour_tick, release_window, to_contribution)
 from flink_job.counters import FlinkCounter, bind_metrics
+from flink_job.io import from_records
 from flink_job.keyed_state import Bound, KeyedValue
 from flink_job.ordered import key_pairs, run_ordered, runtime_is_batch, side_output, uid_path
 from schemas import service_area
@@ -251,8 +252,10 @@ def release_statistics(ops, inputs: dict, registry: dict, params: DpParams, nois
                         tick_s=float(acct.HOUR_S), allowed_lateness_s=float(p.late_count_horizon_s), step=STEP,
                         uid_prefix=base, bounded=in_memory or getattr(ops, "bounded", False))["out"]
     kept = spent.process(_CountSpent(), output_type=PICKLED).name(uid_path(base, "CountSpentHours"))
-    ticks = (env.from_collection([_tick_pair(h) for h in p.scheduled_hours()])
-             .name(uid_path(base, "ScheduledHours"))
+    # a checkpointed source (io.from_records), not from_collection: that legacy source is
+    # non-parallel (max parallelism 1), which the operators chained to it took on, and a
+    # savepoint of them could not be rescaled ("Max parallelism mismatch")
+    ticks = (from_records(env, [_tick_pair(h) for h in p.scheduled_hours()], base, "ScheduledHours")
              .assign_timestamps_and_watermarks(
                  WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(_TickTime()))
              .name(uid_path(base, "HourTicks")))

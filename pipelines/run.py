@@ -303,7 +303,8 @@ def run(argv=None, flink_entry: str | None = None) -> int:
         if project.source == "files":
             sources.input_files(project.input)  # fail before building anything
         cfg = config_from(options)
-        prepare_output(cfg)
+        if not (project.engine == "flink" and project.flink_savepoint):
+            prepare_output(cfg)   # a job resumed from its savepoint continues its outputs
     except ConfigError as exc:
         print(f"pipelines.run: error: {exc}", file=sys.stderr)
         return 2

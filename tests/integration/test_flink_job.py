@@ -87,15 +87,18 @@ def _marketing(out: str) -> dict:
     return rows
 
 
-def assert_same_outputs(got: str, expected: str, folders=("follows", "alerts")) -> None:
+def assert_same_outputs(got: str, expected: str, folders=("follows", "alerts"), run: dict | None = None) -> None:
     """Every output folder of ``got`` equals ``expected``'s (``folders``: the JSON Lines ones
-    compared by fingerprint besides the ledger; dead letters and statistics always)."""
+    compared by fingerprint besides the ledger; dead letters and statistics always).
+    ``run``: the run's ``input`` and ``source`` (default: ``got``'s run summary; a detached
+    job writes none)."""
     for folder in (*folders, "privacy_ledger"):
         assert folder_fingerprint(os.path.join(got, folder)) == folder_fingerprint(os.path.join(expected, folder)), \
             folder
-    files = origin_names(input_files(_summary(got)["input"]))
+    run = run or _summary(got)
+    files = origin_names(input_files(run["input"]))
     topic_of = None
-    if _summary(got)["source"] == "kafka" and _summary_or_none(expected, "source") != "kafka":
+    if run["source"] == "kafka" and _summary_or_none(expected, "source") != "kafka":
         topic_of = {files[kind]: topic for kind, topic in kafka_origins().items()}
     expected_dead = _dead_letters(expected, topic_of)
     inputs = {*files.values(), *kafka_origins().values()}

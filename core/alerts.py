@@ -453,27 +453,33 @@ def fan_out_over(ops: Ops, inputs: dict, params: AlertParams) -> dict:
     shown = ops.flatten([alerts, timeline["out"]], "AllOutputs")
     gated = apply_compliance_over(ops, shown, inputs["deletes"], params, ordered)
     # gated['outputs'] : (alert | retracted | suppressed, Alert | TimelineEntry)
-    out = ops.flat_map(gated["outputs"], _split_outputs(ops, Alert, "alerts", {"suppressed": "suppressed_deleted"}),
-                       "CountEmitted", output_type=Alert)
-    entries = ops.flat_map(gated["outputs"], _split_outputs(ops, TimelineEntry, "timeline"),
-                           "CountTimeline", output_type=TimelineEntry)
+    split = ops.tagged(gated["outputs"], _split_outputs(ops), ("alerts", "timeline"), "CountEmitted")
+    out = ops.map(split["alerts"], _identity, "AsAlerts", output_type=Alert)
+    entries = ops.map(split["timeline"], _identity, "AsTimelineEntries", output_type=TimelineEntry)
     dead = ops.flatten([found["late"], near["late"], friends["late"], decided["late"], timeline["late"],
                         gated["late"]], "LateMessages")
     return {"alerts": out, "timeline": entries, "dead_letters": dead}
 
 
-def _split_outputs(ops: Ops, record_type: type, prefix: str, renamed: dict = {}):  # noqa: B006 - read only
-    """(tag, record) -> the records of ``record_type`` written (alert, retracted), counting each tag."""
-    names = {"alert": "emitted", "retracted": "retracted", "suppressed": "suppressed", **renamed}
-    counters = {tag: ops.counter(f"{prefix}_{name}") for tag, name in names.items()}
+def _split_outputs(ops: Ops):
+    """(tag, record) -> ('alerts' | 'timeline', record) for each one written (alert, retracted),
+    counting every tag: alerts_emitted/_retracted/_suppressed_deleted, timeline_emitted/..."""
+    names = {"alert": "emitted", "retracted": "retracted", "suppressed": "suppressed"}
+    counters = {(prefix, tag): ops.counter(f"{prefix}_{name}")
+                for prefix in ("alerts", "timeline") for tag, name in names.items()}
+    counters["alerts", "suppressed"] = ops.counter("alerts_suppressed_deleted")   # its name before #14
 
     def split(tagged):
         tag, record = tagged
-        if isinstance(record, record_type):
-            counters[tag].inc()
-            if tag != "suppressed":
-                yield record
+        prefix = "alerts" if isinstance(record, Alert) else "timeline"
+        counters[prefix, tag].inc()
+        if tag != "suppressed":
+            yield prefix, record
     return split
+
+
+def _identity(value):
+    return value
 
 
 def fan_out_outputs(tweets: Iterable[Tweet], deletes: Iterable[ComplianceEvent],

@@ -240,3 +240,80 @@ def test_no_cluster_at_the_master_exits_2_before_submitting(tmp_path, capsys):
     assert status == 2 and f"no Flink cluster answers at http://127.0.0.1:{port}" in err, err
     assert err.count("\n") == 1
     assert not ran.exists()
+
+
+# ---- the lifecycle commands (python -m pipelines.flink_engine) ----------------------------
+
+JOB = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_resume_submits_from_the_savepoint():
+    install = FlinkInstall("/flink", "/venv/bin/python", (), "/conf")
+    command = flink_engine.submit_command(install, "h:1", "flink_job", "/z", "/c", savepoint="file:/sp/savepoint-1")
+    assert command[:8] == ["/flink/bin/flink", "run", "-m", "h:1", "-d", "-s", "file:/sp/savepoint-1", "-pym"]
+
+
+class SavepointRest(flink_engine.FlinkRest):
+    """Flink's REST answers to a stop with savepoint: in progress twice, then ``final``."""
+
+    def __init__(self, final: dict):
+        super().__init__("h:1")
+        self.calls, self.final, self.polls = [], final, 0
+
+    def call(self, path, method="GET", body=None):
+        self.calls.append((method, path, body))
+        if method == "POST":
+            return {"request-id": "t1"}
+        self.polls += 1
+        if self.polls < 3:
+            return {"status": {"id": "IN_PROGRESS"}}
+        return {"status": {"id": "COMPLETED"}, "operation": self.final}
+
+
+def test_stop_with_savepoint_waits_for_the_savepoint_and_returns_its_path():
+    rest = SavepointRest({"location": "file:/sp/savepoint-abc"})
+    assert rest.stop_with_savepoint(JOB, "/sp", drain=True, sleep=lambda s: None) == "file:/sp/savepoint-abc"
+    assert rest.calls[0] == ("POST", f"/jobs/{JOB}/stop", {"drain": True, "targetDirectory": "/sp"})
+    assert rest.calls[-1] == ("GET", f"/jobs/{JOB}/savepoints/t1", None)
+
+
+def test_a_failed_savepoint_is_an_error_with_flinks_reason():
+    rest = SavepointRest({"failure-cause": {"stack-trace": "java.lang.X: boom\nCaused by: java.io.IOException: disk full"}})
+    with pytest.raises(RuntimeError, match="disk full"):
+        rest.stop_with_savepoint(JOB, None, sleep=lambda s: None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["stop", "not-a-job"], "32 hex digits"),
+    (["upgrade", JOB], "arguments after --"),
+    (["upgrade", JOB, "--", "--engine", "flink", "--flink_savepoint", "/x"], "give no --flink_savepoint"),
+    (["restart", JOB], "invalid choice"),
+])
+def test_bad_lifecycle_commands_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        flink_engine.lifecycle(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_upgrade_stops_with_a_savepoint_then_submits_the_new_job_from_it_detached(monkeypatch):
+    stopped = []
+
+    def stop(self, job_id, target_dir=None, drain=False, **_):
+        stopped.append((self.base, job_id, target_dir, drain))
+        return "file:/sp/savepoint-1"
+    monkeypatch.setattr(flink_engine.FlinkRest, "stop_with_savepoint", stop)
+    submitted = []
+    status = flink_engine.lifecycle(["upgrade", JOB, "--flink_master", "h:1", "--", "--engine", "flink",
+                                     "--parallelism", "2", "--flink_detached"],
+                                    run_job=lambda argv: submitted.append(argv) or 0)
+    assert status == 0
+    assert stopped == [("http://h:1", JOB, None, False)]
+    assert submitted == [["--engine", "flink", "--parallelism", "2", "--flink_master", "h:1",
+                          "--flink_savepoint", "file:/sp/savepoint-1", "--flink_detached"]]
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_1(capsys):
+    assert flink_engine.lifecycle(["status", JOB, "--flink_master", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pipelines.flink_engine: error: status {JOB} at 127.0.0.1:1")

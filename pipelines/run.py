@@ -197,7 +197,12 @@ def watch_job(result, retry_s: float = 5.0, sleep=time.sleep, stream_deadline_s:
     Cancelling is how an unbounded job ends: that is said, and the summary still written."""
     from apache_beam.runners.portability.portable_runner import PipelineResult as PortableResult
     if isinstance(result, PortableResult):
-        state = _follow_portable_job(result, retry_s, sleep, stream_deadline_s)
+        try:
+            state = _follow_portable_job(result, retry_s, sleep, stream_deadline_s)
+        except KeyboardInterrupt:   # Ctrl-C: the operator ends the job (its workers live here)
+            print(f"\npipelines.run: cancelling the job {result._job_id}", file=sys.stderr)
+            result.cancel()
+            raise
         if state == PipelineState.FAILED:
             raise RuntimeError(f"the job {result._job_id} failed: {result._last_error_message()}")
         if state == PipelineState.CANCELLED:
@@ -316,14 +321,24 @@ def run(argv=None, flink_entry: str | None = None) -> int:
     pipeline = beam.Pipeline(options=options)
     origins, lines_read = build(pipeline, cfg)
     result = pipeline.run()
-    watch_job(result)
+    interrupted = False
+    try:
+        watch_job(result)
+    except KeyboardInterrupt:   # the job is cancelled: its summary is still written, exit 130
+        interrupted = True
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if lines_read is None:  # ParseInputs counted every line it was given (read.<kind>)
         counters = counters_of(result)
         lines_read = {kind: counters.get(f"read.{kind}", 0) for kind in sources.SOURCES}
-    summary = write_summary(result, cfg, lines_read, origins, runner, wall_time_s=time.time() - started)
+    try:
+        summary = write_summary(result, cfg, lines_read, origins, runner, wall_time_s=time.time() - started)
+    except Exception as exc:  # noqa: BLE001 -- only after Ctrl-C: a runner may keep no metrics of a cancelled job
+        if not interrupted:
+            raise
+        print(f"pipelines.run: interrupted; no run summary ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 130
     print_summary(summary)
-    return 0
+    return 130 if interrupted else 0
 
 
 def main() -> None:

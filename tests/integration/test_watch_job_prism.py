@@ -7,6 +7,8 @@ did after about 5 minutes) several times while the job runs. The launcher must s
 with every element processed."""
 from __future__ import annotations
 
+import _thread
+import threading
 import time
 
 import apache_beam as beam
@@ -40,3 +42,24 @@ def test_a_prism_streaming_job_is_followed_across_dropped_state_streams(infra, c
     assert all(f"the job {result._job_id} is RUNNING, watching again" in line for line in lost), lost
     ticked = result.metrics().query(MetricsFilter().with_name("ticked"))["counters"]
     assert sum(c.committed for c in ticked) == TICKS    # the workers served the job to its end
+
+
+def test_ctrl_c_cancels_the_prism_job_without_a_traceback(infra):
+    """Ctrl-C while the launcher follows a streaming job: the job is cancelled on Prism and the
+    interrupt reaches the launcher's caller (``run`` writes the summary and exits 130)."""
+    if infra.prism_endpoint is None:
+        pytest.skip("Prism is not installed (infra/install.sh needs go)")
+    pipeline = beam.Pipeline(options=PipelineOptions(infra.portable_runner_args(streaming=True)))
+    start = time.time() + 5
+    (pipeline
+     | "Tick" >> PeriodicImpulse(start_timestamp=start, stop_timestamp=start + 3600, fire_interval=1)
+     | "Seen" >> beam.Map(lambda ts: TICKED.inc()))
+    result = pipeline.run()
+    ctrl_c = threading.Timer(15.0, _thread.interrupt_main)
+    ctrl_c.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            watch_job(result, retry_s=0.5, stream_deadline_s=3.0)
+    finally:
+        ctrl_c.cancel()
+    assert result.state == PipelineState.CANCELLED

@@ -7,7 +7,7 @@ For each world size (the generator's default world, seed 42, 6 hours from
 ``pipelines.options``' default start) and each mode, it runs ``pipelines.run``'s
 own wiring on DirectRunner with the statistics' noise off (``NoNoiseForTests``:
 code only, never a flag), then hashes each output folder: the sorted lines of
-every ``*.jsonl`` shard (follows, alerts, deadletter, privacy_ledger) and the
+every ``*.jsonl`` shard (follows, alerts, timeline, deadletter, privacy_ledger) and the
 sorted rows of the Parquet release (marketing). Shard names and Parquet row
 groups may differ between versions; the records may not. ``record`` before a
 refactoring, ``check`` after it: a restructure that changes no behaviour keeps
@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 
-FOLDERS = ("follows", "alerts", "deadletter", "privacy_ledger", "marketing")
+FOLDERS = ("follows", "alerts", "timeline", "deadletter", "privacy_ledger", "marketing")
 
 
 def folder_fingerprint(folder: str) -> dict:

@@ -87,14 +87,24 @@ def python_workers(flink_conf_dir: str) -> list[int]:
 
 
 class PrometheusQuery:
+    """Questions to Prometheus's HTTP API (also the tests' client: tests/integration/prometheus_helpers)."""
+
     def __init__(self, url: str):
         self.url = url
 
+    def get(self, path: str, **params):
+        query = ("?" + urllib.parse.urlencode(params)) if params else ""
+        with urllib.request.urlopen(self.url + path + query, timeout=10) as response:
+            body = json.load(response)
+        if body.get("status") != "success":
+            raise ValueError(f"Prometheus {path}: {body}")
+        return body["data"]
+
     def value(self, expr: str) -> float | None:
+        """The one value of a scalar-like ``expr`` (a sum, say); None when it has no series or
+        Prometheus does not answer (a sample is then reported as n/a)."""
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}",
-                                        timeout=5) as response:
-                result = json.load(response)["data"]["result"]
+            result = self.get("/api/v1/query", query=expr)["result"]
         except (OSError, ValueError, KeyError):
             return None
         return float(result[0]["value"][1]) if result else None

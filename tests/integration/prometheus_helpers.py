@@ -3,12 +3,11 @@ and the questions asked of its HTTP API (``/api/v1/query``, ``/api/v1/alerts``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
-import urllib.parse
-import urllib.request
+
+from benchmarks.bench_soak import PrometheusQuery
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMETHEUS_SH = os.path.join(REPO, "infra", "prometheus.sh")
@@ -20,30 +19,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Prometheus:
-    def __init__(self, url: str):
-        self.url = url
-
-    def _get(self, path: str, **params):
-        query = ("?" + urllib.parse.urlencode(params)) if params else ""
-        with urllib.request.urlopen(self.url + path + query, timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict]:
-        """The instant vector of ``expr``: [{'metric': {...}, 'value': [ts, 'v']}]."""
-        return self._get("/api/v1/query", query=expr)["result"]
-
-    def value(self, expr: str) -> float | None:
-        """The one value of a scalar-like ``expr`` (a sum, say), or None when it has no series."""
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
+class Prometheus(PrometheusQuery):
     def alerts(self, state: str = "firing") -> dict[str, list[dict]]:
         """Alerts by name in ``state`` (firing or pending)."""
         found: dict[str, list[dict]] = {}
-        for alert in self._get("/api/v1/alerts")["alerts"]:
+        for alert in self.get("/api/v1/alerts")["alerts"]:
             if alert["state"] == state:
                 found.setdefault(alert["labels"]["alertname"], []).append(alert)
         return found

@@ -97,4 +97,6 @@ def test_flink_job_alerts_fire_and_clear_on_the_session_cluster(infra, tmp_path)
             wait_for(lambda: not prometheus.firing("TapfollowJobRestarting"), 60, "job-restarting to clear")
         finally:
             infra.rest(f"/jobs/{job_id}?mode=cancel", method="PATCH")
+            if not infra.rest("/overview")["taskmanagers"]:     # failed between the kill and the restart
+                infra.flink("start-taskmanager")
         wait_for(lambda: prometheus.firing("TapfollowJobNotRunning"), 60, "job-not-running once cancelled")

@@ -13,12 +13,11 @@ import json
 import os
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
-from schemas.records import Statistic, TIME_FIELDS, arrow_schema, to_json_line
+from schemas.records import Statistic, arrow_schema, arrow_table, to_json_line
 from core.conventions import METRICS_NAMESPACE
 
 STREAMING_FILE_WINDOW_S = 3600
@@ -79,13 +78,6 @@ class WriteJsonl(beam.PTransform):
                 triggering_frequency=STREAMING_FILE_WINDOW_S if self._streaming else None))
 
 
-def _statistic_row(stat: Statistic) -> dict:
-    row = stat._asdict()
-    for name in TIME_FIELDS.intersection(row):
-        row[name] = dt.datetime.fromtimestamp(row[name], tz=dt.timezone.utc)
-    return row
-
-
 def window_file_name(start: float, end: float, index: int, suffix: str) -> str:
     """``part-[2026-11-20T03-00-00, 2026-11-20T04-00-00)-00000-of-00001.parquet``: the
     name Beam gives a windowed text shard through STREAMING_SHARD_NAME_TEMPLATE."""
@@ -97,13 +89,13 @@ def window_file_name(start: float, end: float, index: int, suffix: str) -> str:
 class _WriteWindowParquet(beam.DoFn):
     """One window's statistics -> one Parquet file, written whole and renamed into place."""
 
-    def __init__(self, folder: str, schema):
-        self._folder, self._schema = folder, schema
+    def __init__(self, folder: str):
+        self._folder = folder
 
-    def process(self, keyed_rows, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+    def process(self, keyed_statistics, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         import pyarrow.parquet as pq
-        _key, rows = keyed_rows
-        table = pa.Table.from_pylist(list(rows), schema=self._schema)
+        _key, statistics = keyed_statistics
+        table = arrow_table(list(statistics), Statistic)
         os.makedirs(self._folder, exist_ok=True)
         name = window_file_name(win.start.micros / 1e6, win.end.micros / 1e6, pane.index, ".parquet")
         temp = os.path.join(self._folder, f".{name}.tmp")      # not *.parquet: readers skip it
@@ -136,17 +128,21 @@ class WriteMarketingParquet(beam.PTransform):
         self._folder, self._streaming = folder, streaming
 
     def expand(self, statistics):
-        schema = arrow_schema(Statistic)
-        rows = _windowable(statistics, self._streaming) | "ToRow" >> beam.Map(_statistic_row)
         if not self._streaming:
+            # Arrow tables built column by column from batches of records, written as they come
+            # (a dict per row through WriteToParquet cost 7 % of a batch run: issue #13's profile).
             prefix = os.path.join(self._folder, "part")
-            return rows | "Write" >> beam.io.WriteToParquet(prefix, schema=schema, file_name_suffix=".parquet")
+            return (statistics
+                    | "Batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
+                    | "ToArrow" >> beam.Map(arrow_table, Statistic)
+                    | "Write" >> beam.io.WriteToParquetBatched(prefix, schema=arrow_schema(Statistic),
+                                                               file_name_suffix=".parquet"))
         return (
-            rows
+            _windowable(statistics, self._streaming)
             | "FileWindows" >> beam.WindowInto(window.FixedWindows(STREAMING_FILE_WINDOW_S))
-            | "KeyAll" >> beam.Map(lambda row: (None, row))
+            | "KeyAll" >> beam.Map(lambda stat: (None, stat))
             | "GroupWindow" >> beam.GroupByKey()
-            | "WriteWindowFile" >> beam.ParDo(_WriteWindowParquet(self._folder, schema)))
+            | "WriteWindowFile" >> beam.ParDo(_WriteWindowParquet(self._folder)))
 
 
 def read_jsonl_folder(folder: str) -> list[dict]:

@@ -14,8 +14,10 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
+from core.compliance import apply_retractions
 from pipelines.run import run
 from pipelines.sinks import read_jsonl_folder
+from schemas.records import Alert, TimelineEntry
 from synthetic.world import write_world
 
 START = "2026-11-20T17:00:00+09:00"  # evening: happenings, taps and alerts in two hours
@@ -69,6 +71,22 @@ def test_batch_follows_equal_truth_and_nothing_is_rejected(world, batch_out):
     manifest = json.load(open(os.path.join(world, "truth", "manifest.json")))
     for kind in ("users", "pings", "taps", "tweets"):
         assert summary["stages"]["read"][kind] == manifest["counts"][f"{kind}.jsonl"]
+
+
+def test_nothing_a_compliance_message_withdrew_is_alerted_or_shown(world, batch_out):
+    """truth/deleted.jsonl and truth/withdrawn.jsonl (synthetic.compliance) name what must never be alerted
+    or on the timeline; every kind of message is in the world and counted as used."""
+    withdrawn = _read_truth(world, "withdrawn.jsonl")
+    gone = {row["tweet_id"] for row in _read_truth(world, "deleted.jsonl") + withdrawn}
+    assert {row["kind"] for row in withdrawn} >= {"tweet_edit", "withheld", "drop", "scrub_geo", "user_protect",
+                                                  "user_suspend", "user_delete", "user_withheld"}
+    alerts = read_jsonl_folder(os.path.join(batch_out[0], "alerts"))
+    timeline = read_jsonl_folder(os.path.join(batch_out[0], "timeline"))
+    assert alerts and timeline
+    assert not [a for a in alerts if a["tweet_id"] in gone]
+    assert not [e for e in timeline if e["tweet_id"] in gone]
+    used = batch_out[1]["compliance_used"]
+    assert {"delete", "tweet_edit", "withheld", "drop", "undrop", "scrub_geo"} <= set(used) and min(used.values()) > 0
 
 
 def test_outputs_follow_the_contract(batch_out):
@@ -130,9 +148,16 @@ def test_streaming_gives_the_same_outputs_as_batch(world, batch_out, tmp_path):
     out = str(tmp_path / "stream")
     summary = _run(world, out, "--streaming", "--stream_disorder_s", "8")
     assert summary["mode"] == "streaming"
-    for folder in ("follows", "alerts", "deadletter"):
+    for folder in ("follows", "deadletter"):
         assert _canonical(read_jsonl_folder(os.path.join(out, folder))) == \
             _canonical(read_jsonl_folder(os.path.join(batch_out[0], folder))), folder
+    # alerts and timeline entries a later compliance message took back are retracted in streaming,
+    # never written in batch (core.compliance): the same once the retractions are applied
+    for folder, record in (("alerts", Alert), ("timeline", TimelineEntry)):
+        kept = apply_retractions(record(**row) for row in read_jsonl_folder(os.path.join(out, folder)))
+        assert _canonical(r._asdict() for r in kept) == \
+            _canonical(read_jsonl_folder(os.path.join(batch_out[0], folder))), folder
+    assert read_jsonl_folder(os.path.join(batch_out[0], "timeline")), "the batch run has a timeline"
     assert _marketing_keys(out) == _marketing_keys(batch_out[0])
     ledger = lambda o: _canonical(read_jsonl_folder(os.path.join(o, "privacy_ledger")))  # noqa: E731
     assert ledger(out) == ledger(batch_out[0])
@@ -214,7 +239,10 @@ def test_registry_duplicates_repeated_tweets_and_unknown_users_pings(world, batc
     with open(os.path.join(dup, "users.jsonl"), "w", encoding="utf-8") as handle:
         handle.write("\n".join([opted_out] + users) + "\n")  # opted out first, then the copy that is not
     with open(os.path.join(world, "tweets.jsonl"), encoding="utf-8") as handle:
-        tweets = handle.read().splitlines()
+        # statuses only: a repeated compliance message is used again (the same notice twice
+        # withdraws nothing more), never a duplicate dead letter
+        tweets = [line for line in handle.read().splitlines()
+                  if "id_str" in json.loads(line) or "id" in json.loads(line).get("data", {})]
     stranger = json.dumps(dict(json.loads(pings[0]), user_id="424242"))
     with open(os.path.join(dup, "tweets.jsonl"), "a", encoding="utf-8") as handle:
         handle.write("\n".join(tweets[:5]) + "\n")
@@ -227,7 +255,7 @@ def test_registry_duplicates_repeated_tweets_and_unknown_users_pings(world, batc
     errors = collections.Counter(row["error"].split(":")[0] for row in dead)
     assert errors == {f"duplicate user_id {pinger}": 1, "user_id 424242 is not in the user registry": 1,
                       **{f"duplicate tweet id {json.loads(t).get('id_str') or json.loads(t)['data']['id']}": 1
-                         for t in tweets[:5] if "delete" not in t}}
+                         for t in tweets[:5]}}
     assert [row["raw"] for row in dead if row["source"] == "pings.jsonl"] == [stranger]
     for folder in ("follows", "alerts"):
         assert _canonical(read_jsonl_folder(os.path.join(out, folder))) == \

@@ -40,9 +40,10 @@ def cell_map(rows: Sequence[tuple[str, float, float]], link, label) -> str:
     rings = {cell: h3.cell_to_boundary(cell) for cell, _, _ in rows}
     lats = [lat for ring in rings.values() for lat, _ in ring]
     lngs = [lng for ring in rings.values() for _, lng in ring]
-    shrink = math.cos(math.radians((min(lats) + max(lats)) / 2))
-    span_x = max((max(lngs) - min(lngs)) * shrink, 1e-9)
-    span_y = max(max(lats) - min(lats), 1e-9)
+    west, east, south, north = min(lngs), max(lngs), min(lats), max(lats)
+    shrink = math.cos(math.radians((south + north) / 2))
+    span_x = max((east - west) * shrink, 1e-9)
+    span_y = max(north - south, 1e-9)
     scale = WIDTH / span_x
     height = span_y * scale
     top = max((v for _, v, _ in rows), default=0.0)
@@ -51,7 +52,7 @@ def cell_map(rows: Sequence[tuple[str, float, float]], link, label) -> str:
              '<rect width="6" height="6" fill="#eee"/><line x1="0" y1="0" x2="0" y2="6" stroke="#999" stroke-width="2"/>'
              '</pattern></defs>']
     for cell, value, ci in rows:
-        points = " ".join(f"{_fmt((lng - min(lngs)) * shrink * scale)},{_fmt((max(lats) - lat) * scale)}"
+        points = " ".join(f"{_fmt((lng - west) * shrink * scale)},{_fmt((north - lat) * scale)}"
                           for lat, lng in rings[cell])
         zero = spans_zero(value, ci)
         fill = "url(#z)" if zero else colour(value, top)

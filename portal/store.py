@@ -34,7 +34,7 @@ from core.alerts import AlertParams, is_retraction
 from core.dp_accounting import spend_per_day
 from core.locations import current_location, report_from_ping
 from schemas.errors import InvalidRecord
-from schemas.parse import parse_line
+from schemas.parse import as_bool, as_str, as_user_id, decode_json_object, parse_line, req
 from schemas.records import Alert, User
 from schemas.timefmt import parse_rfc3339
 
@@ -207,8 +207,15 @@ class Store:
 
     # ---- one line of each kind: (verb "put"|"retract", key or None, row) or None ------------
     def _parse_users(self, line: str):
-        user = parse_line("users", line)
-        return "put", user.user_id, (user.user_id, user.pubkey, user.alerts_opt_in, user.stats_opt_out, user.age_band)
+        # The contract's fields with their types; the key itself is checked in full (canonical
+        # encoding, curve point, no small order: schemas.proofs.decode_pubkey) only when it signs a
+        # sign-in, because that check is pure-Python point arithmetic: minutes at 10k users.
+        obj = decode_json_object(line)
+        age_band = obj.get("age_band")
+        return "put", as_user_id(req(obj, "user_id")), (
+            as_user_id(req(obj, "user_id")), as_str(req(obj, "pubkey"), "pubkey", 64),
+            as_bool(req(obj, "alerts_opt_in"), "alerts_opt_in"), as_bool(req(obj, "stats_opt_out"), "stats_opt_out"),
+            None if age_band is None else as_str(age_band, "age_band", 16))
 
     def _parse_pings(self, line: str):
         report = report_from_ping(parse_line("pings", line), self.params.max_accuracy_m)

@@ -38,6 +38,16 @@ def form_fields(html: str) -> dict[str, str]:
     return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
 
 
+def die_with_parent():
+    """In the child: SIGTERM when the test or benchmark process dies, however it dies (Linux)."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)    # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def start_portal(root: str, output: str, world_dir: str | None, *extra: str) -> PortalServer:
     args = [sys.executable, "-m", "portal", "serve", "--output", output, "--port", "0",
             "--marketers", os.path.join(root, "marketers.json"), "--registry-out", os.path.join(root, "registry.jsonl"),
@@ -45,7 +55,7 @@ def start_portal(root: str, output: str, world_dir: str | None, *extra: str) -> 
     if world_dir:
         args += ["--input", world_dir]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=open(os.path.join(root, "portal.log"), "w"),
-                            text=True)
+                            text=True, preexec_fn=die_with_parent)
     deadline, loaded = time.monotonic() + 120, {}
     while time.monotonic() < deadline:
         line = proc.stdout.readline()

@@ -428,17 +428,22 @@ def streamed(w: World, seed: int, deliver_late=()):
     return stream
 
 
+def streaming_fan_out(p, stream, users, params):
+    """FanOutGeofencedAlerts on one TestStream of every event kind (split by type) and the users."""
+    events = p | "Events" >> stream
+    inputs = {name: events | f"Only{name}" >> beam.Filter(lambda e, t=t: isinstance(e, t))
+              for name, t in (("tweets", Tweet), ("deletes", TweetDelete), ("pings", Ping),
+                              ("taps", TapReport), ("follows", Follow))}
+    inputs["users"] = p | "Users" >> beam.Create(users)
+    return inputs | FanOutGeofencedAlerts(params)
+
+
 def run_streaming(w: World, stream, check_alerts, check_dead):
     """Run FanOutGeofencedAlerts on the stream; the checks get the whole output lists."""
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     with TestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        events = p | "Events" >> stream
-        inputs = {name: events | f"Only{name}" >> beam.Filter(lambda e, t=t: isinstance(e, t))
-                  for name, t in (("tweets", Tweet), ("deletes", TweetDelete), ("pings", Ping),
-                                  ("taps", TapReport), ("follows", Follow))}
-        inputs["users"] = p | "Users" >> beam.Create(w.users)
-        out = inputs | FanOutGeofencedAlerts(w.params)
+        out = streaming_fan_out(p, stream, w.users, w.params)
         assert_that(out["alerts"], check_alerts, label="CheckAlerts")
         assert_that(out["dead_letters"], check_dead, label="CheckDeadLetters")
 

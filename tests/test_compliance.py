@@ -22,6 +22,7 @@ from schemas import service_area
 from schemas.records import ComplianceEvent, Follow, Ping, TapReport, Tweet, User
 from tests.compliance_scenarios import (AFTER, BEFORE, GRID, PARAMS, T0, Scenario, StreamingLocalOps,
                                         check_streamed, event, expected, inputs_of, outputs, world)
+from tests.test_alerts import streaming_fan_out
 from transforms.alerts import FanOutGeofencedAlerts
 
 def test_the_scenarios_are_in_the_service_area_and_apart():
@@ -94,13 +95,8 @@ def test_beam_streaming(at):
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     with TestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        events = p | "Events" >> stream
-        inputs = {name: events | f"Only{name}" >> beam.Filter(lambda e, t=t: isinstance(e, t))
-                  for name, t in (("tweets", Tweet), ("deletes", ComplianceEvent), ("pings", Ping),
-                                  ("taps", TapReport), ("follows", Follow))}
-        inputs["users"] = p | "Users" >> beam.Create([User(s.listener, "k", True, False, None)
-                                                      for s in scenarios.values()])
-        out = inputs | FanOutGeofencedAlerts(PARAMS)
+        out = streaming_fan_out(p, stream, [User(s.listener, "k", True, False, None) for s in scenarios.values()],
+                                PARAMS)
         both = ((out["alerts"] | "TagAlerts" >> beam.Map(lambda a: ("alert", a)),
                  out["timeline"] | "TagEntries" >> beam.Map(lambda e: ("entry", e))) | "Both" >> beam.Flatten())
 

@@ -154,5 +154,5 @@ def print_summary(summary: dict, stream=sys.stdout) -> None:
     privacy = summary["privacy"]
     print(f"\nprivacy: max epsilon spent per user-day {privacy['max_epsilon_per_user_day']:.4g} "
           f"of {privacy['budget_epsilon_per_user_day']:g}; wall time {summary['wall_time_s']:.1f} s", file=stream)
-    print(f"outputs in {os.path.abspath(summary['output'])}/: follows/ alerts/ marketing/ deadletter/ "
+    print(f"outputs in {os.path.abspath(summary['output'])}/: follows/ alerts/ timeline/ marketing/ deadletter/ "
           f"privacy_ledger/ run_summary.json", file=stream)

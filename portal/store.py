@@ -325,6 +325,13 @@ class Store:
             raise LookupError("no marketing/ release loaded")
         return f"read_parquet({self.marketing_source!r}, union_by_name = true)"
 
+    def release_stamp(self) -> tuple:
+        """Changes whenever a file of the release does (names, sizes, mtimes)."""
+        if self.marketing_source is None:
+            return ()
+        return tuple((p, st.st_size, st.st_mtime_ns) for p in sorted(glob.glob(self.marketing_source, recursive=True))
+                     for st in (os.stat(p),))
+
     def metrics(self) -> list[str]:
         if self.marketing_source is None:
             return []

@@ -10,6 +10,8 @@ from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import MapFunction, RuntimeExecutionMode, StreamExecutionEnvironment
 
+from flink_job.job import MAX_PARALLELISM
+
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 
 
@@ -24,6 +26,9 @@ def environment(batch: bool, paced: bool = False, parallelism: int = 2) -> Strea
         config.set_string("pipeline.auto-watermark-interval", "10 ms")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(parallelism)
+    # as the job does (flink_job.job.configure): BATCH's adaptive scheduler refuses an output read by
+    # consumers of different max parallelism (seen once the timeline also reads the tweets)
+    env.set_max_parallelism(MAX_PARALLELISM)
     env.set_runtime_mode(RuntimeExecutionMode.BATCH if batch else RuntimeExecutionMode.STREAMING)
     return env
 

@@ -77,6 +77,15 @@ def valid_cell(value) -> str:
     return cell
 
 
+def utf8_only(op) -> None:
+    """UnicodeEncodeError (a ValueError) if a key or column of a parsed line is no UTF-8 text: a
+    JSON escape of a lone surrogate (``"\\ud800"``) parses, but fails the whole batch's write."""
+    _verb, key, row = op
+    for value in (*(key if isinstance(key, tuple) else (key,)), *(row if isinstance(row, tuple) else ())):
+        if isinstance(value, str):
+            value.encode("utf-8")
+
+
 def jsonl_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, "**", "*.jsonl"), recursive=True))
 
@@ -134,7 +143,9 @@ class Store:
                 continue
             try:
                 op = parse(line)
-            except (InvalidRecord, ValueError, KeyError, TypeError, AttributeError) as exc:
+                if op is not None:
+                    utf8_only(op)
+            except (InvalidRecord, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 self._reject(kind, str(exc), line)
                 continue
             if op is None:

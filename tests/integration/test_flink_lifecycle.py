@@ -14,54 +14,16 @@ starts: about as long as two of ``test_flink_job``'s Kafka tests).
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
-import kafka_client
 from pipelines import flink_engine
 from pipelines import run as launcher
 from tests.integration.conftest import topic_rows, wait_for
-from tests.integration.test_flink_job import (NO_NOISE_ENTRY, SMALL_WORLD, _beam, _kafka_args, _load_topics,
+from tests.integration.test_flink_job import (NO_NOISE_ENTRY, SMALL_WORLD, _beam, _job_id, _load_topics,
+                                              _running_with_a_checkpoint, _sources_read_to_end, _unbounded_args,
                                               _world, assert_kafka_results, assert_same_outputs)
 
 pytestmark = pytest.mark.flink
-EVENT_TOPICS = ("pings", "taps", "tweets")
-
-
-def _unbounded_args(infra, world: str, out: str, *extra: str) -> list[str]:
-    return [a for a in _kafka_args(infra, world, out, *extra) if a != "--flink_kafka_stop_at_latest"]
-
-
-def _job_id(capsys) -> str:
-    """The job id a detached submission printed (its last stdout line)."""
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert lines, "the detached launcher printed no job id"
-    return lines[-1].strip()
-
-
-def _running_with_a_checkpoint(infra, job: str) -> bool:
-    try:
-        return (infra.rest(f"/jobs/{job}")["state"] == "RUNNING"
-                and infra.rest(f"/jobs/{job}/checkpoints")["counts"]["completed"] >= 1)
-    except (OSError, KeyError):    # HTTP 500 while the job is still being set up
-        return False
-
-
-def _sources_read_to_end(bootstrap: str) -> bool:
-    """Every event topic's partitions committed (by the job's source, on a checkpoint) up to their end."""
-    from confluent_kafka import TopicPartition
-    for topic in EVENT_TOPICS:
-        client = kafka_client.consumer(bootstrap, **{"group.id": f"tapfollow-flink-{topic}"})
-        try:
-            parts = [TopicPartition(topic, p) for p in kafka_client.partitions_of(client, topic)]
-            for committed in client.committed(parts, timeout=10):
-                _low, high = client.get_watermark_offsets(TopicPartition(topic, committed.partition), timeout=10)
-                if committed.offset < high:
-                    return False
-        finally:
-            client.close()
-    return True
 
 
 def test_upgrade_and_rescale_from_savepoints_equal_an_uninterrupted_run(infra, tmp_path, capsys):

@@ -78,7 +78,7 @@ RESULT_TOPICS = ("follows", "alerts")
 # infra/README.md "Ports": the default instance's; ours are these + --port-offset.
 DEFAULT_PORTS = {"FLINK_REST_PORT": 8081, "FLINK_RPC_PORT": 6123, "KAFKA_PORT": 9092,
                  "KAFKA_CONTROLLER_PORT": 9093, "EXPANSION_PORT": 8097, "JAVA_WORKER_PORT": 8099,
-                 "PRISM_JOB_PORT": 8073, "PRISM_WEB_PORT": 8074}
+                 "PRISM_JOB_PORT": 8073, "PRISM_WEB_PORT": 8074, "PROMETHEUS_PORT": 9090}
 
 
 # ---- pure helpers (unit-tested in tests/test_bench_flink.py) ------------------------------

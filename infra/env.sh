@@ -67,8 +67,8 @@ PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
 FLINK_PROM_JM_PORT="${FLINK_PROM_JM_PORT:-$(( FLINK_REST_PORT + 1168 ))}"
 FLINK_PROM_TM_PORTS="${FLINK_PROM_TM_PORTS:-$(( FLINK_PROM_JM_PORT + 1 ))-$(( FLINK_PROM_JM_PORT + 4 ))}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"                  # nfc_gateway serve --port
-FIREHOSE_METRICS_PORT="${FIREHOSE_METRICS_PORT:-8082}" # the firehose client's /metrics
-PORTAL_PORT="${PORTAL_PORT:-8000}"                    # python -m portal's /metrics
+FIREHOSE_METRICS_PORT="${FIREHOSE_METRICS_PORT:-9464}" # the firehose client's /metrics (its --metrics-port default)
+PORTAL_PORT="${PORTAL_PORT:-8088}"                    # python -m portal serve --port (its default; /metrics there)
 # Rule evaluation: how often, and how long a condition must hold before its alert fires
 # (tests shorten both).
 PROMETHEUS_EVAL_INTERVAL="${PROMETHEUS_EVAL_INTERVAL:-15s}"

@@ -92,9 +92,10 @@ def bad_corpus(world: str) -> dict[str, list[tuple[str, str, str]]]:
          "is not a v1.1 date"),
         ("v2 week date", _dump(dict(v2, data=dict(v2["data"], created_at="2026-W47-5T08:00:00Z"))),
          "is not an RFC 3339 timestamp"),
-        ("duplicate tweet", tweets[1], "duplicate tweet id"),
-        ("user_withheld", _dump({"user_withheld": {"id_str": "2", "withheld_in_countries": ["DE"]}}),
-         "unsupported firehose message 'user_withheld'"),
+        # a status (a repeated compliance message is used again, not a duplicate)
+        ("duplicate tweet", next(line for line in tweets if "id_str" in json.loads(line)), "duplicate tweet id"),
+        ("user_withheld without a time", _dump({"user_withheld": {"id_str": "2", "withheld_in_countries": ["DE"]}}),
+         "user_withheld: no event time"),
     ]
     for kind, lines in MALFORMED.items():
         corpus[kind] += [(f"adversary {label}", line, "") for label, line in lines]

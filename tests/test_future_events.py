@@ -17,12 +17,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import kafka_client
+from core.compliance import apply_retractions
 from core.inputs import event_time_ms
 from core.lines import read_lines
 from pipelines import sources
 from pipelines.run import run
 from pipelines.sinks import read_jsonl_folder
-from schemas.records import DeadLetter
+from schemas.records import Alert, DeadLetter, TimelineEntry
 from schemas.timefmt import ahead_of_clock, parse_rfc3339
 from synthetic.world import write_world
 from transforms.parse_inputs import ParseInputs
@@ -58,12 +59,12 @@ def future_lines(world) -> dict[str, list[str]]:
     tap = json.loads(_lines(world, "taps")[0])
     tap.update(tap_id="future-tap-0001", ts=FUTURE)
     tweets = [json.loads(line) for line in _lines(world, "tweets")]
-    v2 = next(t for t in tweets if "data" in t)
+    v2 = next(t for t in tweets if "id" in t.get("data", {}))
     v2 = json.loads(json.dumps(v2))
     v2["data"].update(id="4123688011462868992", created_at=FUTURE)
     v2["data"]["edit_history_tweet_ids"] = ["4123688011462868992"]
     # a delete of a genuine, never-deleted tweet: used, it would retract that tweet's alerts
-    genuine = next(t for t in tweets if "data" in t and t is not tweets[0])
+    genuine = next(t for t in tweets if "id" in t.get("data", {}) and t is not tweets[0])
     delete = {"delete": {"status": {"id_str": genuine["data"]["id"], "user_id_str": genuine["data"]["author_id"]},
                          "timestamp_ms": str(FUTURE_MS)}}
     return {"pings": [json.dumps(ping)], "taps": [json.dumps(tap)],
@@ -83,7 +84,10 @@ def test_ahead_of_clock_boundary_and_reason():
 
 def test_parse_inputs_dead_letters_a_2099_ping_tap_tweet_and_delete(world):
     bad = future_lines(world)
-    genuine = {kind: _lines(world, kind)[:3] for kind in ("pings", "taps", "tweets")}
+    genuine = {kind: _lines(world, kind)[:3] for kind in ("pings", "taps")}
+    # three statuses (the firehose now opens with compliance messages)
+    genuine["tweets"] = [line for line in _lines(world, "tweets")
+                         if "id_str" in json.loads(line) or "id" in json.loads(line).get("data", {})][:3]
     raw = [(kind, line.encode()) for kind, lines in genuine.items() for line in lines]
     raw += [(kind, line.encode()) for kind, lines in bad.items() for line in lines]
     expected_dead = [DeadLetter(f"{kind}.jsonl", REASON, line) for kind, lines in bad.items() for line in lines]
@@ -218,8 +222,12 @@ def _outputs(out):
     table = pq.ParquetDataset(os.path.join(out, "marketing")).read()
     marketing = sorted((str(r["window_start"]), r["h3_cell"], r["metric"])
                        for r in table.select(["window_start", "h3_cell", "metric"]).to_pylist())
-    return {folder: _canonical(read_jsonl_folder(os.path.join(out, folder)))
-            for folder in ("follows", "alerts", "privacy_ledger")} | {"marketing": marketing}
+    found = {folder: _canonical(read_jsonl_folder(os.path.join(out, folder))) for folder in ("follows", "privacy_ledger")}
+    # what a consumer keeps: streaming retracts what a later compliance message took back (core.compliance)
+    for folder, record in (("alerts", Alert), ("timeline", TimelineEntry)):
+        rows = read_jsonl_folder(os.path.join(out, folder))
+        found[folder] = _canonical(r._asdict() for r in apply_retractions(record(**row) for row in rows))
+    return found | {"marketing": marketing}
 
 
 FUTURE_REASON = re.compile(r"event time 2099-06-01T00:00:00\.000Z is \d+\.\d{3} s ahead of the clock "

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import json
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from schemas.errors import InvalidRecord
 from schemas.parse import parse_line
-from schemas.proofs import decode_pubkey, new_keypair
+from schemas.proofs import decode_pubkey, new_keypair, read_keypair_file
 
 
 class KeyStoreError(ValueError):
@@ -69,15 +68,9 @@ def _check_key(path, user_id, pubkey, line: int | None = None):
 
 def load_private_key(path: str | os.PathLike):
     try:
-        text = Path(path).read_text(encoding="ascii").strip()
-        seed = base64.b64decode(text, validate=True)
-    except OSError as exc:
-        raise KeyStoreError(f"cannot read private key {path}: {exc.strerror or exc}") from None
-    except (binascii.Error, ValueError):
-        raise KeyStoreError(f"{path}: not base64 of a 32-byte Ed25519 seed") from None
-    if len(seed) != 32:
-        raise KeyStoreError(f"{path}: seed is {len(seed)} bytes, expected 32")
-    key, _ = new_keypair(seed)
+        key, _ = read_keypair_file(path)
+    except ValueError as exc:
+        raise KeyStoreError(str(exc)) from None
     return key
 
 

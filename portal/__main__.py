@@ -74,19 +74,12 @@ def main(argv=None) -> int:
 
 
 def read_seed_key(path: str):
-    """An Ed25519 private key from a file of base64 of its 32-byte seed (the gateway's key format)."""
-    import base64
-    import binascii
-    from schemas.proofs import new_keypair
+    """An Ed25519 key pair from a file of base64 of its 32-byte seed (the gateway's key format)."""
+    from schemas.proofs import read_keypair_file
     try:
-        seed = base64.b64decode(open(path, encoding="ascii").read().strip(), validate=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot read key {path}: {exc.strerror or exc}") from None
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{path}: not base64 of a 32-byte Ed25519 seed") from None
-    if len(seed) != 32:
-        raise ConfigError(f"{path}: seed is {len(seed)} bytes, expected 32")
-    return new_keypair(seed)
+        return read_keypair_file(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_marketers(path: str | None) -> dict[str, str]:

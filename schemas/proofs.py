@@ -119,6 +119,22 @@ def new_keypair(seed: bytes | None = None) -> tuple[Ed25519PrivateKey, str]:
     return key, encode_pubkey(key.public_key())
 
 
+def read_keypair_file(path) -> tuple[Ed25519PrivateKey, str]:
+    """(private key, base64 public key) from a key file: base64 of the 32-byte Ed25519 seed,
+    the format of the phones', the portal's and the marketers' keys. ValueError naming what
+    is wrong (each caller turns it into its own error)."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            seed = base64.b64decode(handle.read().strip(), validate=True)
+    except OSError as exc:
+        raise ValueError(f"cannot read private key {path}: {exc.strerror or exc}") from None
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{path}: not base64 of a 32-byte Ed25519 seed") from None
+    if len(seed) != 32:
+        raise ValueError(f"{path}: seed is {len(seed)} bytes, expected 32")
+    return new_keypair(seed)
+
+
 def encode_pubkey(public_key: Ed25519PublicKey) -> str:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     return base64.b64encode(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")

@@ -789,10 +789,9 @@ BOUNDS = """What bounds them:
   watermark to wall-clock time: in a paced replay of a past world, events arriving after their topic
   caught up are behind the watermark, dropped or dead-lettered as late (the late counters and dead
   letters above), so Beam's alerts are fewer and its latency says how long its bundles take, not more.
-* The replay trickles events (--warm-rate) from the job's submission on: the Flink job's watermark
-  jumps to the maximum (and never decides an alert again) when all its Kafka sources are idle
-  (10 s without a record) after its build-time sources have finished (a flink_job bug: their final
-  watermark wins at the joins once the Kafka inputs are idle)."""
+* The replay trickles events (--warm-rate) from the job's submission on, so the paced part
+  starts on a job whose sources are all reading (the firehose topic is never declared idle:
+  its watermark is the job's clock)."""
 
 
 def main(argv=None) -> int:

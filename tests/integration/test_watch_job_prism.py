@@ -8,6 +8,7 @@ with every element processed."""
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 
@@ -55,11 +56,19 @@ def test_ctrl_c_cancels_the_prism_job_without_a_traceback(infra):
      | "Tick" >> PeriodicImpulse(start_timestamp=start, stop_timestamp=start + 3600, fire_interval=1)
      | "Seen" >> beam.Map(lambda ts: TICKED.inc()))
     result = pipeline.run()
+    # Python's own Ctrl-C: code run in-process by earlier tests may have left its own SIGINT
+    # handler (seen in CI: the interrupt never surfaced and the test hung).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     ctrl_c = threading.Timer(15.0, _thread.interrupt_main)
+    # if the interrupt is lost all the same, end the job so that the test fails, not hangs
+    backstop = threading.Timer(180.0, result.cancel)
     ctrl_c.start()
+    backstop.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             watch_job(result, retry_s=0.5, stream_deadline_s=3.0)
     finally:
         ctrl_c.cancel()
+        backstop.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert result.state == PipelineState.CANCELLED

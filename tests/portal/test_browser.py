@@ -68,38 +68,50 @@ def by_css(driver, css):
     return driver.find_elements(By.CSS_SELECTOR, css)
 
 
+def click_to_load(driver, element, timeout_s: float = 60.0):
+    """Click a link or submit button and wait until the page it leads to has replaced this one
+    (a click returns before the next page is there on a busy machine: CI once read the old page)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, timeout_s).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, timeout_s).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def test_subscriber_journey(portal, browser):
     browser.delete_all_cookies()
     browser.get(portal.signin_link(world.ALICE))          # what `nfc_gateway login` prints
     shoot(browser, "signin")
-    by_css(browser, "#signin")[0].click()
+    click_to_load(browser, by_css(browser, "#signin")[0])
     assert browser.current_url == f"{portal.url}/u/1001/near"
     assert [li.get_attribute("id") for li in by_css(browser, "ol.tl li")] == ["t9002", "t9001"]
     assert "できごと: concert" in by_css(browser, "#t9001")[0].text
     light_and_scriptless(browser)
     shoot(browser, "near")
 
-    by_css(browser, "nav a[href='/u/1001/alerts']")[0].click()
+    click_to_load(browser, by_css(browser, "nav a[href='/u/1001/alerts']")[0])
     assert [li.get_attribute("id") for li in by_css(browser, "ol.al li")] == ["aa1"]
     assert "42 m" in by_css(browser, "#aa1")[0].text
     light_and_scriptless(browser)
     shoot(browser, "alerts")
 
-    by_css(browser, "nav a[href='/u/1001/friends']")[0].click()
+    click_to_load(browser, by_css(browser, "nav a[href='/u/1001/friends']")[0])
     assert "@1002" in by_css(browser, "#f1002")[0].text
     light_and_scriptless(browser)
     shoot(browser, "friends")
 
-    by_css(browser, "nav a[href='/u/1001/settings']")[0].click()
+    click_to_load(browser, by_css(browser, "nav a[href='/u/1001/settings']")[0])
     light_and_scriptless(browser)
     box = by_css(browser, "input[name=stats_opt_out]")[0]
     assert not box.is_selected()
     box.click()
-    by_css(browser, "#save")[0].click()
+    click_to_load(browser, by_css(browser, "#save")[0])
     assert by_css(browser, "#saved") and by_css(browser, "input[name=stats_opt_out]")[0].is_selected()
     shoot(browser, "settings")
     by_css(browser, "input[name=stats_opt_out]")[0].click()        # back as it was for the other tests
-    by_css(browser, "#save")[0].click()
+    click_to_load(browser, by_css(browser, "#save")[0])
     assert not by_css(browser, "input[name=stats_opt_out]")[0].is_selected()
 
     browser.get(f"{portal.url}/u/1001/near?lang=en")
@@ -111,7 +123,7 @@ def test_subscriber_journey(portal, browser):
 def test_marketer_map(portal, browser):
     browser.delete_all_cookies()
     browser.get(portal.signin_link(world.MARKETER, "marketer"))
-    by_css(browser, "#signin")[0].click()
+    click_to_load(browser, by_css(browser, "#signin")[0])
     assert browser.current_url == f"{portal.url}/m/map"
     cells = {p.get_attribute("data-cell"): p.get_attribute("class") for p in by_css(browser, "svg.map polygon")}
     assert cells[world.MAP_CELLS[1]] == "zero" and cells[world.MAP_CELLS[0]] == "sig" and len(cells) == 4

@@ -235,19 +235,6 @@ class TapIntake:
             # use up the victim's budget (per-IP limits are no help behind carrier NAT).
             verify_report(report, self.public_keys, self.require_known)
             cost = report_cost(len(line))
-            if self.client_limiter is not None and client is not None:
-                allowed, wait = self.client_limiter.check(client, cost)
-                if not allowed:
-                    self.count("rejected_client_flood")
-                    log.warning("429 client %s flooding (retry in %.1f s)", client, wait)
-                    return 429, {"error": "client_flood", "detail": "this network address exceeded its report rate",
-                                 "tap_id": report.tap_id}, {"Retry-After": retry_after_header(wait)}
-            allowed, wait = self.limiter.check(report.user_id, cost)
-            if not allowed:
-                self.count("rejected_device_flood")
-                log.warning("429 device %s flooding (retry in %.1f s)", report.user_id, wait)
-                return 429, {"error": "device_flood", "detail": f"device {report.user_id} exceeded its report rate",
-                             "tap_id": report.tap_id}, {"Retry-After": retry_after_header(wait)}
         except Rejection as rej:
             if spent:
                 return self.client_flooding(client, spent_wait, report.tap_id if report is not None else None)
@@ -257,13 +244,20 @@ class TapIntake:
             return rej.status, {"error": rej.reason, "detail": rej.detail}, {}
 
         touch = (report.user_id, report.nonce)
+        # Whether it is new, and the rate it is charged to, decided at once: concurrent copies
+        # of one report are charged once (the first), the others answered as duplicates.
+        refused = None
         with self._lock:
             known = self._seen.get(key)
             other = self._touches.get(touch)
             if known is None and other is None:
-                pending = _Pending(line_digest)
-                self._seen[key] = pending
-                self._touches[touch] = report.tap_id
+                refused = self._charge_rate(report, client, cost)
+                if refused is None:
+                    pending = _Pending(line_digest)
+                    self._seen[key] = pending
+                    self._touches[touch] = report.tap_id
+        if refused is not None:
+            return refused
         if known is not None:
             answer = self._duplicate(report.tap_id, known, line_digest)
             if answer[0] == 409:
@@ -289,6 +283,23 @@ class TapIntake:
         pending.done.set()
         self.count("accepted")
         return 201, {"status": "accepted", "tap_id": report.tap_id}, {}
+
+    def _charge_rate(self, report, client: Optional[str], cost: float) -> Optional[tuple[int, dict, dict]]:
+        """None if the client address and the device both have ``cost`` to spend, else the 429."""
+        if self.client_limiter is not None and client is not None:
+            allowed, wait = self.client_limiter.check(client, cost)
+            if not allowed:
+                self.count("rejected_client_flood")
+                log.warning("429 client %s flooding (retry in %.1f s)", client, wait)
+                return 429, {"error": "client_flood", "detail": "this network address exceeded its report rate",
+                             "tap_id": report.tap_id}, {"Retry-After": retry_after_header(wait)}
+        allowed, wait = self.limiter.check(report.user_id, cost)
+        if not allowed:
+            self.count("rejected_device_flood")
+            log.warning("429 device %s flooding (retry in %.1f s)", report.user_id, wait)
+            return 429, {"error": "device_flood", "detail": f"device {report.user_id} exceeded its report rate",
+                         "tap_id": report.tap_id}, {"Retry-After": retry_after_header(wait)}
+        return None
 
     def _lookup(self, key: tuple[str, str]):
         with self._lock:

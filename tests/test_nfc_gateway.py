@@ -144,6 +144,33 @@ def test_concurrent_copies_of_one_report_are_stored_once(gateway):
     assert taps_file(gateway) == [report]
 
 
+def test_copies_that_all_pass_the_first_lookup_together_are_charged_once(gateway):
+    """12 copies all past the cheap duplicate lookup before any is stored (held at a barrier):
+    one is stored and charged to the device's budget (burst 3), the other 11 are duplicates,
+    not 429s. (Found flaky under load: the copies each took a token before the one that won.)"""
+    report = signed_report("1004", "1002", seq=8)
+    barrier = threading.Barrier(12, timeout=120)
+    check_touch = gateway.intake._check_touch
+
+    def held(rep):
+        barrier.wait()
+        return check_touch(rep)
+    gateway.intake._check_touch = held
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(post(gateway.port, report, timeout=120)[0]))
+               for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gateway.intake._check_touch = check_touch
+    assert sorted(results) == [200] * 11 + [201]
+    assert taps_file(gateway) == [report]
+    assert counters(gateway) == {"accepted": 1, "duplicates": 11}
+    # the device spent one token of its three: two more new reports are accepted at once
+    assert [post(gateway.port, signed_report("1004", "1002", seq=s))[0] for s in (9, 10)] == [201, 201]
+
+
 def test_health_and_metrics_describe_the_service(gateway):
     post(gateway.port, signed_report("1001", "1002"))
     status, health = get(gateway.port, "/healthz")

@@ -204,6 +204,21 @@ def soak(minutes: float, users: int = 60, every_s: float = 60.0, prometheus_url:
         launcher.kill()
         return {"ok": False, "problems": [f"no job submitted: {open(log_path).read()[-2000:]}"]}
     print(f"soak: job {job_id}: {rest.base}/#/job/running/{job_id}", file=out, flush=True)
+    # the job reads RUNNING while its tasks still wait for slots: trickle once they all run
+    tasks: dict = {}
+    while time.monotonic() < deadline and launcher.poll() is None:
+        try:
+            tasks = {v["name"][:60]: v["status"] for v in rest.call(f"/jobs/{job_id}")["vertices"]}
+        except (OSError, ValueError, KeyError):
+            tasks = {}
+        if tasks and set(tasks.values()) == {"RUNNING"}:
+            break
+        time.sleep(1)
+    else:
+        others = [j for j in rest.call("/jobs/overview")["jobs"] if j["jid"] != job_id and j["state"] == "RUNNING"]
+        launcher.send_signal(signal.SIGINT)
+        return {"ok": False, "problems": [f"the job's tasks did not all start: {tasks}; "
+                                          f"other jobs running on the cluster: {[j['jid'] for j in others]}"]}
 
     from confluent_kafka import Producer
     producer = Producer(kafka_client.client_config(bootstrap, **{"acks": "all", "linger.ms": 20}))

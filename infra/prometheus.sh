@@ -31,6 +31,7 @@ write_conf() {
   # the first TaskManager port only: a replacement TaskManager (after a kill) takes it again
   tm_port="${FLINK_PROM_TM_PORTS%-*}"
   sed -e "s/__FOR__/$PROMETHEUS_ALERT_FOR/g" -e "s/__RATE_WINDOW__/$window/g" \
+      -e "s/__RATE_WINDOW_S__/$(seconds "$window")/g" \
       -e "s/__DEAD_LETTER_RATE__/${PROMETHEUS_DEAD_LETTER_RATE:-0.1}/g" \
       -e "s/__CONSUMER_LAG__/${PROMETHEUS_CONSUMER_LAG:-10000}/g" \
       -e "s/__WATERMARK_LAG_S__/${PROMETHEUS_WATERMARK_LAG_S:-600}/g" \

@@ -146,6 +146,31 @@ def infra():
             assert not [f for f in os.listdir(run_dir) if f.endswith(".pid")], os.listdir(run_dir)
 
 
+TERMINAL_JOB_STATES = ("CANCELED", "FINISHED", "FAILED")
+
+
+@pytest.fixture(autouse=True)
+def _no_flink_job_left_running(request):
+    """A test that used the cluster leaves no job on it: a job left running holds task slots
+    and metrics, and the next test's job waits for slots while reading as RUNNING. The
+    leftover is cancelled and the test that left it errors at teardown, naming it."""
+    yield
+    if "infra" not in request.fixturenames:
+        return
+    infra = request.getfixturevalue("infra")
+    try:
+        left = [j for j in infra.rest("/jobs/overview")["jobs"] if j["state"] not in TERMINAL_JOB_STATES]
+    except OSError:
+        return                       # the cluster is down (a test that stopped it says so itself)
+    for job in left:
+        infra.rest(f"/jobs/{job['jid']}?mode=cancel", method="PATCH")
+    if left:
+        wait_for(lambda: all(infra.rest(f"/jobs/{j['jid']}")["state"] in TERMINAL_JOB_STATES for j in left),
+                 60, "the leftover jobs to be cancelled")
+        pytest.fail("the test left Flink job(s) on the cluster (now cancelled): "
+                    + ", ".join(f"{j['jid']} {j['name']!r} {j['state']}" for j in left), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request):
     """A broker for tests that need only Kafka: this infra instance's, if one already answers

@@ -53,7 +53,7 @@ from typing import NamedTuple, Optional
 
 from core.processor import Processor
 from schemas.compliance import USER_KINDS, withheld_here
-from schemas.records import Alert, ComplianceEvent, TimelineEntry
+from schemas.records import Alert, ComplianceEvent, TimelineEntry, Tweet
 
 RETRACT_PREFIX = "retract:"
 
@@ -74,6 +74,21 @@ class Shown(NamedTuple):
     @property
     def ts(self) -> float:
         return self.record.ts
+
+
+class UsedTweet(NamedTuple):
+    """A tweet about to count in the marketing statistics: the third kind of output the gates
+    pass (:func:`screen_for_statistics`). ``retracted``: taken back after it was passed on."""
+    tweet: Tweet
+    retracted: bool = False
+
+    @property
+    def tweet_id(self) -> str:
+        return self.tweet.tweet_id
+
+    @property
+    def ts(self) -> float:
+        return self.tweet.ts
 
 
 class FactMsg(NamedTuple):
@@ -98,19 +113,24 @@ class AlertMsg(NamedTuple):
 
 
 def record_key(record) -> str:
-    """The identity of an output: its ``alert_id``, or its timeline entry's tweet."""
-    return record.alert_id if isinstance(record, Alert) else f"timeline|{record.tweet_id}"
+    """The identity of an output: its ``alert_id``, its timeline entry's tweet, or its used tweet."""
+    if isinstance(record, Alert):
+        return record.alert_id
+    return f"{'stats' if isinstance(record, UsedTweet) else 'timeline'}|{record.tweet_id}"
 
 
 def retraction(record, ts: float):
-    """The row that takes ``record`` back: an alert's retraction at ``ts``, or the entry retracted."""
-    if isinstance(record, TimelineEntry):
+    """The row that takes ``record`` back: an alert's retraction at ``ts``, or the entry (the
+    used tweet) retracted, still at its tweet's time."""
+    if isinstance(record, (TimelineEntry, UsedTweet)):
         return record._replace(retracted=True)
     return record._replace(ts=ts, reason=RETRACT_PREFIX + record.reason)
 
 
 def is_retraction(record) -> bool:
-    return record.retracted if isinstance(record, TimelineEntry) else record.reason.startswith(RETRACT_PREFIX)
+    if isinstance(record, (TimelineEntry, UsedTweet)):
+        return record.retracted
+    return record.reason.startswith(RETRACT_PREFIX)
 
 
 def apply_retractions(records):
@@ -278,15 +298,17 @@ def fact_messages(event: ComplianceEvent, country: str, counters: dict):
     # undrop: counted above; it restores nothing created before it (module docstring)
 
 
-def apply_compliance_over(ops, shown, events, params, ordered) -> dict:
+def apply_compliance_over(ops, shown, events, params, ordered, counted: str = "compliance") -> dict:
     """shown: ``Shown`` outputs (any engine's collection), events: ``ComplianceEvent`` ->
     {'outputs': (tag, record) with tag alert|retracted|suppressed, 'late': DeadLetter}.
 
     ``ordered(col, processor, stage_name)`` is the caller's ``ops.run_ordered`` with its
-    tick and lateness; ``params`` a ``core.alerts.AlertParams``."""
+    tick and lateness; ``params`` a ``core.alerts.AlertParams``. ``counted``: the prefix of
+    the counters of each message kind and of what the user gate took (a second gate over
+    the same messages counts under its own, so the run summary counts each message once)."""
     kinds = sorted(set(USER_KINDS) | {"delete", "tweet_edit", "withheld", "drop", "undrop", "withheld_elsewhere"})
-    counters = {kind: ops.counter(f"compliance_{kind}") for kind in kinds}
-    user_counters = {tag: ops.counter(f"compliance_outputs_{tag}") for tag in ("taken", "suppressed")}
+    counters = {kind: ops.counter(f"{counted}_{kind}") for kind in kinds}
+    user_counters = {tag: ops.counter(f"{counted}_outputs_{tag}") for tag in ("taken", "suppressed")}
     country = params.service_country
     facts = ops.tagged(events, lambda e: fact_messages(e, country, counters), ("user", "tweet"), "RouteCompliance")
     # facts['user'] : (author id, FactMsg);  facts['tweet'] : (tweet id, DeleteMsg)
@@ -308,6 +330,34 @@ def apply_compliance_over(ops, shown, events, params, ordered) -> dict:
     by_tweet = ordered(tweet_msgs, ApplyTweetCompliance(params.retract_horizon_s), "ApplyTweetCompliance")
     late = ops.flatten([by_user["late"], by_tweet["late"]], "LateComplianceMessages")
     return {"outputs": by_tweet["out"], "late": late}
+
+
+STATS_TWEETS_TAKEN_BACK = "dp_tweets_taken_back"   # covered before they counted: never used
+
+
+def screen_for_statistics(ops, tweets, events, params, ordered) -> dict:
+    """The marketing statistics' tweets through both gates: {'tweets': Tweet | UsedTweet, 'late':
+    DeadLetter}. A tweet a message covers is never used (batch: never passed on; streaming: not
+    passed on once covered); one covered after it was passed on comes again as its retraction,
+    a ``UsedTweet`` with ``retracted`` set, for the statistics to withdraw from its hour if that
+    hour is not released yet (``core.dp_bounding.without_withdrawn``). Scrubbed locations,
+    deletes, withheld tweets and protected, suspended or deleted users alike.
+
+    The same messages and rules as the alert fan-out's gate (:func:`apply_compliance_over`),
+    counted under ``dp_compliance_*``; ``late`` repeats what that gate dead-letters."""
+    shown = ops.map(tweets, lambda t: Shown(UsedTweet(t), t.author_id), "UsedTweets")
+    gated = apply_compliance_over(ops, shown, events, params, ordered, counted="dp_compliance")
+    taken_back = ops.counter(STATS_TWEETS_TAKEN_BACK)
+
+    def passed(tagged):
+        tag, used = tagged
+        if tag == "alert":
+            yield used.tweet
+        elif tag == "retracted":
+            yield used        # counted where it meets its hour (core.dp_stats.bound_user_hour_of)
+        else:
+            taken_back.inc()
+    return {"tweets": ops.flat_map(gated["outputs"], passed, "StatisticsTweets"), "late": gated["late"]}
 
 
 def check_country(code: Optional[str]) -> None:

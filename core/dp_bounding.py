@@ -63,6 +63,21 @@ class Contribution(NamedTuple):
     ts: float
     cell: str                    # H3 cell at the release resolution, always a public cell
     kind: str                    # ping | tweet | touch
+    ref: str = ""                # a tweet's id (what a compliance message can take back)
+    withdrawn: bool = False      # True: takes back the contribution of ``ref`` (not one itself)
+
+
+def without_withdrawn(contributions: Sequence[Contribution]) -> Tuple[List[Contribution], int, int]:
+    """(the contributions no withdrawal names, how many were withdrawn, how many withdrawals
+    named none of them). A tweet a compliance message took back after it was used comes
+    again as its withdrawal, to the same user-hour: its location no longer counts."""
+    gone = {c.ref for c in contributions if c.withdrawn}
+    if not gone:
+        return list(contributions), 0, 0
+    kept = [c for c in contributions if not c.withdrawn and c.ref not in gone]
+    used = {c.ref for c in contributions if not c.withdrawn}
+    withdrawn = sum(1 for c in contributions if not c.withdrawn and c.ref in gone)
+    return kept, withdrawn, len(gone - used)
 
 
 class UserHour(NamedTuple):
@@ -110,8 +125,9 @@ def contribution_of(record, kind: str, h3_res: int, public: frozenset,
     cell = h3.latlng_to_cell(record.lat, record.lng, h3_res)
     if cell not in public:
         return OUTSIDE
-    user_id = record.author_id if kind == TWEET else record.user_id
-    return Contribution(user_id, record.ts, cell, kind)
+    if kind == TWEET:
+        return Contribution(record.author_id, record.ts, cell, kind, record.tweet_id)
+    return Contribution(record.user_id, record.ts, cell, kind)
 
 
 def age_band_of(raw: Optional[str], bands: Sequence[str]) -> str:

@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 from core import dp_accounting as acct
 from core import dp_bounding as bnd
+from core.compliance import UsedTweet
 from core.dp_noise import ci95_halfwidth
 from core.processor import Processor
 from schemas import service_area
@@ -45,6 +46,9 @@ BOUNDED_TOUCHES = "dp_bounded_touches_dropped"
 BOUNDED_HOURS = "dp_bounded_hours_dropped"
 STATISTICS_RELEASED = "dp_statistics_released"
 WINDOWS_RELEASED = "dp_windows_released"
+WITHDRAWN = "dp_tweets_withdrawn_before_release"         # taken back before its hour was released
+WITHDRAWN_AFTER_RELEASE = "dp_tweets_withdrawn_after_release"   # too late: its hour was out
+WITHDRAWN_UNUSED = "dp_withdrawals_of_unused_tweets"      # the tweet never counted (no place, ...)
 EPSILON_SPENT_MICRO = "dp_epsilon_spent_micro"   # by ledger date: what each user's day lost, in 1e-6 epsilon
 
 
@@ -250,14 +254,21 @@ def to_contribution(record, kind: str, h3_res: int, public: frozenset, max_accur
     (before, after, far future) is dropped first, so it neither opens a window nor
     uses its user's day. ``max_future_s`` (live sources only, None for batch and
     replays): an event stamped further than that ahead of ``clock()`` (the wall
-    clock) is dropped.
+    clock) is dropped. A retracted ``UsedTweet`` (``core.compliance.screen_for_statistics``)
+    becomes the withdrawal of its tweet's contribution, in the tweet's hour; one whose tweet
+    never counted (no place, outside the schedule) is dropped, counted.
     """
+    withdrawal = isinstance(record, UsedTweet)
+    if withdrawal:
+        record = record.tweet
     if not acct.in_schedule(record.ts, *schedule):
-        return OUTSIDE_SCHEDULE
+        return WITHDRAWN_UNUSED if withdrawal else OUTSIDE_SCHEDULE
     if max_future_s is not None and record.ts > clock() + max_future_s:
-        return FUTURE
+        return WITHDRAWN_UNUSED if withdrawal else FUTURE
     result = bnd.contribution_of(record, kind, h3_res, public, max_accuracy_m)
-    return drop_counter(result) if isinstance(result, str) else result
+    if isinstance(result, str):
+        return WITHDRAWN_UNUSED if withdrawal else drop_counter(result)
+    return result._replace(withdrawn=True) if withdrawal else result
 
 
 # ---------------------------------------------------------------- 2. one user-hour
@@ -270,16 +281,26 @@ def bound_user_hour_of(user: Optional[User], contributions: Sequence[bnd.Contrib
     counting or noise. ``late``: the hour was already released, and adding these
     would need a second release, so they are only counted.
     """
+    withdrawals = sum(1 for c in contributions if c.withdrawn)
+    if late and withdrawals:
+        # the hour is out: a released statistic is not recalled (it is noised, and the user's
+        # loss for it is already in the ledger); counted, and the rest as late as before
+        rest, counts = bound_user_hour_of(user, [c for c in contributions if not c.withdrawn], late, bounds, bands)
+        return rest, [(WITHDRAWN_AFTER_RELEASE, withdrawals)] + counts
+    contributions, withdrawn, unmatched = bnd.without_withdrawn(contributions)
+    counts = [(WITHDRAWN, withdrawn), (WITHDRAWN_UNUSED, unmatched)] if withdrawals else []
     n = len(contributions)
+    if not n:
+        return None, counts
     if user is not None and user.stats_opt_out:
-        return None, [(OPTED_OUT, n)]
+        return None, counts + [(OPTED_OUT, n)]
     if user is None:
-        return None, [(UNKNOWN_USER, n)]
+        return None, counts + [(UNKNOWN_USER, n)]
     if late:
-        return None, [(LATE, n)]
+        return None, counts + [(LATE, n)]
     user_hour, dropped = bnd.bound_user_hour(contributions, bounds, bnd.age_band_of(user.age_band, bands))
-    return user_hour, [(USED, n), (BOUNDED_PRESENCE, dropped.presence), (BOUNDED_TWEETS, dropped.tweets),
-                       (BOUNDED_TOUCHES, dropped.touches)]
+    return user_hour, counts + [(USED, n), (BOUNDED_PRESENCE, dropped.presence), (BOUNDED_TWEETS, dropped.tweets),
+                                (BOUNDED_TOUCHES, dropped.touches)]
 
 
 # ---------------------------------------------------------------- 3. a user's days

@@ -40,6 +40,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction
 
 from core import dp_accounting as acct
 from core import dp_bounding as bnd
+from core.compliance import screen_for_statistics
 from core.dp_noise import SecureGaussianNoise
 from core.dp_stats import (EPSILON_SPENT_MICRO, STATISTICS_RELEASED, WINDOWS_RELEASED, DpParams, SpendUserDay,
                            add_to_histogram, bound_user_hour_of, epsilon_spent_micro, hour_end_us, hour_tick, release_window,
@@ -222,9 +223,12 @@ class _ReleaseHour(Bound, KeyedProcessFunction):
 
 
 def release_statistics(ops, inputs: dict, registry: dict, params: DpParams, noise=None,
-                       live: bool = False) -> dict:
-    """inputs: {'pings','tweets','taps'} DataStreams (event-time stamped); registry: {user_id: User}
-    -> {'statistics': DataStream[Statistic], 'ledger': DataStream[dict]}.
+                       live: bool = False, compliance=None) -> dict:
+    """inputs: {'pings','tweets','taps'[,'deletes']} DataStreams (event-time stamped); registry:
+    {user_id: User} -> {'statistics': DataStream[Statistic], 'ledger': DataStream[dict]}.
+
+    With ``deletes`` (every compliance message) and ``compliance`` (the ``AlertParams`` of the
+    fan-out's gate) the tweets pass the same gates first (``core.compliance.screen_for_statistics``).
 
     ``noise``: None is ``SecureGaussianNoise()`` (tests pass ``NoNoiseForTests``); ``live``:
     a live source, whose events far ahead of the wall clock are dropped (``max_future_s``).
@@ -243,6 +247,15 @@ def release_statistics(ops, inputs: dict, registry: dict, params: DpParams, nois
         return (stream.process(function, output_type=PICKLED).name(uid_path(base, name)).uid(uid_path(base, name))
                 .disable_chaining())
 
+    if "deletes" in inputs:
+        if compliance is None:
+            raise ValueError("release_statistics: 'deletes' given without the compliance (AlertParams) to apply them")
+
+        def ordered(col, processor, stage_name):
+            return ops.run_ordered(col, processor, stage_name, tick_s=compliance.stream_tick_s,
+                                   allowed_lateness_s=compliance.allowed_lateness_s, step="dp")
+        inputs = dict(inputs, tweets=ops.nested("ScreenTweets", lambda o, tweets: screen_for_statistics(
+            o, tweets, inputs["deletes"], compliance, ordered)["tweets"], inputs["tweets"]))
     contributions = [
         inputs[name].process(_ToContributions(kind, p, max_future_s), output_type=PICKLED)
         .name(uid_path(base, f"{label}Contributions"))

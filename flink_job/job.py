@@ -208,8 +208,8 @@ def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
         "tweets": events["tweets"], "deletes": events["deletes"], "reports": reports,
         "follows": follow_out["follows"], "users": users})
     dp_out = ops.nested("ReleaseDpStatistics", lambda o, inputs: release_statistics(
-        o, inputs, registry, cfg.dp, noise=noise, live=cfg.source == "kafka"),
-        {"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"]})
+        o, inputs, registry, cfg.dp, noise=noise, live=cfg.source == "kafka", compliance=cfg.alerts),
+        {"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "deletes": events["deletes"]})
 
     follows = count_emitted(ops, follow_out["follows"], "follows")
     alerts = count_emitted(ops, alert_out["alerts"], "alerts")

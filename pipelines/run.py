@@ -106,8 +106,10 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
     alert_out = ({"tweets": events["tweets"], "deletes": events["deletes"], "pings": events["pings"],
                   "taps": events["taps"], "follows": follow_out["follows"], "users": users}
                  | "FanOutGeofencedAlerts" >> FanOutGeofencedAlerts(cfg.alerts))
-    dp_out = ({"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "users": users}
-              | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp, noise=noise, live=cfg.source == "kafka"))
+    dp_out = ({"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "users": users,
+               "deletes": events["deletes"]}
+              | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp, noise=noise, live=cfg.source == "kafka",
+                                                             compliance=cfg.alerts))
 
     follows = follow_out["follows"] | "CountFollows" >> sinks.CountEmitted("follows")
     alerts = alert_out["alerts"] | "CountAlerts" >> sinks.CountEmitted("alerts")

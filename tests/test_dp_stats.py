@@ -18,7 +18,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
-from schemas.records import Ping, Statistic, TapReport, Tweet, User, arrow_schema
+from schemas.records import ComplianceEvent, Ping, Statistic, TapReport, Tweet, User, arrow_schema
+from core.alerts import AlertParams
 from schemas.service_area import public_cells
 from schemas.timefmt import format_rfc3339, parse_rfc3339
 from core import dp_accounting as acct
@@ -116,21 +117,26 @@ def _counters(result):
 
 
 def run_batch(world, params, noise=ZERO, users=USERS):
+    """``world`` may hold ``deletes`` (compliance messages): then the tweets pass the gates."""
     # The runner DirectRunner falls back to (it would first try to download Prism).
     p = TestPipeline(runner="FnApiRunner")
     inputs = {"pings": _typed(p, "Pings", world["pings"], Ping),
               "tweets": _typed(p, "Tweets", world["tweets"], Tweet),
               "taps": _typed(p, "Taps", world["taps"], TapReport),
               "users": p | "Users" >> beam.Create(users)}
+    if "deletes" in world:
+        inputs["deletes"] = _typed(p, "Deletes", world["deletes"], ComplianceEvent)
     run_id = uuid.uuid4().hex
-    _capture(run_id, inputs | ReleaseDpStatistics(params, noise=noise))
+    _capture(run_id, inputs | ReleaseDpStatistics(params, noise=noise,
+                                                  compliance=AlertParams() if "deletes" in world else None))
     result = p.run()
     result.wait_until_finish()
     return _CAPTURED.pop(run_id), _counters(result)
 
 
-def run_stream(events, params, noise=ZERO):
-    """events: list of ('pings'|'tweets'|'taps', record) or ('watermark', t) in arrival order."""
+def run_stream(events, params, noise=ZERO, compliance=False):
+    """events: list of ('pings'|'tweets'|'taps'|'deletes', record) or ('watermark', t) in arrival
+    order; ``compliance``: the tweets pass the gates of the 'deletes' (compliance messages)."""
     p = TestPipeline(runner="BundleBasedDirectRunner", options=PipelineOptions(streaming=True))
     # One untagged TestStream split by type: the direct runner loses lateness when a
     # tagged TestStream's outputs are flattened again.
@@ -145,10 +151,11 @@ def run_stream(events, params, noise=ZERO):
     events_pc = p | "Stream" >> stream.advance_watermark_to_infinity()
     inputs = {name: events_pc | f"Only{name}" >> beam.Filter(
                   lambda r, t=record_type: isinstance(r, t)).with_output_types(record_type)
-              for name, record_type in (("pings", Ping), ("tweets", Tweet), ("taps", TapReport))}
+              for name, record_type in (("pings", Ping), ("tweets", Tweet), ("taps", TapReport))
+              + ((("deletes", ComplianceEvent),) if compliance else ())}
     inputs["users"] = p | "Users" >> beam.Create(USERS)
     run_id = uuid.uuid4().hex
-    _capture(run_id, inputs | ReleaseDpStatistics(params, noise=noise))
+    _capture(run_id, inputs | ReleaseDpStatistics(params, noise=noise, compliance=AlertParams() if compliance else None))
     result = p.run()
     result.wait_until_finish()
     return _CAPTURED.pop(run_id), _counters(result)
@@ -476,3 +483,73 @@ def test_epsilon_spent_is_summed_by_ledger_date_in_millionths():
             {"date": "2026-11-28", "epsilon": 0.5}, {"date": "2026-11-28", "epsilon": 2e-7}]
     assert epsilon_spent_micro(rows) == {"2026-11-27": 27778, "2026-11-28": 500000}
     assert epsilon_spent_micro([]) == {}
+
+
+# ---- what a user took back does not count (issue #14) ---------------------------------------
+
+def _event(kind, offset, tweet_id=None, author_id=None, **fields):
+    return ComplianceEvent(tweet_id, author_id, T0 + offset, kind, **fields)
+
+
+KEPT, DELETED, SCRUBBED = tweet("1002", 31, A, tweet_id="101"), tweet("1002", 33, A, tweet_id="102"), \
+    tweet("1003", 21, B, tweet_id="103")
+TAKEN_BACK = [_event("delete", 100, "102", "1002"), _event("scrub_geo", 110, None, "1003", up_to_tweet_id="103")]
+COMPLIANCE_WORLD = {"pings": [r for r in ON_TIME if isinstance(r, Ping)], "tweets": [KEPT, DELETED, SCRUBBED],
+                    "taps": []}
+
+
+def test_batch_statistics_leave_out_what_compliance_messages_took_back():
+    params = DpParams(**STREAM_PARAMS, **hours(0, 3))
+    gated, counters = run_batch(dict(COMPLIANCE_WORLD, deletes=TAKEN_BACK), params)
+    taken_out, _ = run_batch(dict(COMPLIANCE_WORLD, tweets=[KEPT]), params)
+    everything, _ = run_batch(COMPLIANCE_WORLD, params)
+    assert sorted(gated["statistics"]) == sorted(taken_out["statistics"])
+    assert nonzero(gated["statistics"])[(T0, "tweets", A7)] == 1.0          # the deleted one is gone
+    assert nonzero(everything["statistics"])[(T0, "tweets", A7)] == 2.0
+    assert (T0, "tweets", B7) not in nonzero(gated["statistics"])            # scrubbed: no place
+    assert (T0, "tweets", B7) in nonzero(everything["statistics"])
+    assert counters.get("dp_compliance_delete") == 1 and counters.get("dp_compliance_scrub_geo") == 1
+
+
+def test_streaming_withdraws_a_tweet_taken_back_before_its_hour_is_released():
+    params = DpParams(**STREAM_PARAMS, **hours(0, 3))
+    taken_out, _ = run_batch(dict(COMPLIANCE_WORLD, tweets=[KEPT]), params)
+    events = ([("pings", r) for r in COMPLIANCE_WORLD["pings"] if r.ts < T0 + 3600]
+              + [("tweets", t) for t in (KEPT, DELETED, SCRUBBED)]
+              + [("watermark", T0 + 60)]                 # the tweets are passed on (and counted) ...
+              + [("deletes", m) for m in TAKEN_BACK]     # ... then taken back, before hour 0 is out
+              + [("watermark", T0 + 3600)]
+              + [("pings", r) for r in COMPLIANCE_WORLD["pings"] if r.ts >= T0 + 3600])
+    stream, _ = run_stream(events, params, compliance=True)
+    assert sorted(stream["statistics"]) == sorted(taken_out["statistics"])
+
+
+def test_streaming_never_recalls_a_released_hour():
+    """Taken back after its hour was released: that release stands (noised, already in the
+    ledger); the withdrawal is only counted."""
+    params = DpParams(**STREAM_PARAMS, **hours(0, 3))
+    everything, _ = run_batch(COMPLIANCE_WORLD, params)
+    late = [_event("delete", 3700, "102", "1002")]
+    events = ([("pings", r) for r in COMPLIANCE_WORLD["pings"] if r.ts < T0 + 3600]
+              + [("tweets", t) for t in (KEPT, DELETED, SCRUBBED)]
+              + [("watermark", T0 + 3600 + 60)]
+              + [("deletes", m) for m in late]
+              + [("pings", r) for r in COMPLIANCE_WORLD["pings"] if r.ts >= T0 + 3600])
+    stream, _ = run_stream(events, params, compliance=True)
+    assert sorted(stream["statistics"]) == sorted(everything["statistics"])
+
+
+def test_a_withdrawal_removes_its_tweet_from_the_user_hour_and_is_counted():
+    from core.dp_stats import WITHDRAWN, WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED, bound_user_hour_of
+    params = DpParams(**ONE_CELL)
+    user = USERS[1]
+    ping_c = bnd.Contribution("1002", T0 + 10, A, bnd.PING)
+    tweet_c = bnd.Contribution("1002", T0 + 20, B, bnd.TWEET, "102")
+    gone = tweet_c._replace(withdrawn=True)
+    hour, counts = bound_user_hour_of(user, [tweet_c, ping_c, gone], False, params.hour_bounds(), params.bands())
+    assert (hour.presence_cells, hour.tweet_counts) == ((A,), ())
+    assert dict(counts)[WITHDRAWN] == 1 and dict(counts)["dp_contributions_used"] == 1
+    hour, counts = bound_user_hour_of(user, [gone], False, params.hour_bounds(), params.bands())
+    assert hour is None and dict(counts) == {WITHDRAWN: 0, WITHDRAWN_UNUSED: 1}
+    hour, counts = bound_user_hour_of(user, [gone, ping_c], True, params.hour_bounds(), params.bands())
+    assert hour is None and dict(counts) == {WITHDRAWN_AFTER_RELEASE: 1, "dp_late_dropped": 1}

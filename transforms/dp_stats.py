@@ -105,15 +105,17 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from core import dp_accounting as acct
 from core import dp_bounding as bnd
 from core.dp_noise import SecureGaussianNoise
+from core.compliance import screen_for_statistics
 from core.dp_stats import (BOUNDED_HOURS, BOUNDED_PRESENCE, BOUNDED_TOUCHES, BOUNDED_TWEETS, FUTURE, LATE,
-                           OPTED_OUT, OUTSIDE_SCHEDULE, STATISTICS_RELEASED, UNKNOWN_USER, USED,
-                           WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram, bound_user_hour_of,
+                           OPTED_OUT, OUTSIDE_SCHEDULE, STATISTICS_RELEASED, UNKNOWN_USER, USED, WITHDRAWN,
+                           WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED, WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram, bound_user_hour_of,
                            drop_counter, hour_end_us, hour_tick, merge_histograms, release_window,
                            spend_user_history, to_contribution)
 from core.conventions import METRICS_NAMESPACE as _NS, is_bounded
 from core.processor import run_ordered
 from schemas import service_area
 from schemas.records import Statistic
+from transforms.beam_ops import BeamOps
 
 
 
@@ -140,8 +142,8 @@ class ToContributionsFn(beam.DoFn):
         self._schedule = tuple(schedule)
         self._max_future_s = max_future_s
         self._now = time.time  # the wall clock (tests swap it)
-        self._counters = _Counters([OUTSIDE_SCHEDULE, FUTURE] + [drop_counter(reason) for reason in
-                                                                 (bnd.UNLOCATED, bnd.IMPRECISE, bnd.OUTSIDE)])
+        self._counters = _Counters([OUTSIDE_SCHEDULE, FUTURE, WITHDRAWN_UNUSED] + [
+            drop_counter(reason) for reason in (bnd.UNLOCATED, bnd.IMPRECISE, bnd.OUTSIDE)])
 
     def setup(self):
         self._public = frozenset(service_area.public_cells(self._res))
@@ -151,6 +153,11 @@ class ToContributionsFn(beam.DoFn):
                                  self._schedule, self._max_future_s, lambda: self._now())
         if isinstance(result, str):
             self._counters.inc(result)
+            return
+        if result.withdrawn:
+            # it arrives at its compliance message's time: back to its tweet's, so it meets the
+            # tweet's contribution in that hour's window (late, and only counted, once released)
+            yield window.TimestampedValue(result, result.ts)
             return
         yield result
 
@@ -182,7 +189,7 @@ class BoundUserHourFn(beam.DoFn):
     def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...]):
         self._bounds, self._bands = bounds, bands
         self._counters = _Counters([OPTED_OUT, UNKNOWN_USER, LATE, USED, BOUNDED_PRESENCE, BOUNDED_TWEETS,
-                                    BOUNDED_TOUCHES])
+                                    BOUNDED_TOUCHES, WITHDRAWN, WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED])
 
     def process(self, element, users, pane=beam.DoFn.PaneInfoParam):
         user_id, contributions = element
@@ -281,7 +288,8 @@ class SpendUserHistoryFn(beam.DoFn):
     def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...], max_hours: int, max_cells_per_day: int):
         self._bounds, self._bands = bounds, bands
         self._max_hours, self._max_cells = max_hours, max_cells_per_day
-        self._counters = _Counters([OPTED_OUT, UNKNOWN_USER, LATE, USED, BOUNDED_HOURS, BOUNDED_PRESENCE,
+        self._counters = _Counters([WITHDRAWN, WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED,
+                                    OPTED_OUT, UNKNOWN_USER, LATE, USED, BOUNDED_HOURS, BOUNDED_PRESENCE,
                                     BOUNDED_TWEETS, BOUNDED_TOUCHES])
 
     def setup(self):
@@ -381,12 +389,35 @@ class ReleaseHourFn(beam.DoFn):
             yield stat
 
 
-class ReleaseDpStatistics(beam.PTransform):
-    """{'pings', 'tweets', 'taps', 'users'} -> {'statistics': [Statistic], 'ledger': [dict]}."""
+class _ScreenTweets(beam.PTransform):
+    """Tweets -> the ones the statistics may use, and withdrawals (``screen_for_statistics``)."""
 
-    def __init__(self, params: Optional[DpParams] = None, noise=None, live: bool = False):
+    def __init__(self, params):
+        super().__init__()
+        self._params = params
+
+    def expand(self, inputs):
+        p, tweets, deletes = self._params, inputs["tweets"], inputs["deletes"]
+        ops = BeamOps(is_bounded(tweets, deletes))
+
+        def ordered(col, processor, stage_name):
+            return ops.run_ordered(col, processor, stage_name, tick_s=p.stream_tick_s,
+                                   allowed_lateness_s=p.allowed_lateness_s, step="dp")
+        return screen_for_statistics(ops, tweets, deletes, p, ordered)["tweets"]
+
+
+class ReleaseDpStatistics(beam.PTransform):
+    """{'pings', 'tweets', 'taps', 'users'[, 'deletes']} -> {'statistics': [Statistic], 'ledger': [dict]}.
+
+    With ``deletes`` (every compliance message) and ``compliance`` (the ``AlertParams`` whose
+    service country, horizon and ticks the alert fan-out's gate uses), the tweets pass the
+    same gates first (``core.compliance.screen_for_statistics``): what a user took back is
+    not counted in an hour released after the message."""
+
+    def __init__(self, params: Optional[DpParams] = None, noise=None, live: bool = False, compliance=None):
         super().__init__()
         self._params = params or DpParams()
+        self._compliance = compliance
         # live: events arrive as they happen (Kafka), so the wall clock bounds their times
         # (max_future_s). Not for replays of recorded files, whose times are all "past".
         self._live = live
@@ -398,6 +429,12 @@ class ReleaseDpStatistics(beam.PTransform):
         families = tuple(p.plan().metrics)
         registry = pvalue.AsDict(inputs["users"] | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u)))
         hours = p.scheduled_hours()
+        if "deletes" in inputs:
+            if self._compliance is None:
+                raise ValueError("ReleaseDpStatistics: 'deletes' given without the compliance (AlertParams) to apply them")
+            screened = ({"tweets": inputs["tweets"], "deletes": inputs["deletes"]}
+                        | "ScreenTweets" >> _ScreenTweets(self._compliance))
+            inputs = dict(inputs, tweets=screened)
         contributions = inputs | "ToContributions" >> ToContributions(p, self._live)
         user_hours = (contributions
                       | "BoundUserHours" >> BoundUserHours(p, registry)

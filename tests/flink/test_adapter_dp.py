@@ -17,7 +17,9 @@ from core import dp_bounding as bnd
 from core.dp_stats import DpParams, release_contributions, to_contribution
 from schemas.service_area import public_cells
 from tests.flink.conftest import driver_path, run_driver
-from tests.test_dp_stats import A, ONE_CELL, OPTED_OUT, USERS, WORLD, ZERO, hours, ping
+from core.alerts import AlertParams
+from tests.test_dp_stats import (A, COMPLIANCE_WORLD, DELETED, KEPT, ONE_CELL, OPTED_OUT, SCRUBBED, STREAM_PARAMS,
+                                 TAKEN_BACK, USERS, WORLD, ZERO, hours, ping)
 
 PARAMS = DpParams(max_hours_per_day=1, **ONE_CELL, **hours(0, 2))   # hour 2 has no data
 KINDS = {"pings": bnd.PING, "taps": bnd.TOUCH, "tweets": bnd.TWEET}
@@ -40,11 +42,11 @@ def expected(records):
     return sorted(json.dumps(list(s)) for s in statistics), sorted(json.dumps(row, sort_keys=True) for row in ledger)
 
 
-def run_flink(pyflink_python, tmp_path, mode, records):
+def run_flink(pyflink_python, tmp_path, mode, records, params=PARAMS, compliance=None):
     spec = tmp_path / f"{mode}.pkl"
     spec.write_bytes(pickle.dumps({"mode": mode, "records": [r for _name, r in records],
-                                   "registry": {u.user_id: u for u in USERS}, "params": PARAMS,
-                                   "pace_s": 0.3}))
+                                   "registry": {u.user_id: u for u in USERS}, "params": params,
+                                   "pace_s": 0.3, "compliance": compliance}))
     got = run_driver(pyflink_python, driver_path("dp_run.py"), str(spec), timeout=240)
     return (sorted(json.dumps(s) for s in got["statistics"]),
             sorted(json.dumps(row, sort_keys=True) for row in got["ledger"]))
@@ -61,3 +63,21 @@ def test_release_equals_release_contributions(pyflink_python, tmp_path, mode):
     if mode == "streaming":
         # the late ping would have changed hour 0 (its B cell) had it been released
         assert expected(on_time() + [("pings", LATE)])[0] != want_statistics
+
+
+@pytest.mark.parametrize("mode", ["batch", "streaming"])
+def test_tweets_taken_back_by_compliance_messages_do_not_count(pyflink_python, tmp_path, mode):
+    """As Beam's (tests/test_dp_stats.py): a deleted and a geo-scrubbed tweet are not in the
+    statistics -- batch: never passed on; streaming: passed on, then withdrawn from hour 0
+    before it is released -- exactly as if they had been taken out in advance."""
+    params = DpParams(**STREAM_PARAMS, **hours(0, 3))
+    world = [("pings", r) for r in COMPLIANCE_WORLD["pings"]] + [("tweets", t) for t in (KEPT, DELETED, SCRUBBED)]
+    public = frozenset(public_cells(params.h3_res))
+    found = [to_contribution(r, KINDS[name], params.h3_res, public, params.max_accuracy_m, params.schedule())
+             for name, r in world if r not in (DELETED, SCRUBBED)]
+    want, want_ledger, _ = release_contributions([c for c in found if not isinstance(c, str)],
+                                                 {u.user_id: u for u in USERS}, params, ZERO)
+    records = sorted(world + [("deletes", m) for m in TAKEN_BACK], key=lambda nr: nr[1].ts)
+    statistics, ledger = run_flink(pyflink_python, tmp_path, mode, records, params, AlertParams())
+    assert ledger == sorted(json.dumps(row, sort_keys=True) for row in want_ledger)
+    assert statistics == sorted(json.dumps(list(s)) for s in want)

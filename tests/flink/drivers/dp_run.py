@@ -1,7 +1,8 @@
 """Driver: ``flink_job.dp_stats.release_statistics`` on a local MiniCluster.
 
 argv: the test's input pickle ({'mode', 'records': pings/taps/tweets in delivery order,
-'registry', 'params', 'pace_s'}). Streaming: one paced source, split by record type, so
+'registry', 'params', 'pace_s'[, 'compliance': AlertParams, then 'records' hold compliance
+messages too, which the tweets pass first]}). Streaming: one paced source, split by record type, so
 the three inputs share one watermark. Noise: ``NoNoiseForTests``. Replies
 {'statistics': [Statistic as list], 'ledger': [dict], 'seconds': job time}.
 """
@@ -14,7 +15,7 @@ import time
 from core.dp_noise import NoNoiseForTests
 from flink_job.dp_stats import release_statistics
 from flink_job.ops import FlinkOps
-from schemas.records import Ping, TapReport, Tweet
+from schemas.records import ComplianceEvent, Ping, TapReport, Tweet
 from tests.flink.drivers import PICKLED, collect, environment, event_stream, reply
 
 
@@ -25,10 +26,12 @@ def main():
     env = environment(batch, paced=not batch)
     records = event_stream(env, spec["records"], lambda r: r.ts, out_of_orderness_s=5.0,
                            pace_s=0.0 if batch else spec["pace_s"])
-    inputs = {name: records.filter(lambda r, t=kind: isinstance(r, t)).name(f"Only{name}")
-              for name, kind in (("pings", Ping), ("taps", TapReport), ("tweets", Tweet))}
+    compliance = spec.get("compliance")
+    kinds = (("pings", Ping), ("taps", TapReport), ("tweets", Tweet)) + \
+        ((("deletes", ComplianceEvent),) if compliance is not None else ())
+    inputs = {name: records.filter(lambda r, t=kind: isinstance(r, t)).name(f"Only{name}") for name, kind in kinds}
     out = release_statistics(FlinkOps(env, bounded=batch, uid_prefix="test"), inputs, spec["registry"],
-                             spec["params"], noise=NoNoiseForTests(for_tests_only=True))
+                             spec["params"], noise=NoNoiseForTests(for_tests_only=True), compliance=compliance)
     tagged = (out["statistics"].map(lambda s: ("statistics", list(s)), output_type=PICKLED)
               .union(out["ledger"].map(lambda row: ("ledger", row), output_type=PICKLED)))
     started = time.monotonic()

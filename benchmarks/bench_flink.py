@@ -316,7 +316,8 @@ def reset_topics(bootstrap: str) -> None:
     """Delete and recreate the standard topics (deletion is asynchronous in Kafka)."""
     import kafka_client
     kafka_client.delete_topics(STANDARD_TOPICS, bootstrap)
-    wait_for(lambda: not set(STANDARD_TOPICS) & kafka_client.list_topics(bootstrap), 120, "topic deletion")
+    # (a loaded broker took over 120 s to delete the 10k-user world's topics)
+    wait_for(lambda: not set(STANDARD_TOPICS) & kafka_client.list_topics(bootstrap), 600, "topic deletion")
 
     def created():
         try:

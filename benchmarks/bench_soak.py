@@ -243,8 +243,10 @@ def soak(minutes: float, users: int = 60, every_s: float = 60.0, prometheus_url:
         except (OSError, ValueError, KeyError):
             state, counters = "UNREACHABLE", {}
         restarts = prometheus.value(f'max(flink_jobmanager_job_numRestarts{{job_id="{job_id}"}})')
-        # (sources that have finished report Long.MAX)
-        watermark = prometheus.value("min(flink_taskmanager_job_task_operator_currentOutputWatermark > 0 < 9e18)")
+        # (sources that have finished report Long.MAX; an idle source keeps its last watermark,
+        # which Flink leaves out downstream: the job's event time is its operators')
+        watermark = prometheus.value('min(flink_taskmanager_job_task_operator_currentOutputWatermark'
+                                     '{operator_name!~"Source.*"} > 0 < 9e18)')
         rss = {name: rss_mb(pid) for name, pid in pids.items() if pid}
         rss["python_workers"] = sum(rss_mb(pid) for pid in python_workers(env["INFRA_FLINK_CONF_DIR"]))
         return Sample(time.monotonic() - started, sent,

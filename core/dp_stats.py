@@ -49,7 +49,6 @@ WINDOWS_RELEASED = "dp_windows_released"
 WITHDRAWN = "dp_tweets_withdrawn_before_release"         # taken back before its hour was released
 WITHDRAWN_AFTER_RELEASE = "dp_tweets_withdrawn_after_release"   # too late: its hour was out
 WITHDRAWN_UNUSED = "dp_withdrawals_of_unused_tweets"      # the tweet never counted (no place, ...)
-EPSILON_SPENT_MICRO = "dp_epsilon_spent_micro"   # by ledger date: what each user's day lost, in 1e-6 epsilon
 
 
 def drop_counter(reason: str) -> str:
@@ -203,15 +202,6 @@ class DpParams:
 
 
 # ---------------------------------------------------------------- pure release
-
-def epsilon_spent_micro(ledger: Iterable[dict]) -> Dict[str, int]:
-    """{ledger date: epsilon the rows charge every user's day, in millionths} (a counter's
-    whole units; rounded per row, so a day of 24 hourly rows is within 24e-6 of the ledger)."""
-    spent: Dict[str, int] = {}
-    for row in ledger:
-        spent[row["date"]] = spent.get(row["date"], 0) + round(row["epsilon"] * 1_000_000)
-    return spent
-
 
 def release_window(params: DpParams, plan: acct.BudgetPlan, histogram: Dict[Tuple[str, str], int],
                    window_start: float, noise) -> Tuple[List[Statistic], List[dict]]:

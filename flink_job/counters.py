@@ -40,11 +40,10 @@ class _Scope:
         self.group = group
         self.counters = {}
 
-    def counter(self, name: str, label: tuple[str, str] | None = None):
-        found = self.counters.get((name, label))
+    def counter(self, name: str):
+        found = self.counters.get(name)
         if found is None:
-            group = self.group if label is None else self.group.add_group(*label)
-            found = self.counters[(name, label)] = group.counter(name)
+            found = self.counters[name] = self.group.counter(name)
         return found
 
 
@@ -84,19 +83,6 @@ def _warn(message: str) -> None:
     if not _warned:
         _warned = True
         _log.warning("tapfollow counters: %s", message)
-
-
-def inc_labelled(name: str, label: tuple[str, str], n: int) -> None:
-    """Count ``n`` in the current operator's counter ``name`` under a key-value group: Flink's
-    Prometheus reporter makes the pair a label (``date="2026-11-28"``). Never fails the job."""
-    scope = _current
-    if scope is None:
-        _warn(f"counter {name!r} incremented outside any bound operator; count lost")
-        return
-    try:
-        scope.counter(name, label).inc(n)
-    except Exception as exc:  # never fail the job for a count
-        _warn(f"counter {name!r} {label} failed ({exc!r}); count lost")
 
 
 class FlinkCounter(Counter):

@@ -42,10 +42,9 @@ from core import dp_accounting as acct
 from core import dp_bounding as bnd
 from core.compliance import screen_for_statistics
 from core.dp_noise import SecureGaussianNoise
-from core.dp_stats import (EPSILON_SPENT_MICRO, STATISTICS_RELEASED, WINDOWS_RELEASED, DpParams, SpendUserDay,
-                           add_to_histogram, bound_user_hour_of, epsilon_spent_micro, hour_end_us, hour_tick, release_window,
-                           to_contribution)
-from flink_job.counters import FlinkCounter, bind_metrics, inc_labelled
+from core.dp_stats import (STATISTICS_RELEASED, WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram,
+                           bound_user_hour_of, hour_end_us, hour_tick, release_window, to_contribution)
+from flink_job.counters import FlinkCounter, bind_metrics
 from flink_job.io import from_records
 from flink_job.keyed_state import Bound, KeyedValue
 from flink_job.ordered import key_pairs, run_ordered, runtime_is_batch, side_output, uid_path
@@ -215,10 +214,6 @@ class _ReleaseHour(Bound, KeyedProcessFunction):
         # timer a second time there (its histogram then empty), releasing the hour again as zeros.
         self._released.put(key, True)
         self._counters.count([(STATISTICS_RELEASED, len(statistics)), (WINDOWS_RELEASED, 1)])
-        # what every user's day lost with this release, by the day it counts against (the
-        # ledger stays the authority; this is the operator's view, ``date`` a label)
-        for day, micro in epsilon_spent_micro(ledger).items():
-            inc_labelled(EPSILON_SPENT_MICRO, ("date", day), micro)
         return list(statistics) + [(self._ledger, row) for row in ledger]
 
 

@@ -25,7 +25,7 @@ from schemas.timefmt import format_rfc3339, parse_rfc3339
 from core import dp_accounting as acct
 from core.dp_noise import NoNoiseForTests, SecureGaussianNoise
 from core import dp_bounding as bnd
-from core.dp_stats import DpParams, epsilon_spent_micro, release_window
+from core.dp_stats import DpParams, release_window
 from transforms.dp_stats import BoundUserHourFn, ReleaseDpStatistics, ToContributionsFn
 
 T0 = parse_rfc3339("2026-11-25T01:00:00Z")  # 10:00 JST
@@ -476,13 +476,6 @@ def test_a_live_run_drops_events_ahead_of_the_wall_clock_and_still_releases_the_
     assert nonzero(replayed["statistics"])[(first, "footfall", A)] == 1.0
     assert nonzero(live_out["statistics"]) == {}
     assert counters["dp_future_dropped"] == 1
-
-
-def test_epsilon_spent_is_summed_by_ledger_date_in_millionths():
-    rows = [{"date": "2026-11-27", "epsilon": 1 / 72}, {"date": "2026-11-27", "epsilon": 1 / 72},
-            {"date": "2026-11-28", "epsilon": 0.5}, {"date": "2026-11-28", "epsilon": 2e-7}]
-    assert epsilon_spent_micro(rows) == {"2026-11-27": 27778, "2026-11-28": 500000}
-    assert epsilon_spent_micro([]) == {}
 
 
 # ---- what a user took back does not count (issue #14) ---------------------------------------

@@ -14,8 +14,6 @@ import time
 import pytest
 
 from benchmarks.bench_soak import soak
-from core.dp_stats import epsilon_spent_micro
-from pipelines.sinks import read_jsonl_folder
 from tests.integration.prometheus_helpers import own_prometheus
 
 pytestmark = pytest.mark.flink
@@ -54,9 +52,6 @@ def test_the_flink_job_runs_5_minutes_with_input_trickling_in(infra, tmp_path):
             # (the job is cancelled by now: its series are stale, so asked over the run)
             dead = prometheus.value("max_over_time(sum(flink_taskmanager_job_task_operator_tapfollow_emitted_dead_letters)"
                                     f"[{MINUTES + 5}m:2s])")
-            # epsilon spent per day (the recording rule over the ReleaseHour counters), asked over the run
-            spent = {r["metric"]["date"]: float(r["value"][1]) for r in prometheus.get(
-                "/api/v1/query", query=f"max_over_time(tapfollow:dp_epsilon_spent:by_date[{MINUTES + 5}m])")["result"]}
         finally:
             stop.set()
             watcher.join()
@@ -64,15 +59,6 @@ def test_the_flink_job_runs_5_minutes_with_input_trickling_in(infra, tmp_path):
     assert injected.is_set(), "the burst was never sent"
     assert report["samples"][-1]["dead_letters"] >= BURST
     assert dead is not None and dead >= BURST
-    # Prometheus's view of epsilon per day is the ledger's: every day of it, each within one hour's
-    # release (the last release before Ctrl-C may miss its checkpoint, or Prometheus's last scrape)
-    ledger = read_jsonl_folder(str(tmp_path / "soak" / "out" / "privacy_ledger"))
-    assert ledger, "the job released no hour in the soak"
-    committed = {day: micro / 1e6 for day, micro in epsilon_spent_micro(ledger).items()}
-    one_hour = max(epsilon_spent_micro([dict(r, date=r["window_start"]) for r in ledger]).values()) / 1e6
-    assert set(committed) <= set(spent), (spent, committed)
-    for day in set(committed) | set(spent):
-        assert abs(spent.get(day, 0.0) - committed.get(day, 0.0)) <= one_hour + 1e-9, (day, spent, committed)
     for name, timeline in states.items():
         print(name, "firing at", [round(t - timeline[0][0]) for t, firing in timeline if firing])
         fired = [t for t, firing in timeline if firing]

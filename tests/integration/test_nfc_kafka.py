@@ -26,6 +26,7 @@ from nfc_gateway.testing import PUBKEYS, post, signed_report
 from kafka_client import port_open
 from schemas.timefmt import parse_rfc3339
 from tests.integration.conftest import slow_machine, wait_for
+from tests.integration.prometheus_helpers import free_port
 
 BOOTSTRAP = "127.0.0.1:9092"
 
@@ -158,7 +159,8 @@ REPO = Path(__file__).resolve().parents[2]
 def own_broker(tmp_path, infra):
     """A second KRaft broker for this test alone (own ports, data, pid file; infra's jars),
     so that killing it disturbs no other test."""
-    env = dict(os.environ, KAFKA_PORT="19092", KAFKA_CONTROLLER_PORT="19093",
+    port, controller = free_port(), free_port()     # (not 19092: a second infra instance's)
+    env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(controller),
                INFRA_RUN_DIR=str(tmp_path / "run"), INFRA_DATA_DIR=str(tmp_path / "data"),
                INFRA_LOG_DIR=str(tmp_path / "logs"))
 
@@ -176,7 +178,7 @@ def own_broker(tmp_path, infra):
         wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
                  30, "the broker to die", 0.1)
 
-    yield SimpleNamespace(bootstrap="127.0.0.1:19092", kill9=kill9, start=lambda: kafka("start"))
+    yield SimpleNamespace(bootstrap=f"127.0.0.1:{port}", kill9=kill9, start=lambda: kafka("start"))
     kafka("stop")
 
 

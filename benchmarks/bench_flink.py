@@ -450,6 +450,19 @@ def stop_launcher(proc: subprocess.Popen, grace_s: float = 120) -> None:
             continue
 
 
+def cancel_flink_jobs(inst: "Instance", before: set[str]) -> list[str]:
+    """Cancel every job the run started that still runs; their ids. (A launcher that outlived
+    its Ctrl-C and was killed left its job running, reading the topics -- which Kafka then
+    re-created as fast as the next half deleted them.)"""
+    left = [j["jid"] for j in inst.rest("/jobs/overview")["jobs"]
+            if j["jid"] not in before and j["state"] not in ("CANCELED", "FINISHED", "FAILED")]
+    for job in left:
+        inst.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
+    wait_for(lambda: all(inst.rest(f"/jobs/{j}")["state"] in ("CANCELED", "FINISHED", "FAILED") for j in left),
+             120, "the left-over Flink jobs to be cancelled")
+    return left
+
+
 def tail(path: str, n: int = 2500) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -741,6 +754,10 @@ def latency_run(inst: Instance, engine: str, world: str, work: str, args) -> dic
                 pass
         stop_launcher(proc)
         status = proc.returncode
+        if engine == "flink":
+            left = cancel_flink_jobs(inst, before_flink)
+            if left:
+                notes.append(f"the launcher left job(s) {', '.join(left)} running: cancelled")
         watcher.stop()
     with watcher.lock:
         alerts = list(watcher.kept)

@@ -70,6 +70,8 @@ import time
 import urllib.request
 from typing import Iterable, Optional
 
+from pipelines.flink_engine import TERMINAL
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFRA = os.path.join(REPO, "infra")
 STANDARD_TOPICS = ("users", "pings", "taps", "tweets", "alerts", "follows")
@@ -455,10 +457,10 @@ def cancel_flink_jobs(inst: "Instance", before: set[str]) -> list[str]:
     its Ctrl-C and was killed left its job running, reading the topics -- which Kafka then
     re-created as fast as the next half deleted them.)"""
     left = [j["jid"] for j in inst.rest("/jobs/overview")["jobs"]
-            if j["jid"] not in before and j["state"] not in ("CANCELED", "FINISHED", "FAILED")]
+            if j["jid"] not in before and j["state"] not in TERMINAL]
     for job in left:
         inst.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
-    wait_for(lambda: all(inst.rest(f"/jobs/{j}")["state"] in ("CANCELED", "FINISHED", "FAILED") for j in left),
+    wait_for(lambda: all(inst.rest(f"/jobs/{j}")["state"] in TERMINAL for j in left),
              120, "the left-over Flink jobs to be cancelled")
     return left
 

@@ -335,7 +335,7 @@ def apply_compliance_over(ops, shown, events, params, ordered, counted: str = "c
 STATS_TWEETS_TAKEN_BACK = "dp_tweets_taken_back"   # covered before they counted: never used
 
 
-def screen_for_statistics(ops, tweets, events, params, ordered) -> dict:
+def screen_for_statistics(ops, tweets, events, params) -> dict:
     """The marketing statistics' tweets through both gates: {'tweets': Tweet | UsedTweet, 'late':
     DeadLetter}. A tweet a message covers is never used (batch: never passed on; streaming: not
     passed on once covered); one covered after it was passed on comes again as its retraction,
@@ -344,7 +344,11 @@ def screen_for_statistics(ops, tweets, events, params, ordered) -> dict:
     deletes, withheld tweets and protected, suspended or deleted users alike.
 
     The same messages and rules as the alert fan-out's gate (:func:`apply_compliance_over`),
-    counted under ``dp_compliance_*``; ``late`` repeats what that gate dead-letters."""
+    counted under ``dp_compliance_*``, ordered with its ticks and lateness under the step name
+    ``dp``; ``late`` repeats what that gate dead-letters."""
+    def ordered(col, processor, stage_name):
+        return ops.run_ordered(col, processor, stage_name, tick_s=params.stream_tick_s,
+                               allowed_lateness_s=params.allowed_lateness_s, step="dp")
     shown = ops.map(tweets, lambda t: Shown(UsedTweet(t), t.author_id), "UsedTweets")
     gated = apply_compliance_over(ops, shown, events, params, ordered, counted="dp_compliance")
     taken_back = ops.counter(STATS_TWEETS_TAKEN_BACK)

@@ -248,17 +248,15 @@ def to_contribution(record, kind: str, h3_res: int, public: frozenset, max_accur
     becomes the withdrawal of its tweet's contribution, in the tweet's hour; one whose tweet
     never counted (no place, outside the schedule) is dropped, counted.
     """
-    withdrawal = isinstance(record, UsedTweet)
-    if withdrawal:
-        record = record.tweet
+    if isinstance(record, UsedTweet):
+        used = to_contribution(record.tweet, kind, h3_res, public, max_accuracy_m, schedule, max_future_s, clock)
+        return WITHDRAWN_UNUSED if isinstance(used, str) else used._replace(withdrawn=True)
     if not acct.in_schedule(record.ts, *schedule):
-        return WITHDRAWN_UNUSED if withdrawal else OUTSIDE_SCHEDULE
+        return OUTSIDE_SCHEDULE
     if max_future_s is not None and record.ts > clock() + max_future_s:
-        return WITHDRAWN_UNUSED if withdrawal else FUTURE
+        return FUTURE
     result = bnd.contribution_of(record, kind, h3_res, public, max_accuracy_m)
-    if isinstance(result, str):
-        return WITHDRAWN_UNUSED if withdrawal else drop_counter(result)
-    return result._replace(withdrawn=True) if withdrawal else result
+    return drop_counter(result) if isinstance(result, str) else result
 
 
 # ---------------------------------------------------------------- 2. one user-hour

@@ -245,12 +245,8 @@ def release_statistics(ops, inputs: dict, registry: dict, params: DpParams, nois
     if "deletes" in inputs:
         if compliance is None:
             raise ValueError("release_statistics: 'deletes' given without the compliance (AlertParams) to apply them")
-
-        def ordered(col, processor, stage_name):
-            return ops.run_ordered(col, processor, stage_name, tick_s=compliance.stream_tick_s,
-                                   allowed_lateness_s=compliance.allowed_lateness_s, step="dp")
         inputs = dict(inputs, tweets=ops.nested("ScreenTweets", lambda o, tweets: screen_for_statistics(
-            o, tweets, inputs["deletes"], compliance, ordered)["tweets"], inputs["tweets"]))
+            o, tweets, inputs["deletes"], compliance)["tweets"], inputs["tweets"]))
     contributions = [
         inputs[name].process(_ToContributions(kind, p, max_future_s), output_type=PICKLED)
         .name(uid_path(base, f"{label}Contributions"))

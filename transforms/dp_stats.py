@@ -108,7 +108,8 @@ from core.dp_noise import SecureGaussianNoise
 from core.compliance import screen_for_statistics
 from core.dp_stats import (BOUNDED_HOURS, BOUNDED_PRESENCE, BOUNDED_TOUCHES, BOUNDED_TWEETS, FUTURE, LATE,
                            OPTED_OUT, OUTSIDE_SCHEDULE, STATISTICS_RELEASED, UNKNOWN_USER, USED, WITHDRAWN,
-                           WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED, WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram, bound_user_hour_of,
+                           WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED, WINDOWS_RELEASED, DpParams, SpendUserDay,
+                           add_to_histogram, bound_user_hour_of,
                            drop_counter, hour_end_us, hour_tick, merge_histograms, release_window,
                            spend_user_history, to_contribution)
 from core.conventions import METRICS_NAMESPACE as _NS, is_bounded
@@ -398,12 +399,7 @@ class _ScreenTweets(beam.PTransform):
 
     def expand(self, inputs):
         p, tweets, deletes = self._params, inputs["tweets"], inputs["deletes"]
-        ops = BeamOps(is_bounded(tweets, deletes))
-
-        def ordered(col, processor, stage_name):
-            return ops.run_ordered(col, processor, stage_name, tick_s=p.stream_tick_s,
-                                   allowed_lateness_s=p.allowed_lateness_s, step="dp")
-        return screen_for_statistics(ops, tweets, deletes, p, ordered)["tweets"]
+        return screen_for_statistics(BeamOps(is_bounded(tweets, deletes)), tweets, deletes, p)["tweets"]
 
 
 class ReleaseDpStatistics(beam.PTransform):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from pipelines.flink_engine import TERMINAL
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INFRA = os.path.join(REPO, "infra")
 CACHE = os.environ.get("INFRA_CACHE", os.path.join(INFRA, ".cache"))
@@ -146,9 +148,6 @@ def infra():
             assert not [f for f in os.listdir(run_dir) if f.endswith(".pid")], os.listdir(run_dir)
 
 
-TERMINAL_JOB_STATES = ("CANCELED", "FINISHED", "FAILED")
-
-
 @pytest.fixture(autouse=True)
 def _no_flink_job_left_running(request):
     """A test that used the cluster leaves no job on it: a job left running holds task slots
@@ -159,7 +158,7 @@ def _no_flink_job_left_running(request):
         return
     infra = request.getfixturevalue("infra")
     try:
-        jobs = [j for j in infra.rest("/jobs/overview")["jobs"] if j["state"] not in TERMINAL_JOB_STATES]
+        jobs = [j for j in infra.rest("/jobs/overview")["jobs"] if j["state"] not in TERMINAL]
     except OSError:
         return                       # the cluster is down (a test that stopped it says so itself)
     # a job the test cancelled may still be CANCELLING: waited for, not a leftover
@@ -167,7 +166,7 @@ def _no_flink_job_left_running(request):
     for job in left:
         infra.rest(f"/jobs/{job['jid']}?mode=cancel", method="PATCH")
     if jobs:
-        wait_for(lambda: all(infra.rest(f"/jobs/{j['jid']}")["state"] in TERMINAL_JOB_STATES for j in jobs),
+        wait_for(lambda: all(infra.rest(f"/jobs/{j['jid']}")["state"] in TERMINAL for j in jobs),
                  60, "the cancelled jobs to end")
     if left:
         pytest.fail("the test left Flink job(s) on the cluster (now cancelled): "

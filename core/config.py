@@ -93,6 +93,7 @@ class RunConfig:
     stream_seed: int = 7
     max_event_future_s: float = 300.0   # ParseInputs' rule on event times ahead of the run's clock
     runner: str = "DirectRunner"
+    registry_portal_pubkey: Optional[str] = None   # base64 Ed25519 key that signs settings changes
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -108,6 +109,13 @@ class RunConfig:
         if self.streaming and self.source == "files" and "direct" not in self.runner.lower():
             raise ConfigError("--streaming from files replays a TestStream, which only DirectRunner runs; "
                               "on other runners use --source kafka")
+        if self.registry_portal_pubkey is not None:
+            from schemas.errors import InvalidRecord
+            from schemas.proofs import decode_pubkey
+            try:
+                decode_pubkey(self.registry_portal_pubkey)
+            except InvalidRecord as exc:
+                raise ConfigError(f"--registry_portal_pubkey: {exc}") from None
         known_after = follow_known_after_s(self.follows)
         if self.alerts.follow_known_after_s < known_after:
             raise ConfigError(
@@ -154,7 +162,8 @@ def run_config(values: Mapping[str, Any], *, streaming: bool, runner: Optional[s
         raise ConfigError(f"--service_country: {exc}") from None
     settings = {name: values[name] for name in (
         "source", "results_sink", "kafka_bootstrap_servers", "kafka_expansion_service",
-        "stream_disorder_s", "stream_seed", "max_event_future_s") if values.get(name) is not None}
+        "stream_disorder_s", "stream_seed", "max_event_future_s", "registry_portal_pubkey")
+        if values.get(name) is not None}
     config = RunConfig(input_dir=values.get("input"), output_dir=values.get("output") or "out",
                        streaming=bool(streaming), follows=follows, alerts=alerts, dp=dp,
                        runner=runner or "DirectRunner", **{"source": "files", **settings})

@@ -18,10 +18,11 @@ from core.conventions import dead_letter
 from core.lines import DamagedLine
 from schemas.errors import InvalidRecord
 from schemas.parse import parse_line
-from schemas.records import Ping, TapReport, Tweet, TweetDelete, User
+from schemas.records import Ping, RegistryChange, TapReport, Tweet, TweetDelete, User
 from schemas.timefmt import ahead_of_clock
 
-TAG_OF_TYPE = {User: "users", Ping: "pings", TapReport: "taps", Tweet: "tweets", TweetDelete: "deletes"}
+TAG_OF_TYPE = {User: "users", RegistryChange: "users", Ping: "pings", TapReport: "taps", Tweet: "tweets", TweetDelete: "deletes"}
+OUTPUT_TAGS = tuple(dict.fromkeys(TAG_OF_TYPE.values()))   # users, pings, taps, tweets, deletes
 DEAD = "dead_letters"
 
 
@@ -36,8 +37,9 @@ class Judged(NamedTuple):
 
     @property
     def event_time(self) -> Optional[float]:
-        """The time the record is stamped with; None for a dead letter or a registry row."""
-        return None if self.tag in (DEAD, "users") else self.value.ts
+        """The time the record is stamped with; None for a dead letter or a registry row (a
+        settings change is stamped with its ``updated_at``)."""
+        return None if self.tag == DEAD else getattr(self.value, "ts", None)
 
 
 def classify(kind: str, origin: str, line):
@@ -54,7 +56,7 @@ def classify(kind: str, origin: str, line):
 def judge_line(kind: str, origin: str, line, now: float, max_future_s: float) -> Judged:
     """The whole judgement of one line: :func:`classify`, then the clock rule."""
     tag, value = classify(kind, origin, line)
-    if tag not in (DEAD, "users"):
+    if tag != DEAD and getattr(value, "ts", None) is not None:
         problem = ahead_of_clock(value.ts, now, max_future_s)
         if problem is not None:
             return Judged(kind, line, DEAD, dead_letter(origin, problem, line), future=True)

@@ -13,20 +13,81 @@
 * :func:`registered_ping`: a ping of a user who is not in the registry places no
   one and counts for nothing: a dead letter, not a silent drop.
 
+* Settings changes (``schemas.records.RegistryChange``): the registry is a changing
+  input. A subscriber's change (alerts on/off, leave the statistics) comes from the
+  portal as a ``users`` record with ``updated_at``, signed by the portal's key; one whose
+  signature does not verify against ``--registry_portal_pubkey`` (or with no portal key
+  configured) is a dead letter, as is one for a user the registry does not hold. Per
+  user, the verified change with the latest ``updated_at`` sets the two settings; the
+  key and age band stay the registry's own (:func:`effective_user`). A user's state is a
+  :class:`RegistryEntry`.
+* :class:`CurrentRegistry`: the same rules over a stream (keyed by user id, in arrival
+  order, seeded with the launch snapshot's entries): each record that changes what a
+  user's effective record is emits the new one, so a running job takes a settings
+  change without a restart. Batch runs use the latest state (:func:`merge_registry`).
+
 ``transforms.registry`` hosts these in Beam (``MergeRegistry``, ``DedupeTweets``,
-``KeepRegisteredPings``).
+``KeepRegisteredPings``, ``FollowRegistry``); ``flink_job`` in Flink.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping, Optional, Tuple, Union
+import math
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Tuple, Union
 
 from core.conventions import dead_letter
 from core.processor import Processor
-from schemas.records import DeadLetter, Ping, Tweet, User
+from schemas.records import DeadLetter, Ping, RegistryChange, Tweet, User
+from schemas.signin import verify_signed_change
 
 # Counter names.
 DUPLICATE_TWEETS = "duplicates.tweets"
 PINGS_UNKNOWN_USER = "rejected.pings_unknown_user"
+CHANGES_APPLIED = "registry.changes_applied"
+CHANGES_SUPERSEDED = "registry.changes_superseded"
+CHANGES_REJECTED = "registry.changes_rejected"
+USERS_ADDED = "registry.users_added_live"
+
+
+class RegistryEntry(NamedTuple):
+    """One user's registry state: the registry's own records merged the most private way
+    (``base``; None until one arrives) and the latest verified settings change."""
+    user_id: str
+    base: Optional[User] = None
+    changed_at: float = -math.inf        # the applied change's updated_at
+    change: Optional[User] = None
+    change_raw: str = ""                 # its line (the tie-break between equal times)
+
+
+def effective_user(entry: Optional[RegistryEntry]) -> Optional[User]:
+    """The record every step uses: the registry's, with the latest change's two settings."""
+    if entry is None or entry.base is None:
+        return None
+    if entry.change is None:
+        return entry.base
+    return entry.base._replace(alerts_opt_in=entry.change.alerts_opt_in, stats_opt_out=entry.change.stats_opt_out)
+
+
+def change_problem(change: RegistryChange, portal_pubkey: Optional[str]) -> Optional[str]:
+    """None when the portal signed this change, else why it is not used."""
+    if not portal_pubkey:
+        return (f"settings change for user {change.user.user_id}: no --registry_portal_pubkey is configured, "
+                "so the portal's signature cannot be checked and the change is not used")
+    if not verify_signed_change(portal_pubkey, change.signed, change.portal_sig):
+        return (f"settings change for user {change.user.user_id}: portal_sig does not verify against the "
+                "portal's key (forged or altered), the change is not used")
+    return None
+
+
+def unknown_user_change(change: RegistryChange) -> str:
+    return (f"settings change for user {change.user.user_id}, who is not in the user registry: "
+            "the change is not used")
+
+
+def with_change(entry: RegistryEntry, change: RegistryChange, raw: str) -> tuple[RegistryEntry, bool]:
+    """(entry, whether the change is now the one in force): the latest updated_at wins."""
+    if (change.ts, raw) > (entry.changed_at, entry.change_raw):
+        return entry._replace(changed_at=change.ts, change=change.user, change_raw=raw), True
+    return entry, False
 
 
 def merge_user_copies(copies: Iterable[User]) -> tuple[User, list[str]]:
@@ -54,25 +115,89 @@ def merge_user_copies(copies: Iterable[User]) -> tuple[User, list[str]]:
     return merged, differences
 
 
-def merge_registry(pairs: Iterable[tuple[User, str]], origin: str) -> Iterator[Union[User, DeadLetter]]:
-    """Merged users (by user_id) and, after each, a ``DeadLetter`` per extra copy with its reason."""
+def merge_registry(pairs: Iterable[tuple[Union[User, RegistryChange], str]], origin: str,
+                   portal_pubkey: Optional[str] = None,
+                   entries: bool = False) -> Iterator[Union[User, RegistryEntry, DeadLetter]]:
+    """Each user's record in force (the latest state: copies merged, the latest verified
+    change applied) and, after it, a ``DeadLetter`` per extra copy and per change not used.
+    ``entries``: yield each user's :class:`RegistryEntry` instead of the effective ``User``."""
     by_id: dict[str, list[tuple[User, str]]] = {}
-    for user, raw in pairs:
-        by_id.setdefault(user.user_id, []).append((user, raw))
-    for user_id in sorted(by_id):
-        copies = sorted(by_id[user_id], key=lambda pair: pair[1])
+    changes: dict[str, list[tuple[RegistryChange, str]]] = {}
+    for record, raw in pairs:
+        if isinstance(record, RegistryChange):
+            changes.setdefault(record.user.user_id, []).append((record, raw))
+        else:
+            by_id.setdefault(record.user_id, []).append((record, raw))
+    for user_id in sorted(set(by_id) | set(changes)):
+        copies = sorted(by_id.get(user_id, []), key=lambda pair: pair[1])
+        dead = []
+        entry = RegistryEntry(user_id)
         if len(copies) == 1:
-            yield copies[0][0]
-            continue
-        merged, differences = merge_user_copies(user for user, _ in copies)
-        yield merged
-        detail = "; ".join(differences) if differences else "the copies agree"
-        for _user, raw in copies[1:]:
-            yield dead_letter(
+            entry = entry._replace(base=copies[0][0])
+        elif copies:
+            merged, differences = merge_user_copies(user for user, _ in copies)
+            entry = entry._replace(base=merged)
+            detail = "; ".join(differences) if differences else "the copies agree"
+            dead += [dead_letter(
                 origin,
                 f"duplicate user_id {user_id}: {len(copies)} copies in the registry, merged into one "
                 f"record read the most private way ({detail}); this copy is not used on its own",
-                raw)
+                raw) for _user, raw in copies[1:]]
+        for change, raw in sorted(changes.get(user_id, []), key=lambda pair: pair[1]):
+            problem = change_problem(change, portal_pubkey) or (None if copies else unknown_user_change(change))
+            if problem is not None:
+                dead.append(dead_letter(origin, problem, raw))
+            else:
+                entry, _ = with_change(entry, change, raw)
+        if entry.base is not None:
+            yield entry if entries else effective_user(entry)
+        yield from dead
+
+
+class CurrentRegistry(Processor):
+    """Keyed by user id: the registry's rules over a stream, in arrival order.
+
+    State: the user's :class:`RegistryEntry` (a host seeds it from the launch snapshot's
+    entry). A message is ``(User | RegistryChange, raw line)``; the outputs are the user's
+    new effective ``User`` whenever it changes, and dead letters (an unverified change, a
+    change for an unknown user, a copy that disagrees). A copy equal to the record in force
+    is a re-delivery (a topic read again from a little before the snapshot), not a dead letter.
+    """
+    name = "registry"
+
+    def __init__(self, origin: str, portal_pubkey: Optional[str]):
+        self.origin, self.portal_pubkey = origin, portal_pubkey
+
+    @staticmethod
+    def sort_key(msg):
+        return (-math.inf, msg[1])
+
+    def immediate(self, msg) -> bool:
+        return True
+
+    def process(self, entry: Optional[RegistryEntry], msg):
+        record, raw = msg
+        before = effective_user(entry)
+        if isinstance(record, RegistryChange):
+            entry = entry or RegistryEntry(record.user.user_id)
+            problem = change_problem(record, self.portal_pubkey) or (
+                None if entry.base is not None else unknown_user_change(record))
+            if problem is not None:
+                return entry, [dead_letter(self.origin, problem, raw)]
+            entry, _ = with_change(entry, record, raw)
+        else:
+            entry = entry or RegistryEntry(record.user_id)
+            if entry.base is None or entry.base == record:
+                entry = entry._replace(base=record)
+            else:
+                merged, differences = merge_user_copies([entry.base, record])
+                entry = entry._replace(base=merged)
+                return entry, [out for out in (effective_user(entry),) if out != before] + [dead_letter(
+                    self.origin,
+                    f"duplicate user_id {record.user_id}: a second registry record that disagrees, merged "
+                    f"the most private way ({'; '.join(differences)}); this copy is not used on its own", raw)]
+        after = effective_user(entry)
+        return entry, ([after] if after != before else [])
 
 
 class FirstCopy(Processor):

@@ -51,13 +51,13 @@ from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 from core.config import RunConfig
 from core.conventions import dead_letter, raw_text
 from core.input_files import EVENT_KINDS, as_element
-from core.inputs import TAG_OF_TYPE, Judged, judge_line
+from core.inputs import OUTPUT_TAGS, Judged, judge_line
 from core.lines import iter_lines
 from core.registry import merge_registry
 from schemas.records import DeadLetter, Statistic, User, to_json_line
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
-OUTPUTS = tuple(TAG_OF_TYPE.values())          # users, pings, taps, tweets, deletes
+OUTPUTS = OUTPUT_TAGS                         # users, pings, taps, tweets, deletes
 DEAD = "dead_letters"
 # Kafka's transactions must outlive a restart from the last checkpoint; the broker's
 # transaction.max.timeout.ms is set to match (infra/kafka.sh).

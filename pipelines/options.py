@@ -88,6 +88,11 @@ class TapFollowOptions(PipelineOptions):
                             help="an event (ping, tap, tweet, delete) stamped more than this many seconds "
                                  "ahead of the worker's wall clock is a dead letter, in batch and "
                                  "streaming, and never moves the watermark (default 300)")
+        parser.add_argument("--registry_portal_pubkey", default=None,
+                            help="base64 Ed25519 public key of the portal (it prints registry_signing_pubkey "
+                                 "when it starts): users records with updated_at are subscribers' settings "
+                                 "changes and are used only when this key signed them; without it they are "
+                                 "dead letters")
         parser.add_argument("--service_country", default=None,
                             help="the service's country (ISO 3166-1 alpha-2, default JP): tweets and "
                                  "users withheld there are never alerted or shown")

@@ -11,7 +11,7 @@ import math
 
 from schemas.errors import InvalidRecord
 from schemas.proofs import MAX_ACCURACY_M, check_nonce, decode_pubkey
-from schemas.records import Ping, TapReport, User
+from schemas.records import Ping, RegistryChange, TapReport, User
 from schemas.timefmt import parse_rfc3339
 
 # A line larger than this is rejected before JSON decoding: no legitimate record
@@ -167,7 +167,18 @@ def as_lat_lng(lat, lng, where: str = "") -> tuple[float, float]:
 
 # ---- the three simple sources ---------------------------------------------------------
 
-def parse_user(obj: dict) -> User:
+def parse_user(obj: dict):
+    """A registry record: a ``User``, or -- with ``updated_at`` -- a ``RegistryChange`` the
+    portal signed (``portal_sig``; checked against the portal's key in ``core.registry``)."""
+    if "updated_at" in obj:
+        from schemas.signin import CHANGE_SIG_FIELD, registry_change_body
+        signature = obj.get(CHANGE_SIG_FIELD)
+        if not isinstance(signature, str) or not signature:
+            raise InvalidRecord(f"a registry change (updated_at) must carry the portal's signature "
+                                f"{CHANGE_SIG_FIELD}: none given, the change is not used")
+        updated_at = parse_rfc3339(obj["updated_at"])
+        user = parse_user({k: v for k, v in obj.items() if k not in ("updated_at", CHANGE_SIG_FIELD)})
+        return RegistryChange(user=user, ts=updated_at, signed=registry_change_body(obj), portal_sig=signature)
     age_band = obj.get("age_band")
     if age_band is not None:
         age_band = as_str(age_band, "age_band", 16)

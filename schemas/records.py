@@ -31,6 +31,20 @@ class User(NamedTuple):
     age_band: Optional[str]      # e.g. "20-29"; only ever used in aggregates
 
 
+class RegistryChange(NamedTuple):
+    """A subscriber's settings change, as the portal writes it to the registry (a ``users.jsonl``
+    record with ``updated_at`` and the portal's signature ``portal_sig``; ``schemas.signin``).
+
+    Only the two settings a subscriber controls are taken from it (``alerts_opt_in``,
+    ``stats_opt_out``); the key and age band stay the registry's own. ``signed`` is the
+    canonical JSON the portal signed, kept so the signature is checked where the portal's
+    public key is known (``core.registry``), without parsing the line again."""
+    user: User
+    ts: float                    # updated_at: when the subscriber made the change (event time)
+    signed: str
+    portal_sig: str
+
+
 class Ping(NamedTuple):
     user_id: str
     ts: float

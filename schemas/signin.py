@@ -52,11 +52,19 @@ REGISTRY_CHANGE_DOMAIN = "tapfollow-registry-change/v1"
 CHANGE_SIG_FIELD = "portal_sig"
 
 
-def registry_change_bytes(record: dict) -> bytes:
+def registry_change_body(record: dict) -> str:
+    """The canonical JSON of every field but the signature: what the portal signs."""
     import json
     body = {k: v for k, v in record.items() if k != CHANGE_SIG_FIELD}
-    return (REGISTRY_CHANGE_DOMAIN + "\n" + json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                                       ensure_ascii=False)).encode("utf-8")
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def registry_change_bytes(record: dict) -> bytes:
+    return signed_change_bytes(registry_change_body(record))
+
+
+def signed_change_bytes(body: str) -> bytes:
+    return (REGISTRY_CHANGE_DOMAIN + "\n" + body).encode("utf-8", "surrogatepass")
 
 
 def sign_registry_change(private_key, record: dict) -> dict:
@@ -65,10 +73,14 @@ def sign_registry_change(private_key, record: dict) -> dict:
 
 
 def verify_registry_change(portal_pubkey_b64: str, record: dict) -> bool:
+    return verify_signed_change(portal_pubkey_b64, registry_change_body(record), record.get(CHANGE_SIG_FIELD))
+
+
+def verify_signed_change(portal_pubkey_b64: str, body: str, signature_b64) -> bool:
+    """Whether the portal's key signed ``body`` (:func:`registry_change_body`) with this signature."""
     from cryptography.exceptions import InvalidSignature
     try:
-        decode_pubkey(portal_pubkey_b64).verify(decode_signature(record.get(CHANGE_SIG_FIELD)),
-                                                registry_change_bytes(record))
+        decode_pubkey(portal_pubkey_b64).verify(decode_signature(signature_b64), signed_change_bytes(body))
     except (InvalidRecord, InvalidSignature, ValueError, TypeError):
         return False
     return True

@@ -28,13 +28,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from core.conventions import METRICS_NAMESPACE, dead_letter, raw_text
-from core.inputs import TAG_OF_TYPE, Judged, judge_line
+from core.inputs import OUTPUT_TAGS, TAG_OF_TYPE, Judged, judge_line
 from schemas.parse import SOURCES
-from schemas.records import DeadLetter
+from schemas.records import DeadLetter, RegistryChange, User
 from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
 
-OUTPUTS = ("users", "pings", "taps", "tweets", "deletes")
-_TYPE_OF_TAG = {tag: record_type for record_type, tag in TAG_OF_TYPE.items()}
+OUTPUTS = OUTPUT_TAGS
+# a users line is a User or a settings change (RegistryChange): its collection carries either
+_TYPE_OF_TAG = {tag: record_type for record_type, tag in TAG_OF_TYPE.items() if record_type is not RegistryChange}
+_ELEMENT_TYPES = dict(_TYPE_OF_TAG, users=typing.Union[User, RegistryChange], dead_letters=DeadLetter)
 
 
 def _identity(value):
@@ -80,7 +82,7 @@ class _ParseLineFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(tag, value)
             return
         self._counters["parsed", kind].inc()
-        ts = None if tag == "users" else value.ts  # the registry has no event time: it stays where it was read
+        ts = judged.event_time  # a registry row has none (it stays where it was read); a change: updated_at
         if tag in self._with_raw:
             value = (value, raw_text(line))
         yield beam.pvalue.TaggedOutput(tag, value if ts is None else TimestampedValue(value, ts))
@@ -111,7 +113,7 @@ class ParseInputs(beam.PTransform):
         tagged = raw_lines | "ParseAndValidate" >> beam.ParDo(
             _ParseLineFn(self._origins, self._with_raw, self._max_future_s, self._clock)).with_outputs(*OUTPUTS, "dead_letters")
         # Tagged outputs carry no element type; naming it lets runners use RowCoder.
-        types = dict(_TYPE_OF_TAG, dead_letters=DeadLetter)
+        types = dict(_ELEMENT_TYPES)
         for tag in self._with_raw:
             types[tag] = typing.Tuple[types[tag], str]
         typed = {

@@ -170,14 +170,21 @@ class CurrentRegistry(Processor):
 
     @staticmethod
     def sort_key(msg):
-        return (-math.inf, msg[1])
+        # configuration, no event time: the snapshot's entries first, then registry rows, then changes
+        if isinstance(msg, RegistryEntry):
+            return (-math.inf, 0, "")
+        return (-math.inf, 2 if isinstance(msg[0], RegistryChange) else 1, msg[1])
 
     def immediate(self, msg) -> bool:
         return True
 
     def process(self, entry: Optional[RegistryEntry], msg):
-        record, raw = msg
         before = effective_user(entry)
+        if isinstance(msg, RegistryEntry):       # the launch snapshot's entry: where the key starts
+            entry = msg if entry is None else entry
+            after = effective_user(entry)
+            return entry, ([after] if after != before else [])
+        record, raw = msg
         if isinstance(record, RegistryChange):
             entry = entry or RegistryEntry(record.user.user_id)
             problem = change_problem(record, self.portal_pubkey) or (
@@ -198,6 +205,42 @@ class CurrentRegistry(Processor):
                     f"the most private way ({'; '.join(differences)}); this copy is not used on its own", raw)]
         after = effective_user(entry)
         return entry, ([after] if after != before else [])
+
+
+def user_id_of(record: Union[User, RegistryChange]) -> str:
+    return record.user.user_id if isinstance(record, RegistryChange) else record.user_id
+
+
+def _split_registry(counters):
+    def split(out):
+        if isinstance(out, DeadLetter):
+            counters["rejected"].inc()
+            yield "dead_letters", out
+        else:
+            counters["users"].inc()
+            yield "users", out
+    return split
+
+
+def registry_over(ops, seeds, records, origin: str, portal_pubkey: Optional[str], *,
+                  tick_s: float, allowed_lateness_s: float) -> dict:
+    """The registry as a changing input, on any engine (``core.ops``).
+
+    ``seeds``: the launch snapshot's :class:`RegistryEntry` per user (``merge_registry(...,
+    entries=True)``); ``records``: ``(User | RegistryChange, raw)`` read while the job runs.
+    -> ``{'users': User, 'dead_letters': DeadLetter}``: every user's effective record from
+    the snapshot, then a new one each time a record changes it (a settings change, a new
+    subscriber), in event-time ticks like every keyed step (:class:`CurrentRegistry`)."""
+    counters = {"users": ops.counter("registry_users_emitted"), "rejected": ops.counter("registry_rejected_live")}
+    messages = ops.flatten([
+        ops.map(seeds, lambda entry: (entry.user_id, entry), "KeySnapshot"),
+        ops.map(records, lambda pair: (user_id_of(pair[0]), pair), "KeyLiveRecords"),
+    ], "RegistryMessages")
+    folded = ops.run_ordered(messages, CurrentRegistry(origin, portal_pubkey), "CurrentRegistry",
+                             tick_s=tick_s, allowed_lateness_s=allowed_lateness_s, step="registry")
+    split = ops.tagged(folded["out"], _split_registry(counters), ("users", "dead_letters"), "SplitRegistry")
+    users = ops.map(split["users"], lambda user: user, "AsUsers", output_type=User)
+    return {"users": users, "dead_letters": ops.flatten([split["dead_letters"], folded["late"]], "RegistryDeadLetters")}
 
 
 class FirstCopy(Processor):

@@ -86,7 +86,8 @@ class ReadRawFromKafka(beam.PTransform):
     topic gets its own Java read (with metadata, so a record's topic names its source),
     and the reads are flattened; values are decoded as UTF-8 (undecodable bytes become
     U+FFFD, so the parser dead-letters them with the damage visible).
-    ``max_num_records`` / ``max_read_time`` bound each topic's read.
+    ``max_num_records`` / ``max_read_time`` bound each topic's read; ``start_read_times_ms``
+    starts a topic's read at its first record stamped at or after that CreateTime.
 
     Event time: Kafka's CreateTime policy. The watermark of a partition follows the
     largest CreateTime read from it; a partition with no backlog lets the watermark move
@@ -105,8 +106,10 @@ class ReadRawFromKafka(beam.PTransform):
     def __init__(self, topics: Mapping[str, str], bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP,
                  expansion_service=None, *, group_id: Optional[str] = None,
                  max_num_records: Optional[int] = None, max_read_time: Optional[int] = None,
-                 consumer_config: Optional[Mapping[str, str]] = None, commit_offsets: bool = False):
+                 consumer_config: Optional[Mapping[str, str]] = None, commit_offsets: bool = False,
+                 start_read_times_ms: Optional[Mapping[str, int]] = None):
         super().__init__()
+        self._start_ms = dict(start_read_times_ms or {})   # topic -> first CreateTime read (default: earliest)
         if not topics:
             raise ValueError("ReadRawFromKafka needs at least one topic")
         self._by_topic = {topic: name for name, topic in topics.items()}
@@ -138,6 +141,7 @@ class ReadRawFromKafka(beam.PTransform):
                 consumer_config=_consumer_config(self._bootstrap, self._group_id, self._extra),
                 topics=[topic],
                 timestamp_policy=ReadFromKafka.create_time_policy,
+                start_read_time=self._start_ms.get(topic),
                 with_metadata=True,
                 max_num_records=self._max_num_records,
                 max_read_time=self._max_read_time,

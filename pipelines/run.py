@@ -25,7 +25,6 @@ from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, 
 from apache_beam.runners.runner import PipelineState
 
 from core.config import ConfigError, RunConfig, run_config
-from core.lines import iter_lines
 from pipelines import sinks, sources
 from pipelines.dp_schedule import with_release_schedule
 from pipelines.options import TapFollowOptions, bad_choice, help_text, unknown_flags
@@ -35,7 +34,7 @@ from transforms.alerts import FanOutGeofencedAlerts
 from transforms.dp_stats import ReleaseDpStatistics
 from transforms.follows import ResolveMutualFollows
 from transforms.parse_inputs import ParseInputs
-from transforms.registry import DedupeTweets, KeepRegisteredPings, MergeRegistry
+from transforms.registry import DedupeTweets, FollowRegistry, KeepRegisteredPings, MergeRegistry
 
 OUTPUT_FOLDERS = ("follows", "alerts", "timeline", "marketing", "deadletter", "privacy_ledger")
 
@@ -54,27 +53,38 @@ def config_from(options: PipelineOptions) -> RunConfig:
                       streaming=streaming, runner=runner, release_schedule=with_release_schedule)
 
 
+# --source kafka: the users topic is read live from this long before the launch snapshot
+REGISTRY_READ_OVERLAP_MS = 60_000
+
+
 def read_inputs(pipeline, cfg: RunConfig):
     """(users lines, event lines, origins, lines read per kind when the launcher itself read
     them -- the streaming replay -- else None: the pipeline's ``read.<kind>`` counters count)."""
     if cfg.source == "kafka":
         from kafka_client import snapshot_topic
         from pipelines import kafka_io
-        topics = {kind: kind for kind in sources.EVENT_KINDS}
+        # The registry: its snapshot at launch, then (with the events) every record produced
+        # to the users topic from then on -- the portal's settings changes, new subscribers.
+        # The read starts a little before the snapshot: a record in both is folded once.
+        started_ms = int(time.time() * 1000) - REGISTRY_READ_OVERLAP_MS
+        topics = {kind: kind for kind in ("users",) + tuple(sources.EVENT_KINDS)}
         users = pipeline | "UsersSnapshot" >> beam.Create(
             [("users", line) for line in snapshot_topic(cfg.kafka_bootstrap_servers, "users")])
         events = pipeline | "ReadKafka" >> kafka_io.ReadRawFromKafka(
-            topics, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service)
+            topics, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service,
+            start_read_times_ms={"users": started_ms})
         return users, events, sources.kafka_origins(), None
     files = sources.input_files(cfg.input_dir)
     if cfg.streaming:
         # The registry snapshot is taken at launch, like the replayed stream itself
-        # (DirectRunner's streaming mode cannot run the SDF file reader).
-        snapshot = [sources.as_element("users", line) for path in files["users"] for line in iter_lines(path)]
+        # (DirectRunner's streaming mode cannot run the SDF file reader); its settings
+        # changes are replayed among the events, each at its updated_at.
+        snapshot, changes = sources.split_registry(files, cfg.max_event_future_s)
         users = pipeline | "UsersSnapshot" >> beam.Create(snapshot)
         events, lines_read = sources.stream_from_files(pipeline, files, cfg.stream_disorder_s, cfg.stream_seed,
-                                                       max_future_s=cfg.max_event_future_s)
-        return users, events, sources.origin_names(files), dict(users=len(snapshot), **lines_read)
+                                                       max_future_s=cfg.max_event_future_s, registry_changes=changes)
+        lines_read["users"] += len(snapshot)
+        return users, events, sources.origin_names(files), lines_read
     users = pipeline | "ReadUsers" >> sources.ReadKindFromFiles("users", files["users"])
     reads = [pipeline | f"Read{kind.title()}" >> sources.ReadKindFromFiles(kind, files[kind])
              for kind in sources.EVENT_KINDS]
@@ -92,10 +102,20 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
     users_raw, events_raw, origins, lines_read = read_inputs(pipeline, cfg)
     parsed_users = users_raw | "ParseUsers" >> ParseInputs(origins, with_raw=("users",))
     # One record per user and per tweet id, and only registered users' pings, before any step uses them.
-    registry = parsed_users["users"] | "MergeRegistry" >> MergeRegistry(origins["users"])
+    registry = parsed_users["users"] | "MergeRegistry" >> MergeRegistry(origins["users"], cfg.registry_portal_pubkey)
     users = registry["users"]
-    parsed = events_raw | "ParseEvents" >> ParseInputs(origins, with_raw=("tweets", "pings"),
+    parsed = events_raw | "ParseEvents" >> ParseInputs(origins, with_raw=("tweets", "pings", "users"),
                                                        max_future_s=cfg.max_event_future_s)
+    registry_dead = [registry["dead_letters"]]
+    current_users = users
+    if cfg.streaming:
+        # The registry as a changing input: settings changes read while the job runs reach
+        # the alerts (opt-in) and the statistics (opt-out) in the next event-time tick.
+        followed = ({"entries": registry["entries"], "records": parsed["users"]}
+                    | "FollowRegistry" >> FollowRegistry(origins["users"], cfg.registry_portal_pubkey,
+                                                         cfg.alerts.stream_tick_s, cfg.alerts.allowed_lateness_s))
+        current_users = followed["users"]
+        registry_dead.append(followed["dead_letters"])
     tweets = parsed["tweets"] | "DedupeTweets" >> DedupeTweets(origins["tweets"], cfg.dedupe_horizon_s)
     pings = ({"pings": parsed["pings"], "users": users}
              | "KeepRegisteredPings" >> KeepRegisteredPings(origins["pings"]))
@@ -104,10 +124,13 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
     follow_out = ({"taps": events["taps"], "users": users}
                   | "ResolveMutualFollows" >> ResolveMutualFollows(cfg.follows))
     alert_out = ({"tweets": events["tweets"], "deletes": events["deletes"], "pings": events["pings"],
-                  "taps": events["taps"], "follows": follow_out["follows"], "users": users}
+                  "taps": events["taps"], "follows": follow_out["follows"], "users": current_users}
                  | "FanOutGeofencedAlerts" >> FanOutGeofencedAlerts(cfg.alerts))
-    dp_out = ({"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "users": users,
-               "deletes": events["deletes"]}
+    dp_inputs = {"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "users": users,
+                 "deletes": events["deletes"]}
+    if cfg.streaming:
+        dp_inputs["registry_updates"] = current_users
+    dp_out = (dp_inputs
               | "ReleaseDpStatistics" >> ReleaseDpStatistics(cfg.dp, noise=noise, live=cfg.source == "kafka",
                                                              compliance=cfg.alerts))
 
@@ -130,7 +153,7 @@ def build(pipeline, cfg: RunConfig, noise=None) -> tuple[dict[str, str], dict[st
      | "WriteMarketing" >> sinks.WriteMarketingParquet(out("marketing"), cfg.streaming))
     dp_out["ledger"] | "WriteLedger" >> sinks.WriteJsonl(out("privacy_ledger"), cfg.streaming)
 
-    dead_letters = ((parsed_users["dead_letters"], registry["dead_letters"], events["dead_letters"],
+    dead_letters = ((parsed_users["dead_letters"], *registry_dead, events["dead_letters"],
                      tweets["dead_letters"], pings["dead_letters"],
                      follow_out["dead_letters"], alert_out["dead_letters"])
                     | "AllDeadLetters" >> beam.Flatten().with_output_types(DeadLetter))

@@ -3,9 +3,11 @@ stream in event time (``--streaming`` on DirectRunner), or Kafka topics.
 
 Every source yields ``(kind, line)`` elements for ``transforms.parse_inputs`` (the
 file replay: lines it has already judged, ``core.inputs.Judged``, so none is parsed twice);
-the user registry is always read as its own *bounded* collection (a snapshot
-at job start), because every step uses it as a side input and a side input
-must be complete before the events that need it are processed.
+the user registry is read as its own *bounded* collection (the snapshot at job start,
+every step's side input, complete before the events that need it are processed), and in
+streaming its later records -- subscribers' settings changes -- arrive with the events
+(the file replay schedules each at its ``updated_at``; Kafka: the ``users`` topic from the
+snapshot on), folded per user by ``transforms.registry.FollowRegistry``.
 """
 from __future__ import annotations
 
@@ -90,16 +92,39 @@ def judged_element(kind: str, origin: str, line, now: float, max_future_s: float
     return judged.event_time, judged
 
 
+def split_registry(files: dict[str, list[str]], max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S,
+                   now: float | None = None):
+    """(the registry snapshot's elements, the settings changes to replay) of the users files.
+
+    The replay treats the registry as the changing input it is: its rows (and the lines it
+    rejects) are the snapshot the job starts from; each settings change (a line with
+    ``updated_at``, ``schemas.records.RegistryChange``) is replayed at its ``updated_at``
+    among the events, judged once here as every replayed line is."""
+    now = time.time() if now is None else now
+    origin = origin_names(files)["users"]
+    snapshot, changes = [], []
+    for path in files["users"]:
+        for line in iter_lines(path):
+            own, element = judged_element("users", origin, line, now, max_future_s)
+            if own is None:
+                snapshot.append(element)
+            else:
+                changes.append((own, element))
+    return snapshot, changes
+
+
 def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
-                 max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None):
-    """The replay's TestStream steps (see :func:`replay_schedule`) for the event files.
+                 max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None,
+                 registry_changes=()):
+    """The replay's TestStream steps (see :func:`replay_schedule`) for the event files and
+    ``registry_changes`` (``(updated_at, judged line)``, :func:`split_registry`).
 
     Every line is judged against ``now`` (default: the wall clock when the schedule is
     built) and scheduled at its own event time, or at its neighbour's when it is a dead
     letter (see :func:`judged_element`)."""
     now = time.time() if now is None else now
     origins = origin_names(files)
-    events, first = [], None
+    events, first = [list(change) for change in registry_changes], None
     for kind in EVENT_KINDS:
         previous = None
         for path in files[kind]:
@@ -117,14 +142,16 @@ def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
 
 
 def stream_from_files(pipeline, files: dict[str, list[str]], disorder_s: float, seed: int,
-                      max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None):
-    """Unbounded judged lines from the event files, in event time (DirectRunner): :func:`replay_steps`.
+                      max_future_s: float = DEFAULT_MAX_EVENT_FUTURE_S, now: float | None = None,
+                      registry_changes=()):
+    """Unbounded judged lines from the event files (and the registry's settings changes), in
+    event time (DirectRunner): :func:`replay_steps`.
 
     Returns (the stream, lines delivered per kind): the run summary's ``read`` counts, as
     DirectRunner's streaming counters are not exact and the files need no second reading."""
     stream = TestStream()
-    delivered = {kind: 0 for kind in EVENT_KINDS}
-    for step, value in replay_steps(files, disorder_s, seed, max_future_s, now):
+    delivered = {kind: 0 for kind in ("users",) + tuple(EVENT_KINDS)}
+    for step, value in replay_steps(files, disorder_s, seed, max_future_s, now, registry_changes):
         if step == "elements":
             stream.add_elements(value)
             for timestamped in value:

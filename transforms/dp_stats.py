@@ -93,12 +93,15 @@ Tests make noise reproducible by passing ``noise=NoNoiseForTests(for_tests_only=
 from __future__ import annotations
 
 import time
+import typing
 from typing import Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
@@ -196,6 +199,40 @@ class BoundUserHourFn(beam.DoFn):
         user_id, contributions = element
         user_hour, counts = bound_user_hour_of(users.get(user_id), list(contributions),
                                                pane.timing == PaneInfoTiming.LATE, self._bounds, self._bands)
+        self._counters.count(counts)
+        if user_hour is not None:
+            yield user_id, user_hour
+
+
+class _MarkLateFn(beam.DoFn):
+    """(user, [Contribution]) of one hour -> (user, (contributions, whether the pane is late)),
+    before the hour leaves its window for :class:`BoundWithCurrentUserFn`."""
+
+    def process(self, element, pane=beam.DoFn.PaneInfoParam):
+        user_id, contributions = element
+        yield user_id, ("hour", (list(contributions), pane.timing == PaneInfoTiming.LATE))
+
+
+class BoundWithCurrentUserFn(beam.DoFn):
+    """Streaming with a changing registry: keyed by user, in the global window, the user's
+    current record (each update from ``FollowRegistry``; before any, the launch snapshot's
+    side input) decides each user-hour as it is released, as :class:`BoundUserHourFn` does.
+    So "leave the statistics" holds for every hour released after the change arrived."""
+    USER = ReadModifyWriteStateSpec("user", PickleCoder())
+
+    def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...]):
+        self._bounds, self._bands = bounds, bands
+        self._counters = _Counters([OPTED_OUT, UNKNOWN_USER, LATE, USED, BOUNDED_PRESENCE, BOUNDED_TWEETS,
+                                    BOUNDED_TOUCHES, WITHDRAWN, WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED])
+
+    def process(self, element, users, current=beam.DoFn.StateParam(USER)):
+        user_id, (kind, value) = element
+        if kind == "user":
+            current.write(value)
+            return
+        contributions, late = value
+        user = current.read() or users.get(user_id)
+        user_hour, counts = bound_user_hour_of(user, contributions, late, self._bounds, self._bands)
         self._counters.count(counts)
         if user_hour is not None:
             yield user_id, user_hour
@@ -308,12 +345,14 @@ class SpendUserHistoryFn(beam.DoFn):
 class BoundUserHours(beam.PTransform):
     """Contributions -> bounded UserHours (no user id), each in its hourly window.
 
-    ``registry`` is the user registry as a side input (``AsDict`` of user id -> User).
+    ``registry`` is the user registry as a side input (``AsDict`` of user id -> User);
+    ``updates`` (streaming, optional): each user's record whenever it changes while the job
+    runs (``transforms.registry.FollowRegistry``), which then decides the hours released after.
     """
 
-    def __init__(self, params: DpParams, registry):
+    def __init__(self, params: DpParams, registry, updates=None):
         super().__init__()
-        self._params, self._registry = params, registry
+        self._params, self._registry, self._updates = params, registry, updates
 
     def expand(self, contributions):
         p, users = self._params, self._registry
@@ -328,16 +367,27 @@ class BoundUserHours(beam.PTransform):
                         SpendUserHistoryFn(p.hour_bounds(), p.bands(), p.max_hours_per_day, p.cells_per_day()),
                         users))
         # Late firings exist only so late data can be counted; they are never released.
-        hourly = (contributions
-                  | "HourlyWindows" >> beam.WindowInto(
-                      window.FixedWindows(acct.HOUR_S),
-                      trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                      accumulation_mode=trigger.AccumulationMode.DISCARDING,
-                      allowed_lateness=p.late_count_horizon_s)
-                  | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
-                  | "GroupUserHour" >> beam.GroupByKey()
-                  # col : (user_id, UserHour), stamped at the hour's end
-                  | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users))
+        grouped = (contributions
+                   | "HourlyWindows" >> beam.WindowInto(
+                       window.FixedWindows(acct.HOUR_S),
+                       trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                       accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                       allowed_lateness=p.late_count_horizon_s)
+                   | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
+                   | "GroupUserHour" >> beam.GroupByKey())
+        if self._updates is None:
+            hourly = grouped | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users)
+        else:
+            hours = (grouped
+                     | "MarkLatePanes" >> beam.ParDo(_MarkLateFn())
+                     | "UserHoursToGlobal" >> beam.WindowInto(window.GlobalWindows()))
+            changes = self._updates | "KeyRegistryUpdates" >> beam.Map(lambda u: (u.user_id, ("user", u)))
+            hourly = ((hours, changes)
+                      # str keys: a deterministic key coder, as state requires
+                      | "HoursAndRegistry" >> beam.Flatten().with_output_types(Tuple[str, Tuple[str, typing.Any]])
+                      | "BoundWithCurrentUser" >> beam.ParDo(
+                          BoundWithCurrentUserFn(p.hour_bounds(), p.bands()), users))
+        # hourly : (user_id, UserHour), stamped at the hour's end
         # col : UserHour within the day's bounds, stamped at its hour's end, in the day-so-far window
         return (hourly
                 | "WithHourUse" >> beam.FlatMap(_with_hour_use)
@@ -403,7 +453,10 @@ class _ScreenTweets(beam.PTransform):
 
 
 class ReleaseDpStatistics(beam.PTransform):
-    """{'pings', 'tweets', 'taps', 'users'[, 'deletes']} -> {'statistics': [Statistic], 'ledger': [dict]}.
+    """{'pings', 'tweets', 'taps', 'users'[, 'deletes'][, 'registry_updates']} -> {'statistics', 'ledger'}.
+
+    ``registry_updates`` (streaming): each user's record as it changes while the job runs
+    (``transforms.registry.FollowRegistry``): an opt-out holds for every hour released after it.
 
     With ``deletes`` (every compliance message) and ``compliance`` (the ``AlertParams`` whose
     service country, horizon and ticks the alert fan-out's gate uses), the tweets pass the
@@ -424,6 +477,7 @@ class ReleaseDpStatistics(beam.PTransform):
         p = self._params
         families = tuple(p.plan().metrics)
         registry = pvalue.AsDict(inputs["users"] | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u)))
+        updates = inputs.get("registry_updates")
         hours = p.scheduled_hours()
         if "deletes" in inputs:
             if self._compliance is None:
@@ -433,7 +487,7 @@ class ReleaseDpStatistics(beam.PTransform):
             inputs = dict(inputs, tweets=screened)
         contributions = inputs | "ToContributions" >> ToContributions(p, self._live)
         user_hours = (contributions
-                      | "BoundUserHours" >> BoundUserHours(p, registry)
+                      | "BoundUserHours" >> BoundUserHours(p, registry, updates)
                       # One release per hour: default trigger, no lateness.
                       | "ReleaseWindows" >> beam.WindowInto(window.FixedWindows(acct.HOUR_S)))
         # The schedule, not the data, decides which hours exist: one empty tick per scheduled

@@ -1,8 +1,11 @@
 """The Beam host of ``core.registry``: one record per user and per tweet, upstream of every step.
 
 * :class:`MergeRegistry`: the registry merged the most private way, one record per
-  ``user_id`` (``core.registry.merge_registry``); every extra copy is a dead letter.
-  Follows, alerts and DP statistics all read the merged registry.
+  ``user_id`` (``core.registry.merge_registry``); every extra copy is a dead letter; the
+  latest verified settings change applied. Follows, alerts and DP statistics all read it.
+* :class:`FollowRegistry` (streaming): the registry as a changing input -- the launch
+  snapshot, then every record read while the job runs, folded per user
+  (``core.registry.CurrentRegistry``); alerts and statistics take each new record.
 * :class:`DedupeTweets`: each tweet id used once, by alerts and statistics alike
   (``core.registry.FirstCopy``; bounded input: one group per id in the ordered
   host's batch plan; unbounded: its state in a stateful DoFn, freed by an
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import typing
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.coders import FloatCoder
@@ -23,7 +27,8 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
 from core.conventions import METRICS_NAMESPACE as _NS, is_bounded
-from core.registry import DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, merge_registry, registered_ping
+from core.registry import (DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, effective_user, merge_registry,
+                           registered_ping, registry_over)
 from schemas.records import DeadLetter, Ping, Tweet, User
 from transforms.ordered import OrderedByKey
 
@@ -37,26 +42,48 @@ def _tag_dead_letters(outputs):
 
 
 class MergeRegistry(beam.PTransform):
-    """``PCollection[(User, raw)]`` -> ``{'users': merged User, 'dead_letters': DeadLetter}``.
+    """``PCollection[(User | RegistryChange, raw)]`` -> ``{'users': merged User, 'entries':
+    RegistryEntry, 'dead_letters': DeadLetter}``.
 
-    The registry is a bounded snapshot: it is merged in one place (a side input
-    of a single impulse), so the merged records keep the registry's timestamp.
+    The registry read at launch is merged in one place (a side input of a single impulse),
+    so the merged records keep the registry's timestamp: the latest state, each verified
+    settings change applied (``portal_pubkey``: the portal's key that signs them).
+    ``entries`` (each user's whole state) seed :class:`FollowRegistry` in streaming.
     """
 
-    def __init__(self, origin: str):
+    def __init__(self, origin: str, portal_pubkey: Optional[str] = None):
         super().__init__()
-        self._origin = origin
+        self._origin, self._portal_pubkey = origin, portal_pubkey
 
     def expand(self, pairs):
-        origin = self._origin
+        origin, portal_pubkey = self._origin, self._portal_pubkey
         out = (pairs.pipeline
                | "Impulse" >> beam.Create([None])
-               | "Merge" >> beam.FlatMap(lambda _, rows: _tag_dead_letters(merge_registry(rows, origin)),
-                                         beam.pvalue.AsList(pairs)).with_outputs(DEAD, main="users"))
+               | "Merge" >> beam.FlatMap(
+                   lambda _, rows: _tag_dead_letters(merge_registry(rows, origin, portal_pubkey, entries=True)),
+                   beam.pvalue.AsList(pairs)).with_outputs(DEAD, main="entries"))
         return {
-            "users": out["users"] | "AsUser" >> beam.Map(lambda u: u).with_output_types(User),
+            "users": out["entries"] | "AsUser" >> beam.Map(effective_user).with_output_types(User),
+            "entries": out["entries"],
             "dead_letters": out[DEAD] | "AsDeadLetter" >> beam.Map(lambda d: d).with_output_types(DeadLetter),
         }
+
+
+class FollowRegistry(beam.PTransform):
+    """Streaming: ``{'entries': the launch snapshot's RegistryEntry, 'records': (User |
+    RegistryChange, raw) read while the job runs}`` -> ``{'users', 'dead_letters'}``: each
+    user's effective record from the snapshot, then a new one whenever a settings change
+    (or a new subscriber) changes it (``core.registry.registry_over``, hosted by ``BeamOps``)."""
+
+    def __init__(self, origin: str, portal_pubkey: Optional[str], tick_s: float, allowed_lateness_s: float):
+        super().__init__()
+        self._origin, self._portal_pubkey = origin, portal_pubkey
+        self._tick_s, self._lateness_s = tick_s, allowed_lateness_s
+
+    def expand(self, inputs):
+        from transforms.beam_ops import BeamOps
+        return registry_over(BeamOps(False), inputs["entries"], inputs["records"], self._origin,
+                             self._portal_pubkey, tick_s=self._tick_s, allowed_lateness_s=self._lateness_s)
 
 
 def _routed_copy(out, duplicates):

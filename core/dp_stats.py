@@ -49,6 +49,7 @@ WINDOWS_RELEASED = "dp_windows_released"
 WITHDRAWN = "dp_tweets_withdrawn_before_release"         # taken back before its hour was released
 WITHDRAWN_AFTER_RELEASE = "dp_tweets_withdrawn_after_release"   # too late: its hour was out
 WITHDRAWN_UNUSED = "dp_withdrawals_of_unused_tweets"      # the tweet never counted (no place, ...)
+OPTED_OUT_LIVE = "dp_user_hours_opted_out_live"   # a settings change while the job ran: hours not yet released
 
 
 def drop_counter(reason: str) -> str:
@@ -260,6 +261,15 @@ def to_contribution(record, kind: str, h3_res: int, public: frozenset, max_accur
 
 
 # ---------------------------------------------------------------- 2. one user-hour
+
+def opted_out_since_launch(current) -> list:
+    """Streaming with a changing registry (``core.registry.registry_over``): the counts that drop
+    a bounded user-hour about to be released, given the user's record as it is now (None: no
+    change since launch). "Leave the statistics" holds for every hour not yet released; the
+    launch snapshot's opt-outs were dropped before bounding (:func:`bound_user_hour_of`), and an
+    opt-in after launch counts from the next launch (the most private reading)."""
+    return [(OPTED_OUT_LIVE, 1)] if current is not None and current.stats_opt_out else []
+
 
 def bound_user_hour_of(user: Optional[User], contributions: Sequence[bnd.Contribution], late: bool,
                        bounds: bnd.HourBounds, bands: Tuple[str, ...]):

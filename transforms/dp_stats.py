@@ -110,9 +110,9 @@ from core import dp_bounding as bnd
 from core.dp_noise import SecureGaussianNoise
 from core.compliance import screen_for_statistics
 from core.dp_stats import (BOUNDED_HOURS, BOUNDED_PRESENCE, BOUNDED_TOUCHES, BOUNDED_TWEETS, FUTURE, LATE,
-                           OPTED_OUT, OUTSIDE_SCHEDULE, STATISTICS_RELEASED, UNKNOWN_USER, USED, WITHDRAWN,
+                           OPTED_OUT, OPTED_OUT_LIVE, OUTSIDE_SCHEDULE, STATISTICS_RELEASED, UNKNOWN_USER, USED, WITHDRAWN,
                            WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED, WINDOWS_RELEASED, DpParams, SpendUserDay,
-                           add_to_histogram, bound_user_hour_of,
+                           add_to_histogram, bound_user_hour_of, opted_out_since_launch,
                            drop_counter, hour_end_us, hour_tick, merge_histograms, release_window,
                            spend_user_history, to_contribution)
 from core.conventions import METRICS_NAMESPACE as _NS, is_bounded
@@ -204,38 +204,25 @@ class BoundUserHourFn(beam.DoFn):
             yield user_id, user_hour
 
 
-class _MarkLateFn(beam.DoFn):
-    """(user, [Contribution]) of one hour -> (user, (contributions, whether the pane is late)),
-    before the hour leaves its window for :class:`BoundWithCurrentUserFn`."""
-
-    def process(self, element, pane=beam.DoFn.PaneInfoParam):
-        user_id, contributions = element
-        yield user_id, ("hour", (list(contributions), pane.timing == PaneInfoTiming.LATE))
-
-
-class BoundWithCurrentUserFn(beam.DoFn):
+class RegistryGateFn(beam.DoFn):
     """Streaming with a changing registry: keyed by user, in the global window, the user's
-    current record (each update from ``FollowRegistry``; before any, the launch snapshot's
-    side input) decides each user-hour as it is released, as :class:`BoundUserHourFn` does.
-    So "leave the statistics" holds for every hour released after the change arrived."""
+    current record (each update from ``FollowRegistry``) decides whether a bounded user-hour
+    about to be released still may be (``core.dp_stats.opted_out_since_launch``): "leave the
+    statistics" holds for every hour released after the change arrived."""
     USER = ReadModifyWriteStateSpec("user", PickleCoder())
 
-    def __init__(self, bounds: bnd.HourBounds, bands: Tuple[str, ...]):
-        self._bounds, self._bands = bounds, bands
-        self._counters = _Counters([OPTED_OUT, UNKNOWN_USER, LATE, USED, BOUNDED_PRESENCE, BOUNDED_TWEETS,
-                                    BOUNDED_TOUCHES, WITHDRAWN, WITHDRAWN_AFTER_RELEASE, WITHDRAWN_UNUSED])
+    def __init__(self):
+        self._counters = _Counters([OPTED_OUT_LIVE])
 
-    def process(self, element, users, current=beam.DoFn.StateParam(USER)):
+    def process(self, element, current=beam.DoFn.StateParam(USER)):
         user_id, (kind, value) = element
         if kind == "user":
             current.write(value)
             return
-        contributions, late = value
-        user = current.read() or users.get(user_id)
-        user_hour, counts = bound_user_hour_of(user, contributions, late, self._bounds, self._bands)
+        counts = opted_out_since_launch(current.read())
         self._counters.count(counts)
-        if user_hour is not None:
-            yield user_id, user_hour
+        if not counts:
+            yield user_id, value
 
 
 class DaySoFarWindows(window.NonMergingWindowFn):
@@ -375,18 +362,16 @@ class BoundUserHours(beam.PTransform):
                        allowed_lateness=p.late_count_horizon_s)
                    | "KeyByUser" >> beam.Map(lambda c: (c.user_id, c))
                    | "GroupUserHour" >> beam.GroupByKey())
-        if self._updates is None:
-            hourly = grouped | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users)
-        else:
-            hours = (grouped
-                     | "MarkLatePanes" >> beam.ParDo(_MarkLateFn())
+        hourly = grouped | "BoundUserHour" >> beam.ParDo(BoundUserHourFn(p.hour_bounds(), p.bands()), users)
+        if self._updates is not None:
+            hours = (hourly
+                     | "TagUserHours" >> beam.Map(lambda kv: (kv[0], ("hour", kv[1])))
                      | "UserHoursToGlobal" >> beam.WindowInto(window.GlobalWindows()))
             changes = self._updates | "KeyRegistryUpdates" >> beam.Map(lambda u: (u.user_id, ("user", u)))
             hourly = ((hours, changes)
                       # str keys: a deterministic key coder, as state requires
                       | "HoursAndRegistry" >> beam.Flatten().with_output_types(Tuple[str, Tuple[str, typing.Any]])
-                      | "BoundWithCurrentUser" >> beam.ParDo(
-                          BoundWithCurrentUserFn(p.hour_bounds(), p.bands()), users))
+                      | "RegistryGate" >> beam.ParDo(RegistryGateFn()))
         # hourly : (user_id, UserHour), stamped at the hour's end
         # col : UserHour within the day's bounds, stamped at its hour's end, in the day-so-far window
         return (hourly

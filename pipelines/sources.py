@@ -124,7 +124,7 @@ def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
     letter (see :func:`judged_element`)."""
     now = time.time() if now is None else now
     origins = origin_names(files)
-    events, first = [list(change) for change in registry_changes], None
+    events, first = [], None
     for kind in EVENT_KINDS:
         previous = None
         for path in files[kind]:
@@ -138,6 +138,8 @@ def replay_steps(files: dict[str, list[str]], disorder_s: float, seed: int,
     for event in events:  # a leading run of bad lines takes the earliest time seen
         if event[0] is None:
             event[0] = first if first is not None else 0.0
+    # after the events: their delivery shuffle is drawn first, so it does not depend on the changes
+    events.extend(list(change) for change in registry_changes)
     return replay_schedule([tuple(e) for e in events], disorder_s, seed)
 
 

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (serve behind https)")
     serve.add_argument("--db", default=":memory:", help="DuckDB database file for the store (default in memory)")
 
+    pkey = sub.add_parser("portal-key", help="create the portal's key pair, which signs subscribers' settings "
+                                             "changes; prints the public key the pipeline checks them with "
+                                             "(pipelines.run --registry_portal_pubkey)")
+    pkey.add_argument("--key-out", required=True, help="private key file to create (mode 0600; never overwritten); "
+                                                       "serve --portal-key reads it")
+
     mkey = sub.add_parser("marketer-key", help="create a marketer's key pair")
     mkey.add_argument("--name", required=True, help="the marketer's account name ([a-z0-9_-], up to 64)")
     mkey.add_argument("--key-out", required=True, help="private key file to create (mode 0600; never overwritten)")
@@ -67,7 +73,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"serve": _serve, "marketer-key": _marketer_key, "login": _login}[args.command](args)
+        return {"serve": _serve, "portal-key": _portal_key, "marketer-key": _marketer_key,
+                "login": _login}[args.command](args)
     except ConfigError as exc:
         print(f"portal {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -165,22 +172,34 @@ def _serve(args) -> int:
     return 0
 
 
-def _marketer_key(args) -> int:
-    from portal.auth import ACCOUNT_RE
-    from schemas.proofs import new_keypair
+def _new_key_file(path: str) -> str:
+    """A new Ed25519 key in ``path`` (base64 of its seed, mode 0600, never overwritten) -> its public key."""
     import base64
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+    from schemas.proofs import new_keypair
+    key, pubkey = new_keypair()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; refusing to overwrite a private key") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(base64.b64encode(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())).decode() + "\n")
+    return pubkey
+
+
+def _portal_key(args) -> int:
+    print(json.dumps({"registry_signing_pubkey": _new_key_file(args.key_out)}))
+    return 0
+
+
+def _marketer_key(args) -> int:
+    from portal.auth import ACCOUNT_RE
     if not ACCOUNT_RE["marketer"].fullmatch(args.name):
         raise ConfigError(f"--name {args.name!r} is not [a-z0-9_-]{{1,64}}")
     marketers = load_marketers(args.marketers) if os.path.exists(args.marketers) else {}
-    key, pubkey = new_keypair()
-    try:
-        fd = os.open(args.key_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConfigError(f"{args.key_out} exists; refusing to overwrite a private key") from None
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(base64.b64encode(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())).decode() + "\n")
-    marketers[args.name] = pubkey
+    marketers[args.name] = pubkey = _new_key_file(args.key_out)
     with open(args.marketers, "w", encoding="utf-8") as handle:
         json.dump(marketers, handle, indent=2, sort_keys=True)
     print(json.dumps({"name": args.name, "pubkey": pubkey}))

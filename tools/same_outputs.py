@@ -42,7 +42,7 @@ def folder_fingerprint(folder: str) -> dict:
     return {"records": len(rows), "sha256": digest}
 
 
-def run_once(world: str, out: str, streaming: bool) -> dict:
+def run_once(world: str, out: str, streaming: bool, extra=()) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -52,7 +52,7 @@ def run_once(world: str, out: str, streaming: bool) -> dict:
     from pipelines.run import add_runner_experiments, build, config_from, prepare_output
     from core.dp_noise import NoNoiseForTests
 
-    args = ["--input", world, "--output", out] + (["--streaming"] if streaming else [])
+    args = ["--input", world, "--output", out] + (["--streaming"] if streaming else []) + list(extra)
     options = PipelineOptions(args)
     cfg = config_from(options)
     cfg = dataclasses.replace(cfg, dp=with_release_schedule(cfg.dp, cfg.input_dir))

@@ -55,6 +55,26 @@ def test_marketer_key_and_login(portal, tmp_path):
     assert client.post("/auth/signin", data=form_fields(page.text)).status_code == 401
 
 
+def test_portal_key_makes_the_key_that_signs_settings_changes_and_prints_what_checks_them(tmp_path):
+    from core.registry import change_problem
+    from portal.__main__ import read_seed_key
+    from portal.registry import RegistryWriter
+    from schemas.parse import parse_line
+    made = run("-m", "portal", "portal-key", "--key-out", str(tmp_path / "portal.key"))
+    assert made.returncode == 0, made.stderr
+    pubkey = json.loads(made.stdout)["registry_signing_pubkey"]
+    assert oct(os.stat(tmp_path / "portal.key").st_mode & 0o777) == "0o600"
+    key, same = read_seed_key(str(tmp_path / "portal.key"))
+    assert same == pubkey
+    from schemas.records import User
+    alice = User(world.ALICE, world.pubkey(world.ALICE), True, False, "20-29")
+    change = parse_line("users", json.dumps(RegistryWriter(key).record(alice)))
+    assert change_problem(change, pubkey) is None
+    assert "does not verify" in change_problem(change, world.pubkey(world.ALICE))
+    again = run("-m", "portal", "portal-key", "--key-out", str(tmp_path / "portal.key"))
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+
+
 def timeline_row(tweet_id, retracted):
     return json.dumps(world.tl(tweet_id, f"text {tweet_id}", world.SHIBUYA, world.NOW - int(tweet_id),
                                retracted=retracted))

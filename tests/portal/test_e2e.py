@@ -94,3 +94,37 @@ def test_no_deleted_or_withheld_tweet_is_ever_shown(run):
     assert shown, "some subscriber must see tweets near them"
     assert shown <= live
     assert not shown & gone
+
+
+def test_a_settings_change_made_in_the_portal_reaches_the_next_batch_run(run, tmp_path):
+    """Alerts off in the portal -> the portal's signed record, appended to the users file
+    (``--registry-out``), is the latest state the next batch run uses: that user gets no
+    alert, everyone else the same as before; without the portal's key the change is a dead
+    letter and changes nothing."""
+    import shutil
+    server, world, out, _users = run
+    kept = apply_retractions(Alert(r["alert_id"], r["user_id"], r["tweet_id"], parse_rfc3339(r["ts"]),
+                                   r["distance_m"], r["reason"]) for r in rows(os.path.join(out, "alerts")))
+    user = sorted({a.user_id for a in kept})[0]
+    client = sign_in_with(server.url, "subscriber", user, owned_key(user)[0])
+    page = client.get(f"/u/{user}/settings").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    assert client.post(f"/u/{user}/settings", data={"csrf": csrf}).status_code == 303   # alerts off, stats in
+    changes = [line for line in open(os.path.join(server.root, "registry.jsonl")) if json.loads(line)["user_id"] == user]
+    assert len(changes) == 1 and json.loads(changes[0])["alerts_opt_in"] is False
+    changed = str(tmp_path / "world")
+    shutil.copytree(world, changed)
+    with open(os.path.join(changed, "users.jsonl"), "a") as handle:
+        handle.write(changes[0])
+    pubkey = server.loaded["registry_signing_pubkey"]
+    for name, extra in (("with_key", ["--registry_portal_pubkey", pubkey]), ("without_key", [])):
+        again = str(tmp_path / name)
+        subprocess.run([sys.executable, "-m", "pipelines.run", "--input", changed, "--output", again, *extra],
+                       cwd=REPO, check=True, capture_output=True, timeout=900)
+        now = sorted(a.alert_id for a in apply_retractions(
+            Alert(r["alert_id"], r["user_id"], r["tweet_id"], parse_rfc3339(r["ts"]), r["distance_m"], r["reason"])
+            for r in rows(os.path.join(again, "alerts"))))
+        before = sorted(a.alert_id for a in kept if a.user_id != user or name == "without_key")
+        assert now == before, name
+        dead = [d for d in rows(os.path.join(again, "deadletter")) if d["raw"] == changes[0].strip()]
+        assert len(dead) == (0 if name == "with_key" else 1), name

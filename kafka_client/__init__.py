@@ -311,6 +311,12 @@ def consume(topic: str, bootstrap: str = DEFAULT_BOOTSTRAP, max_messages: int | 
 
 def snapshot_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[str]:
     """Every value ``topic`` holds now (up to its end offsets at call time), in partition order."""
+    return snapshot_topic_with_ends(bootstrap, topic, timeout_s)[0]
+
+
+def snapshot_topic_with_ends(bootstrap: str, topic: str, timeout_s: float = 60.0) -> tuple[list[str], dict[int, int]]:
+    """(:func:`snapshot_topic`'s values, the end offset per partition the snapshot stopped at):
+    a live read of the topic that skips what lies below those offsets continues it exactly."""
     from confluent_kafka import TopicPartition
     client = consumer(bootstrap)
     try:
@@ -320,7 +326,7 @@ def snapshot_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[
         by_partition: dict[int, list[str]] = {p: [] for p in ends}
         for msg in read_partitions(client, topic, starts, ends, time.monotonic() + timeout_s):
             by_partition[msg.partition()].append((msg.value() or b"").decode("utf-8", errors="replace"))
-        return [line for p in sorted(by_partition) for line in by_partition[p]]
+        return [line for p in sorted(by_partition) for line in by_partition[p]], ends
     finally:
         client.close()
 

@@ -86,8 +86,11 @@ class ReadRawFromKafka(beam.PTransform):
     topic gets its own Java read (with metadata, so a record's topic names its source),
     and the reads are flattened; values are decoded as UTF-8 (undecodable bytes become
     U+FFFD, so the parser dead-letters them with the damage visible).
-    ``max_num_records`` / ``max_read_time`` bound each topic's read; ``start_read_times_ms``
-    starts a topic's read at its first record stamped at or after that CreateTime.
+    ``max_num_records`` / ``max_read_time`` bound each topic's read. ``skip_below`` drops a
+    topic's records below given offsets per partition: the ones a launch snapshot already
+    holds (``kafka_client.snapshot_topic_with_ends``), so the live read continues it
+    exactly -- by offset, not by time (Kafka's start-by-time would skip a record produced
+    later with an older CreateTime; KafkaIO's start position ignores a group's commits).
 
     Event time: Kafka's CreateTime policy. The watermark of a partition follows the
     largest CreateTime read from it; a partition with no backlog lets the watermark move
@@ -107,9 +110,10 @@ class ReadRawFromKafka(beam.PTransform):
                  expansion_service=None, *, group_id: Optional[str] = None,
                  max_num_records: Optional[int] = None, max_read_time: Optional[int] = None,
                  consumer_config: Optional[Mapping[str, str]] = None, commit_offsets: bool = False,
-                 start_read_times_ms: Optional[Mapping[str, int]] = None):
+                 skip_below: Optional[Mapping[str, Mapping[int, int]]] = None):
         super().__init__()
-        self._start_ms = dict(start_read_times_ms or {})   # topic -> first CreateTime read (default: earliest)
+        # topic -> {partition: offset}: records below are dropped (a launch snapshot holds them)
+        self._skip_below = {topic: dict(ends) for topic, ends in (skip_below or {}).items()}
         if not topics:
             raise ValueError("ReadRawFromKafka needs at least one topic")
         self._by_topic = {topic: name for name, topic in topics.items()}
@@ -127,6 +131,12 @@ class ReadRawFromKafka(beam.PTransform):
         by_topic = self._by_topic
         expansion_service = resolve_expansion_service(self._expansion_service)
 
+        skip_below = self._skip_below
+
+        def held_by_snapshot(row) -> bool:
+            ends = skip_below.get(row.topic)
+            return ends is not None and row.offset < ends.get(row.partition, 0)
+
         def to_source_line(row):
             value = row.value
             if isinstance(value, (bytes, bytearray)):
@@ -141,12 +151,13 @@ class ReadRawFromKafka(beam.PTransform):
                 consumer_config=_consumer_config(self._bootstrap, self._group_id, self._extra),
                 topics=[topic],
                 timestamp_policy=ReadFromKafka.create_time_policy,
-                start_read_time=self._start_ms.get(topic),
                 with_metadata=True,
                 max_num_records=self._max_num_records,
                 max_read_time=self._max_read_time,
                 commit_offset_in_finalize=self._commit,
                 expansion_service=expansion_service)
+            if topic in skip_below:
+                records = records | f"AfterSnapshot[{topic}]" >> beam.Filter(lambda row: not held_by_snapshot(row))
             reads.append(records | f"ToSourceLine[{topic}]"
                          >> beam.Map(to_source_line).with_output_types(tuple[str, str]))
         if len(reads) == 1:

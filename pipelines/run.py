@@ -53,26 +53,19 @@ def config_from(options: PipelineOptions) -> RunConfig:
                       streaming=streaming, runner=runner, release_schedule=with_release_schedule)
 
 
-# --source kafka: the users topic is read live from this long before the launch snapshot
-REGISTRY_READ_OVERLAP_MS = 60_000
-
-
 def read_inputs(pipeline, cfg: RunConfig):
     """(users lines, event lines, origins, lines read per kind when the launcher itself read
     them -- the streaming replay -- else None: the pipeline's ``read.<kind>`` counters count)."""
     if cfg.source == "kafka":
-        from kafka_client import snapshot_topic
+        from kafka_client import snapshot_topic_with_ends
         from pipelines import kafka_io
-        # The registry: its snapshot at launch, then (with the events) every record produced
-        # to the users topic from then on -- the portal's settings changes, new subscribers.
-        # The read starts a little before the snapshot: a record in both is folded once.
-        started_ms = int(time.time() * 1000) - REGISTRY_READ_OVERLAP_MS
+        # The registry: its snapshot at launch, then (with the events) every record produced to
+        # the users topic after it -- the portal's settings changes, new subscribers.
+        snapshot, ends = snapshot_topic_with_ends(cfg.kafka_bootstrap_servers, "users")
         topics = {kind: kind for kind in ("users",) + tuple(sources.EVENT_KINDS)}
-        users = pipeline | "UsersSnapshot" >> beam.Create(
-            [("users", line) for line in snapshot_topic(cfg.kafka_bootstrap_servers, "users")])
+        users = pipeline | "UsersSnapshot" >> beam.Create([("users", line) for line in snapshot])
         events = pipeline | "ReadKafka" >> kafka_io.ReadRawFromKafka(
-            topics, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service,
-            start_read_times_ms={"users": started_ms})
+            topics, cfg.kafka_bootstrap_servers, cfg.kafka_expansion_service, skip_below={"users": ends})
         return users, events, sources.kafka_origins(), None
     files = sources.input_files(cfg.input_dir)
     if cfg.streaming:

@@ -273,7 +273,9 @@ def test_every_record_exactly_once_through_every_misbehaviour(world, tmp_path):
     assert metrics['firehose_messages_total{kind="limit"}'] == 1
     assert metrics['firehose_messages_total{kind="warning"}'] == 1
     assert metrics['firehose_messages_total{kind="disconnect"}'] == 1
-    assert metrics["firehose_stalls_total"] == 1
+    # the forced stall is asserted above (its connection ended "stalled"); a machine loaded enough
+    # to starve a connection for the scaled stall timeout may add a genuine one
+    assert metrics["firehose_stalls_total"] >= 1
     assert metrics['firehose_records_total{partition="1"}'] + metrics['firehose_records_total{partition="2"}'] \
         == len(records)
     assert metrics["firehose_duplicates_dropped_total"] > 0                  # backfill did overlap

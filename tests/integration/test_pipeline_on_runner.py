@@ -39,7 +39,9 @@ from apache_beam.portability.api import beam_job_api_pb2_grpc as job_grpc
 import kafka_client
 from pipelines.run import PRISM_NO_SPLIT, add_runner_experiments
 from pipelines.sinks import read_jsonl_folder
-from schemas.records import Alert
+from portal.registry import RegistryWriter
+from schemas.proofs import new_keypair
+from schemas.records import Alert, User
 from tests.integration.conftest import slow_machine, topic_rows, wait_for
 from core.alerts import apply_retractions
 
@@ -105,6 +107,15 @@ class PrismJobs:
 
     def state(self, job_id: str) -> int:
         return self._stub.GetState(job_api.GetJobStateRequest(job_id=job_id), timeout=10).state
+
+    def counter(self, job_id: str, name: str) -> int:
+        """A ``tapfollow`` counter of the running job, summed over its steps (Beam's job API)."""
+        from apache_beam.metrics import monitoring_infos
+        metrics = self._stub.GetJobMetrics(job_api.GetJobMetricsRequest(job_id=job_id), timeout=10).metrics
+        return sum(int(monitoring_infos.extract_counter_value(info)) for info in metrics.attempted
+                   if info.urn == monitoring_infos.USER_COUNTER_URN
+                   and info.labels.get(monitoring_infos.NAMESPACE_LABEL) == "tapfollow"
+                   and info.labels.get(monitoring_infos.NAME_LABEL) == name)
 
     def cancel(self, job_id: str) -> None:
         if self.state(job_id) not in TERMINAL:
@@ -204,10 +215,11 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
         == [produced[kind] for kind in ("users", "pings", "taps", "tweets")]        # each record once
 
     out, log_path = str(tmp_path / "out"), tmp_path / "pipeline.log"
+    portal_key, portal_pubkey = new_keypair(bytes([31]) * 32)
     args = [sys.executable, "-m", "pipelines.run", "--source", "kafka", "--streaming", "--results_sink", "kafka",
             "--kafka_bootstrap_servers", infra.bootstrap, "--kafka_expansion_service", infra.expansion_service,
             "--output", out, "--input", world,  # Kafka gives the events; the world.json, the DP release schedule
-            *infra.portable_runner_args(streaming=True)]
+            "--registry_portal_pubkey", portal_pubkey, *infra.portable_runner_args(streaming=True)]
     before = prism.job_ids()
     t0 = time.monotonic()
     with open(log_path, "w") as log:
@@ -247,6 +259,22 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
         expected_marketing = _marketing_keys(direct_batch)
         marketing = _wait(lambda: _marketing_hours_written(out, {k[0] for k in expected_marketing}), 60,
                           "the marketing Parquet files of every hour")
+        # The registry is a changing input: a settings change the portal signs, produced to the
+        # users topic while the job runs, is read after the launch snapshot and folded in; a
+        # forged one is refused. The snapshot's own records are not read twice.
+        users = [json.loads(line) for line in open(os.path.join(world, "users.jsonl"), encoding="utf-8")]
+        seeded = prism.counter(job, "registry_users_emitted")
+        assert seeded == len(users), (seeded, len(users))
+        first = users[0]
+        user = User(first["user_id"], first["pubkey"], first["alerts_opt_in"], not first["stats_opt_out"],
+                    first.get("age_band"))
+        changes = [json.dumps(RegistryWriter(key).record(user)) for key in (portal_key, new_keypair(bytes([32]) * 32)[0])]
+        kafka_client.produce_lines("users", changes, infra.bootstrap, kind="users")
+        produced_at = time.monotonic()
+        _wait(lambda: prism.counter(job, "registry_users_emitted") == len(users) + 1
+              and prism.counter(job, "registry_rejected_live") == 1, 120,
+              "the running job to take the signed change and refuse the forged one")
+        change_s = time.monotonic() - produced_at
     finally:
         job = job or prism.new_job(before)  # submitted, but not seen in time
         if job is not None:
@@ -258,7 +286,9 @@ def test_streaming_from_kafka_on_prism_equals_batch(infra, prism, world, direct_
             proc.terminate()
             proc.wait(timeout=slow_machine(30))
     print(f"streaming on Prism: {len(follows)} follows, {len(alerts)} alert messages, "
-          f"outputs complete {outputs_s:.1f}s after launch")
+          f"outputs complete {outputs_s:.1f}s after launch; a settings change taken {change_s:.1f}s after it "
+          "was produced")
+    assert change_s < 60, "a settings change must take effect within a minute"
 
     # a cancelled streaming job ends the CLI cleanly, with the summary of what it did
     assert proc.returncode == 0, log_tail()

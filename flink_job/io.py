@@ -17,7 +17,8 @@ Sources (every line ends in exactly one place: a typed record or a dead letter):
   the topics held at job start.
 * the **registry** is read at build time (the users file, or the snapshot of the users
   topic the launcher took) and merged with ``core.registry.merge_registry`` as Beam's
-  MergeRegistry does: the steps get it as a plain dict, its dead letters join the stream.
+  MergeRegistry does (each user's latest verified settings change applied, forged ones dead
+  letters): the steps get it as a plain dict, its dead letters join the stream.
 
 Sinks: JSON lines (``schemas.records.to_json_line``) in ``FileSink`` part files named
 ``part-*.jsonl`` straight under each folder, rolled on checkpoints only, so a file is
@@ -36,7 +37,7 @@ get theirs from their names (``flink_job.ordered.assign_uids``).
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 from pyflink.common import Duration, Instant, Row, Types, WatermarkStrategy
 from pyflink.common.serialization import Encoder, SimpleStringSchema
@@ -54,7 +55,8 @@ from core.input_files import EVENT_KINDS, as_element
 from core.inputs import OUTPUT_TAGS, Judged, judge_line
 from core.lines import iter_lines
 from core.registry import merge_registry
-from schemas.records import DeadLetter, Statistic, User, to_json_line
+from schemas.records import DeadLetter, Statistic, to_json_line
+from schemas.timefmt import DEFAULT_MAX_EVENT_FUTURE_S
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 OUTPUTS = OUTPUT_TAGS                         # users, pings, taps, tweets, deletes
@@ -119,25 +121,29 @@ class _JudgedTime(TimestampAssigner):
 
 # ---- the registry, at build time ----------------------------------------------------------
 
-def registry_from_lines(lines: Iterable, origin: str) -> tuple[dict, list[DeadLetter], int]:
+def registry_from_lines(lines: Iterable, origin: str, portal_pubkey: Optional[str] = None,
+                        entries: bool = False) -> tuple[dict, list[DeadLetter], int]:
     """(user_id -> merged User, dead letters, lines read) from the registry's lines, judged and
-    merged as Beam's ParseUsers + MergeRegistry do (``core.inputs``, ``core.registry``)."""
+    merged as Beam's ParseUsers + MergeRegistry do (``core.inputs``, ``core.registry``): the
+    latest settings change ``portal_pubkey`` verifies applied. ``entries``: each user's
+    ``RegistryEntry`` instead of the User (the seeds of the live registry)."""
     pairs, dead, read = [], [], 0
     origins = {"users": origin}
     for line in lines:
         read += 1
-        judged = judge_element(as_element("users", line), origins, 0.0, time.time())
+        # ParseUsers' clock rule (its default bound): only a settings change has a time
+        judged = judge_element(as_element("users", line), origins, DEFAULT_MAX_EVENT_FUTURE_S, time.time())
         if judged.tag == DEAD:
             dead.append(judged.value)
         else:
             pairs.append((judged.value, raw_text(judged.line)))
-    users = {}
-    for out in merge_registry(pairs, origin):
-        if isinstance(out, User):
-            users[out.user_id] = out
-        else:
+    merged = {}
+    for out in merge_registry(pairs, origin, portal_pubkey, entries=entries):
+        if isinstance(out, DeadLetter):
             dead.append(out)
-    return users, dead, read
+        else:
+            merged[out.user_id] = out
+    return merged, dead, read
 
 
 def registry_lines(paths: Iterable[str]) -> Iterator:

@@ -32,7 +32,7 @@ from core.alerts import fan_out_over
 from core.config import RunConfig
 from core.input_files import input_files, kafka_origins, origin_names
 from core.locations import location_reports_over
-from core.registry import DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, registered_ping
+from core.registry import DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, effective_user, registered_ping
 from flink_job import io
 from flink_job.config import JobSettings
 from flink_job.dp_stats import release_statistics
@@ -108,11 +108,13 @@ def configure(env, cfg: RunConfig, settings: JobSettings) -> None:
 
 
 def read_registry(cfg: RunConfig, settings: JobSettings, files: dict | None, origin: str):
-    """(user_id -> merged User, the registry's dead letters): the users file, or the snapshot
-    of the users topic the launcher took (a file of its lines)."""
+    """(user_id -> RegistryEntry, the registry's dead letters): the users file, or the snapshot
+    of the users topic the launcher took (a file of its lines), each user's latest verified
+    settings change applied (``--registry_portal_pubkey``)."""
     paths = [settings.users_file] if settings.users_file else files["users"]
-    users, dead, _read = io.registry_from_lines(io.registry_lines(paths), origin)
-    return users, dead
+    entries, dead, _read = io.registry_from_lines(io.registry_lines(paths), origin, cfg.registry_portal_pubkey,
+                                                  entries=True)
+    return entries, dead
 
 
 def _split_dead(ops, col, stage_name: str, counter_name: str):
@@ -173,16 +175,16 @@ def count_emitted(ops, col, name: str):
 
 
 def sources(env, ops, cfg: RunConfig, settings: JobSettings):
-    """(registry, registry dead letters, event lines, origins, whether to stamp event times)."""
+    """(registry entries, registry dead letters, event lines, origins, whether to stamp event times)."""
     if cfg.source == "kafka":
         origins = kafka_origins()
-        registry, dead = read_registry(cfg, settings, None, origins["users"])
+        entries, dead = read_registry(cfg, settings, None, origins["users"])
         events = io.kafka_events(env, cfg, settings.kafka_stop_at_latest, settings.kafka_idleness_ms, "Sources")
-        return registry, dead, events, origins, False
+        return entries, dead, events, origins, False
     files = input_files(cfg.input_dir)
     origins = origin_names(files)
-    registry, dead = read_registry(cfg, settings, files, origins["users"])
-    return registry, dead, io.file_events(env, files, "Sources"), origins, True
+    entries, dead = read_registry(cfg, settings, files, origins["users"])
+    return entries, dead, io.file_events(env, files, "Sources"), origins, True
 
 
 def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
@@ -193,7 +195,8 @@ def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
     out = lambda folder: os.path.join(cfg.output_dir, folder)  # noqa: E731
     bounded = cfg.source != "kafka"
     ops = FlinkOps(env, bounded=bounded)
-    registry, registry_dead, events_raw, origins, stamp = sources(env, ops, cfg, settings)
+    entries, registry_dead, events_raw, origins, stamp = sources(env, ops, cfg, settings)
+    registry = {user_id: effective_user(entry) for user_id, entry in entries.items()}
     users = io.from_records(env, sorted(registry.values()), "Registry", "Users")
     parsed = parse_events(ops, events_raw, origins, cfg, stamp)
     tweets = dedupe_tweets(ops, parsed["tweets"], origins["tweets"], cfg)

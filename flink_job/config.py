@@ -34,6 +34,10 @@ class JobSettings:
     kafka_stop_at_latest: bool = False            # bounded Kafka read: up to the offsets at job start
     kafka_idleness_ms: int = DEFAULT_IDLENESS_MS
     users_file: Optional[str] = None              # Kafka: the users topic's snapshot, one line each
+    # Kafka: where the live read of the users topic (the settings changes) starts, as
+    # (partition, offset) pairs: the end offsets the snapshot saw (a partition not named: its
+    # earliest). None: no live read, the registry is the snapshot alone.
+    users_live_from: Optional[tuple] = None
     jars: tuple = ()                              # connector jars (absolute paths) for env.add_jars
     transactional_id_prefix: str = ""             # Kafka exactly-once sink; unique per job
 
@@ -48,6 +52,9 @@ class JobSettings:
         if self.kafka_idleness_ms < 1:
             raise ConfigError(f"kafka_idleness_ms {self.kafka_idleness_ms}: must be >= 1")
         object.__setattr__(self, "jars", tuple(self.jars))
+        if self.users_live_from is not None:   # JSON gives lists back
+            object.__setattr__(self, "users_live_from",
+                               tuple((int(partition), int(offset)) for partition, offset in self.users_live_from))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "JobSettings":

@@ -4,7 +4,9 @@ The launcher side, in the project venv (the job itself runs in the PyFlink venv)
 
 1. the run's config is checked as for Beam (``core.config``: the same exit-2 one-liners);
    the output folders are prepared as for Beam; for ``--source kafka`` the users topic is
-   snapshotted (``kafka_client.snapshot_topic``) into a file the job reads at build time;
+   snapshotted (``kafka_client.snapshot_topic``) into a file the job reads at build time,
+   and the end offsets it saw (taken just before the snapshot) are where the job's live read
+   of the users topic starts (``JobSettings.users_live_from``: the settings changes);
 2. the config is written as JSON (``flink_job.config``) and ``core/ schemas/ flink_job/``
    are packed into one zip for ``-pyfs`` (the workers import them from it);
 3. ``$FLINK_HOME/bin/flink run -m MASTER -d -pym flink_job -pyfs ZIP -pyclientexec PY
@@ -95,7 +97,8 @@ def flink_install(environ=os.environ, env_script: str = ENV_SCRIPT) -> FlinkInst
     return FlinkInstall(flink_home, python, jars, conf_dir)
 
 
-def job_settings(options: dict, cfg: RunConfig, jars: tuple, users_file: Optional[str]) -> JobSettings:
+def job_settings(options: dict, cfg: RunConfig, jars: tuple, users_file: Optional[str],
+                 users_live_from: Optional[tuple] = None) -> JobSettings:
     """The job's own settings from the launcher's flags (``--parallelism`` -1: the cluster's)."""
     parallelism = options.get("parallelism")
     interval = options.get("checkpointing_interval")
@@ -109,6 +112,7 @@ def job_settings(options: dict, cfg: RunConfig, jars: tuple, users_file: Optiona
         state_backend=options.get("flink_state_backend") or "hashmap",
         kafka_stop_at_latest=bool(options.get("flink_kafka_stop_at_latest")),
         users_file=users_file,
+        users_live_from=users_live_from,
         jars=jars,
         transactional_id_prefix=f"tapfollow-{job_id}")
 
@@ -134,22 +138,41 @@ def pack_job(zip_path: str) -> str:
     return zip_path
 
 
-def topic_sizes(bootstrap: str, topics) -> dict[str, int]:
-    """Messages each topic holds now (end minus start offsets, over its partitions): what a
-    read bounded at the latest offsets consumes, when no transaction markers sit in between."""
+def topic_offsets(bootstrap: str, topics) -> dict[str, dict[int, tuple[int, int]]]:
+    """Each topic's partitions now: partition -> (start offset, end offset)."""
     from confluent_kafka import TopicPartition
 
     from kafka_client import consumer, partitions_of
     client = consumer(bootstrap)
     try:
-        sizes = {}
-        for topic in topics:
-            ranges = [client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                      for p in partitions_of(client, topic)]
-            sizes[topic] = sum(end - start for start, end in ranges)
-        return sizes
+        return {topic: {p: tuple(client.get_watermark_offsets(TopicPartition(topic, p), timeout=10))
+                        for p in partitions_of(client, topic)} for topic in topics}
     finally:
         client.close()
+
+
+def topic_sizes(bootstrap: str, topics) -> dict[str, int]:
+    """Messages each topic holds now (end minus start offsets, over its partitions): what a
+    read bounded at the latest offsets consumes, when no transaction markers sit in between."""
+    return {topic: sum(end - start for start, end in ranges.values())
+            for topic, ranges in topic_offsets(bootstrap, topics).items()}
+
+
+def users_snapshot(bootstrap: str, path: str) -> tuple[int, tuple]:
+    """The users topic's snapshot into ``path`` (one line per message); (its lines, where the
+    job's live read of the topic starts: ``(partition, offset)`` pairs).
+
+    The live read starts at the end offsets seen *before* the snapshot is read: a message
+    produced in between is in both, never in neither, and the job's registry takes a message
+    it already holds as a re-delivery (``core.registry.CurrentRegistry``). Offsets, not a
+    time: a message's CreateTime is its event time (a change's ``updated_at``), which a
+    time-based start would compare with the launch's clock and could skip."""
+    from kafka_client import snapshot_topic
+    live_from = tuple(sorted((p, end) for p, (_start, end) in topic_offsets(bootstrap, ["users"])["users"].items()))
+    lines = snapshot_topic(bootstrap, "users")
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
+    return len(lines), live_from
 
 
 def count_input_lines(cfg: RunConfig, users_lines: Optional[int]) -> dict[str, int]:
@@ -359,17 +382,13 @@ def launch(cfg: RunConfig, options: dict, started: float, entry: str = JOB_ENTRY
             os.makedirs(os.path.join(cfg.output_dir, folder), exist_ok=True)
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir),
                               input_dir=os.path.abspath(cfg.input_dir) if cfg.input_dir else None)
-    users_file, users_lines, event_sizes = None, None, None
+    users_file, users_lines, users_live_from, event_sizes = None, None, None, None
     if cfg.source == "kafka":
-        from kafka_client import snapshot_topic
         users_file = os.path.join(work, "users.snapshot.jsonl")
-        lines = snapshot_topic(cfg.kafka_bootstrap_servers, "users")
-        with open(users_file, "w", encoding="utf-8", errors="surrogateescape") as handle:
-            handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
-        users_lines = len(lines)
+        users_lines, users_live_from = users_snapshot(cfg.kafka_bootstrap_servers, users_file)
         if options.get("flink_kafka_stop_at_latest"):
             event_sizes = topic_sizes(cfg.kafka_bootstrap_servers, EVENT_KINDS)
-    settings = job_settings(options, cfg, install.jars, users_file)
+    settings = job_settings(options, cfg, install.jars, users_file, users_live_from)
     config_path = os.path.join(work, "job-config.json")
     write_config(config_path, cfg, settings)
     zip_path = pack_job(os.path.join(work, "tapfollow-job.zip"))

@@ -18,7 +18,10 @@ Sources (every line ends in exactly one place: a typed record or a dead letter):
 * the **registry** is read at build time (the users file, or the snapshot of the users
   topic the launcher took) and merged with ``core.registry.merge_registry`` as Beam's
   MergeRegistry does (each user's latest verified settings change applied, forged ones dead
-  letters): the steps get it as a plain dict, its dead letters join the stream.
+  letters): the steps get it as a plain dict, its dead letters join the stream. Streaming
+  from Kafka, the ``users`` topic is also read live from the end offsets the snapshot saw
+  (``JobSettings.users_live_from``), one more source of the event union: the settings
+  changes, judged like every line (``flink_job.job`` folds them into the registry).
 
 Sinks: JSON lines (``schemas.records.to_json_line``) in ``FileSink`` part files named
 ``part-*.jsonl`` straight under each folder, rolled on checkpoints only, so a file is
@@ -46,7 +49,7 @@ from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.file_system import (BucketAssigner, FileSink, OutputFileConfig,
                                                        RollingPolicy)
 from pyflink.datastream.connectors.kafka import (KafkaOffsetsInitializer, KafkaRecordSerializationSchema,
-                                                 KafkaSink, KafkaSource)
+                                                 KafkaSink, KafkaSource, KafkaTopicPartition)
 from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
 from core.config import RunConfig
@@ -181,18 +184,32 @@ def stamp_judged(judged, uid: str):
 CLOCK_TOPIC = "tweets"
 
 
-def kafka_events(env, cfg: RunConfig, stop_at_latest: bool, idleness_ms: int, uid: str):
+def _offsets_from(topic: str, live_from: tuple):
+    """Where a read of ``topic`` starts: the given ``(partition, offset)`` pairs, a partition
+    not named at its group's committed offset, else its earliest."""
+    return KafkaOffsetsInitializer.offsets({KafkaTopicPartition(topic, partition): offset
+                                            for partition, offset in live_from})
+
+
+def kafka_events(env, cfg: RunConfig, stop_at_latest: bool, idleness_ms: int, uid: str,
+                 users_live_from: Optional[tuple] = None):
     """``(kind, line)`` elements of the event topics (topic = kind), at their Kafka timestamps;
     taps and pings ignored by the watermark after ``idleness_ms`` without a record, the
-    firehose never (``CLOCK_TOPIC``)."""
+    firehose never (``CLOCK_TOPIC``). ``users_live_from``: the ``users`` topic too, from those
+    offsets (what was produced after the launch snapshot: the settings changes), ignored by the
+    watermark when idle as taps are (it is quiet most of the time); in this union its records
+    share the firehose's watermark, so the registry's fold is held by the stream's clock."""
     streams = []
     disorder = Duration.of_millis(int(round(cfg.stream_disorder_s * 1000)))
-    for kind in EVENT_KINDS:
+    starts = {kind: KafkaOffsetsInitializer.earliest() for kind in EVENT_KINDS}
+    if users_live_from is not None:
+        starts["users"] = _offsets_from("users", users_live_from)
+    for kind, start in starts.items():
         builder = (KafkaSource.builder()
                    .set_bootstrap_servers(cfg.kafka_bootstrap_servers)
                    .set_topics(kind)
                    .set_group_id(f"tapfollow-flink-{kind}")
-                   .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+                   .set_starting_offsets(start)
                    .set_value_only_deserializer(SimpleStringSchema())
                    .set_property("isolation.level", "read_committed")
                    .set_property("partition.discovery.interval.ms", "0" if stop_at_latest else "30000"))

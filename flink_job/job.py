@@ -3,9 +3,14 @@
 Step for step as the Beam reference (``pipelines/run.py::build``):
 
 1. sources (``flink_job.io``): the registry, read and merged at build time; the event
-   lines, from the files (BATCH) or the Kafka topics (STREAMING);
+   lines, from the files (BATCH) or the Kafka topics (STREAMING; with the ``users`` topic
+   from the launch snapshot on: the settings changes);
 2. ParseEvents: each line judged once (``core.inputs``), routed to its record kind or a
-   dead letter; tweets and pings keep their raw line (``with_raw``) for a later rejection;
+   dead letter; tweets, pings and registry records keep their raw line (``with_raw``) for a
+   later rejection;
+   FollowRegistry (STREAMING from Kafka): the snapshot's entries, then the live registry
+   records, folded per user (``core.registry.registry_over``): the users the fan-out takes,
+   a change from its ``updated_at``'s tick on;
 3. DedupeTweets (``core.registry.FirstCopy``, keyed by tweet id, ordered by FlinkOps);
 4. KeepRegisteredPings (``core.registry.registered_ping``);
 5. ResolveMutualFollows (``flink_job.follows.resolve_follows``);
@@ -32,7 +37,8 @@ from core.alerts import fan_out_over
 from core.config import RunConfig
 from core.input_files import input_files, kafka_origins, origin_names
 from core.locations import location_reports_over
-from core.registry import DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, effective_user, registered_ping
+from core.registry import (DUPLICATE_TWEETS, PINGS_UNKNOWN_USER, FirstCopy, effective_user, registered_ping,
+                           registry_over)
 from flink_job import io
 from flink_job.config import JobSettings
 from flink_job.dp_stats import release_statistics
@@ -136,8 +142,17 @@ def parse_events(ops, events, origins: dict, cfg: RunConfig, stamp: bool) -> dic
         judged = o.map(lines, io.judging(o, origins, cfg.max_event_future_s), "Judge")
         if stamp:
             judged = io.stamp_judged(judged, "ParseEvents/EventTime")
-        return o.tagged(judged, io.routing(frozenset(("tweets", "pings"))), io.OUTPUTS + (DEAD,), "Route")
+        return o.tagged(judged, io.routing(frozenset(("tweets", "pings", "users"))), io.OUTPUTS + (DEAD,), "Route")
     return ops.nested("ParseEvents", parse, events)
+
+
+def follow_registry(ops, env, entries: dict, records, origin: str, cfg: RunConfig) -> dict:
+    """FollowRegistry: the launch snapshot's entries (a checkpointed source of their own), then
+    the registry records read live, folded per user -> {'users', 'dead_letters'}."""
+    seeds = io.from_records(env, sorted(entries.values(), key=lambda entry: entry.user_id), "Registry", "Snapshot")
+    return ops.nested("FollowRegistry", lambda o, live: registry_over(
+        o, seeds, live, origin, cfg.registry_portal_pubkey, tick_s=cfg.alerts.stream_tick_s,
+        allowed_lateness_s=cfg.alerts.allowed_lateness_s), records)
 
 
 def dedupe_tweets(ops, tweets, origin: str, cfg: RunConfig) -> dict:
@@ -179,7 +194,8 @@ def sources(env, ops, cfg: RunConfig, settings: JobSettings):
     if cfg.source == "kafka":
         origins = kafka_origins()
         entries, dead = read_registry(cfg, settings, None, origins["users"])
-        events = io.kafka_events(env, cfg, settings.kafka_stop_at_latest, settings.kafka_idleness_ms, "Sources")
+        events = io.kafka_events(env, cfg, settings.kafka_stop_at_latest, settings.kafka_idleness_ms, "Sources",
+                                 settings.users_live_from)
         return entries, dead, events, origins, False
     files = input_files(cfg.input_dir)
     origins = origin_names(files)
@@ -197,8 +213,15 @@ def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
     ops = FlinkOps(env, bounded=bounded)
     entries, registry_dead, events_raw, origins, stamp = sources(env, ops, cfg, settings)
     registry = {user_id: effective_user(entry) for user_id, entry in entries.items()}
-    users = io.from_records(env, sorted(registry.values()), "Registry", "Users")
+    # Streaming from Kafka, the registry is a changing input: the snapshot, then the users topic
+    live_registry = cfg.source == "kafka" and settings.users_live_from is not None
+    if not live_registry:
+        users = io.from_records(env, sorted(registry.values()), "Registry", "Users")
     parsed = parse_events(ops, events_raw, origins, cfg, stamp)
+    live_dead = []
+    if live_registry:
+        followed = follow_registry(ops, env, entries, parsed["users"], origins["users"], cfg)
+        users, live_dead = followed["users"], [followed[DEAD]]
     tweets = dedupe_tweets(ops, parsed["tweets"], origins["tweets"], cfg)
     pings = keep_registered_pings(ops, parsed["pings"], registry, origins["pings"])
     events = dict(parsed, tweets=tweets["tweets"], pings=pings["pings"])
@@ -229,7 +252,7 @@ def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
     io.jsonl_sink(dp_out["ledger"], out("privacy_ledger"), "WriteLedger")
 
     dead_letters = ops.flatten([
-        parsed[DEAD], io.from_records(env, registry_dead, "Registry", "DeadLetters"),
+        parsed[DEAD], io.from_records(env, registry_dead, "Registry", "DeadLetters"), *live_dead,
         tweets[DEAD], pings[DEAD], follow_out["dead_letters"], alert_out["dead_letters"]], "AllDeadLetters")
     io.jsonl_sink(count_emitted(ops, dead_letters, "dead_letters"), out("deadletter"), "WriteDeadLetters")
     assign_uids(env)

@@ -6,6 +6,7 @@ docstring = spec) over the same core (``core.dp_stats``); here each stateful ste
 
     pings/taps/tweets --ToContributions--> Contribution (drops counted by reason)
       --key (user, hour): BoundUserHour, at the hour's end--> (user, UserHour)
+      [+ registry updates --key user: RegistryGate, at the hour's end--> (user, UserHour)]
       --key user: SpendUserDay (flink_job.ordered.run_ordered)--> kept UserHour
       + one tick per scheduled hour
       --key hour: ReleaseHour, at the hour's end--> Statistic rows, ledger rows (side output)
@@ -24,6 +25,12 @@ Why this shape
   only counted (``dp_late_dropped``, after the registry's opt-out/unknown checks, as
   Beam's late panes are); later still they are dropped and counted as
   ``dp_too_late_dropped`` (Beam's runner drops them uncounted).
+* Streaming with a changing registry (``registry_updates``: each user's record whenever it
+  changes, ``core.registry.registry_over``), the RegistryGate decides each bounded user-hour
+  at its hour's end with the user's record in force then -- the latest update stamped at or
+  before that end (``core.dp_stats.opted_out_since_launch``): a user who left the statistics
+  is out of every hour released after the change, in event time, however far ahead or behind
+  the registry's path runs (Beam's ``RegistryGateFn`` takes updates in arrival order).
 * BATCH runtime mode: each key's elements, then its timers, so every (user, hour)
   is decided whole and each hour released with all its user-hours: exactly
   ``core.dp_stats.release_contributions``.
@@ -43,7 +50,8 @@ from core import dp_bounding as bnd
 from core.compliance import screen_for_statistics
 from core.dp_noise import SecureGaussianNoise
 from core.dp_stats import (STATISTICS_RELEASED, WINDOWS_RELEASED, DpParams, SpendUserDay, add_to_histogram,
-                           bound_user_hour_of, hour_end_us, hour_tick, release_window, to_contribution)
+                           bound_user_hour_of, hour_end_us, hour_tick, opted_out_since_launch, release_window,
+                           to_contribution)
 from flink_job.counters import FlinkCounter, bind_metrics
 from flink_job.io import from_records
 from flink_job.keyed_state import Bound, KeyedValue
@@ -153,6 +161,70 @@ class _BoundUserHour(Bound, KeyedProcessFunction):
         return [] if user_hour is None else [(user_id, user_hour)]
 
 
+_HOUR, _UPDATE = "hour", "update"
+# A registry update with no timestamp (the launch snapshot's seeds): in force from the start.
+_SINCE_LAUNCH = -(2 ** 63)
+
+
+def _as_hour(pair):
+    return pair[0], (_HOUR, pair[1])
+
+
+def _as_update(user):
+    return user.user_id, (_UPDATE, user)
+
+
+class _RegistryGate(Bound, KeyedProcessFunction):
+    """Keyed by user: each bounded user-hour is passed on at its hour's end unless the user's
+    record in force then (the latest registry update stamped at or before it) has left the
+    statistics since launch (``core.dp_stats.opted_out_since_launch``).
+
+    State: ``(updates [(stamp ms, User)] in stamp order, held UserHours)``; an update is kept
+    until a later one is in force (the latest in force stays: the user's current record)."""
+
+    def __init__(self, in_memory: bool):
+        self.in_memory = in_memory
+
+    def setup(self, runtime_context):
+        self._counters = _Counters()
+        self._held = KeyedValue(runtime_context, "registry_gate", self.in_memory)
+
+    def process_element(self, value, ctx):
+        bind_metrics(self._rc)
+        user_id, (kind, item) = value
+        updates, hours = self._held.get(user_id, ([], []))
+        if kind == _UPDATE:
+            stamp = ctx.timestamp()
+            updates = sorted(updates + [(_SINCE_LAUNCH if stamp is None else stamp, item)], key=lambda u: u[0])
+            self._held.put(user_id, (updates, hours))
+            return []
+        timers = ctx.timer_service()
+        if close_ms(item.window_start) <= timers.current_watermark():   # its end has passed: decide now
+            return self._release(user_id, updates, hours + [item], timers.current_watermark())
+        timers.register_event_time_timer(close_ms(item.window_start))
+        self._held.put(user_id, (updates, hours + [item]))
+        return []
+
+    def on_timer(self, timestamp, ctx):
+        bind_metrics(self._rc)
+        user_id = ctx.get_current_key()
+        updates, hours = self._held.get(user_id, ([], []))
+        return self._release(user_id, updates, hours, timestamp)
+
+    def _release(self, user_id: str, updates: list, hours: list, now_ms: int) -> list:
+        """The held hours that ended by ``now_ms``, decided with the record in force then."""
+        in_force = [update for update in updates if update[0] <= now_ms]
+        counts = opted_out_since_launch(in_force[-1][1] if in_force else None)
+        ended = [h for h in hours if close_ms(h.window_start) <= now_ms]
+        self._counters.count([(name, amount * len(ended)) for name, amount in counts])
+        held = (in_force[-1:] + updates[len(in_force):], [h for h in hours if close_ms(h.window_start) > now_ms])
+        if held == ([], []):
+            self._held.clear(user_id)
+        else:
+            self._held.put(user_id, held)
+        return [] if counts else [(user_id, h) for h in ended]
+
+
 def _kept(spent) -> list:
     """A SpentHour -> (its hour's key, the kept UserHour), or nothing when its day had no hour left."""
     return [] if spent.kept is None else [(str(spent.kept.window_start), spent.kept)]
@@ -219,8 +291,13 @@ class _ReleaseHour(Bound, KeyedProcessFunction):
 
 def release_statistics(ops, inputs: dict, registry: dict, params: DpParams, noise=None,
                        live: bool = False, compliance=None) -> dict:
-    """inputs: {'pings','tweets','taps'[,'deletes']} DataStreams (event-time stamped); registry:
-    {user_id: User} -> {'statistics': DataStream[Statistic], 'ledger': DataStream[dict]}.
+    """inputs: {'pings','tweets','taps'[,'deletes'][,'registry_updates']} DataStreams (event-time
+    stamped); registry: {user_id: User} (the launch snapshot) -> {'statistics':
+    DataStream[Statistic], 'ledger': DataStream[dict]}.
+
+    ``registry_updates`` (streaming, optional): each user's record whenever it changes while
+    the job runs (``core.registry.registry_over``); it then decides, at each hour's end,
+    whether the user's bounded hour may still be released (the RegistryGate).
 
     With ``deletes`` (every compliance message) and ``compliance`` (the ``AlertParams`` of the
     fan-out's gate) the tweets pass the same gates first (``core.compliance.screen_for_statistics``).
@@ -255,6 +332,11 @@ def release_statistics(ops, inputs: dict, registry: dict, params: DpParams, nois
     ]
     keyed = key_pairs(contributions[0].union(*contributions[1:]))
     user_hours = stateful(keyed, _BoundUserHour(registry, p, in_memory), "BoundUserHour")
+    if "registry_updates" in inputs:
+        tagged = (user_hours.map(_as_hour, output_type=PICKLED).name(uid_path(base, "TagUserHours"))
+                  .union(inputs["registry_updates"].map(_as_update, output_type=PICKLED)
+                         .name(uid_path(base, "KeyRegistryUpdates"))))
+        user_hours = stateful(key_pairs(tagged), _RegistryGate(in_memory), "RegistryGate")
     # The ordered host stamps a user's spent hours inside their hour (due: its start), or
     # at the timer of its tick (the hour's end): either way before the watermark passes the hour.
     spent = run_ordered(user_hours, SpendUserDay(p.max_hours_per_day, p.cells_per_day()), "SpendUserDay",

@@ -9,8 +9,8 @@ Step for step as the Beam reference (``pipelines/run.py::build``):
    dead letter; tweets, pings and registry records keep their raw line (``with_raw``) for a
    later rejection;
    FollowRegistry (STREAMING from Kafka): the snapshot's entries, then the live registry
-   records, folded per user (``core.registry.registry_over``): the users the fan-out takes,
-   a change from its ``updated_at``'s tick on;
+   records, folded per user (``core.registry.registry_over``): the users the fan-out and the
+   statistics' RegistryGate take, a change from its ``updated_at``'s tick on;
 3. DedupeTweets (``core.registry.FirstCopy``, keyed by tweet id, ordered by FlinkOps);
 4. KeepRegisteredPings (``core.registry.registered_ping``);
 5. ResolveMutualFollows (``flink_job.follows.resolve_follows``);
@@ -233,9 +233,12 @@ def build(env, cfg: RunConfig, settings: JobSettings, noise=None) -> dict:
     alert_out = ops.nested("FanOutGeofencedAlerts", lambda o, inputs: fan_out_over(o, inputs, cfg.alerts), {
         "tweets": events["tweets"], "deletes": events["deletes"], "reports": reports,
         "follows": follow_out["follows"], "users": users})
+    dp_inputs = {"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"],
+                 "deletes": events["deletes"]}
+    if live_registry:
+        dp_inputs["registry_updates"] = users
     dp_out = ops.nested("ReleaseDpStatistics", lambda o, inputs: release_statistics(
-        o, inputs, registry, cfg.dp, noise=noise, live=cfg.source == "kafka", compliance=cfg.alerts),
-        {"pings": events["pings"], "tweets": events["tweets"], "taps": events["taps"], "deletes": events["deletes"]})
+        o, inputs, registry, cfg.dp, noise=noise, live=cfg.source == "kafka", compliance=cfg.alerts), dp_inputs)
 
     follows = count_emitted(ops, follow_out["follows"], "follows")
     alerts = count_emitted(ops, alert_out["alerts"], "alerts")

@@ -183,7 +183,7 @@ def test_a_reader_that_goes_away_ends_the_generator_with_one_line(tmp_path):
 def test_the_gateway_hands_on_the_live_stream_unchanged_and_in_event_time(file_world, tmp_path):
     """generate --live | nfc_gateway serve --firehose -: the gateway's tweets.jsonl is the
     file-mode firehose byte for byte, and it took as long as the event time at this speed."""
-    speed = 2400.0
+    speed = 1200.0   # ~3 s of pacing: a loaded machine's late first poll is a small part of it
     lines = (file_world / "tweets.jsonl").read_text(encoding="utf-8").splitlines()
     times = [ms for ms in map(line_millis, lines) if ms is not None]
     span_s = (max(times) - int(parse_rfc3339(START) * 1000)) / 1000.0 / speed

@@ -278,10 +278,11 @@ def _running_with_a_checkpoint(infra, job: str) -> bool:
         return False
 
 
-def _sources_read_to_end(bootstrap: str) -> bool:
-    """Every event topic's partitions committed (by the job's source, on a checkpoint) up to their end."""
+def _sources_read_to_end(bootstrap: str, topics=EVENT_TOPICS) -> bool:
+    """Every partition of ``topics`` (default: the event topics) committed (by the job's source,
+    on a checkpoint) up to its end."""
     from confluent_kafka import TopicPartition
-    for topic in EVENT_TOPICS:
+    for topic in topics:
         client = kafka_client.consumer(bootstrap, **{"group.id": f"tapfollow-flink-{topic}"})
         try:
             parts = [TopicPartition(topic, p) for p in kafka_client.partitions_of(client, topic)]

@@ -4,9 +4,9 @@ The launcher side, in the project venv (the job itself runs in the PyFlink venv)
 
 1. the run's config is checked as for Beam (``core.config``: the same exit-2 one-liners);
    the output folders are prepared as for Beam; for ``--source kafka`` the users topic is
-   snapshotted (``kafka_client.snapshot_topic``) into a file the job reads at build time,
-   and the end offsets it saw (taken just before the snapshot) are where the job's live read
-   of the users topic starts (``JobSettings.users_live_from``: the settings changes);
+   snapshotted (``kafka_client.snapshot_topic_with_ends``) into a file the job reads at build
+   time, and the end offsets it stopped at are where the job's live read of the users topic
+   starts (``JobSettings.users_live_from``: the settings changes);
 2. the config is written as JSON (``flink_job.config``) and ``core/ schemas/ flink_job/``
    are packed into one zip for ``-pyfs`` (the workers import them from it);
 3. ``$FLINK_HOME/bin/flink run -m MASTER -d -pym flink_job -pyfs ZIP -pyclientexec PY
@@ -138,41 +138,35 @@ def pack_job(zip_path: str) -> str:
     return zip_path
 
 
-def topic_offsets(bootstrap: str, topics) -> dict[str, dict[int, tuple[int, int]]]:
-    """Each topic's partitions now: partition -> (start offset, end offset)."""
+def topic_sizes(bootstrap: str, topics) -> dict[str, int]:
+    """Messages each topic holds now (end minus start offsets, over its partitions): what a
+    read bounded at the latest offsets consumes, when no transaction markers sit in between."""
     from confluent_kafka import TopicPartition
 
     from kafka_client import consumer, partitions_of
     client = consumer(bootstrap)
     try:
-        return {topic: {p: tuple(client.get_watermark_offsets(TopicPartition(topic, p), timeout=10))
-                        for p in partitions_of(client, topic)} for topic in topics}
+        sizes = {}
+        for topic in topics:
+            ranges = [client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                      for p in partitions_of(client, topic)]
+            sizes[topic] = sum(end - start for start, end in ranges)
+        return sizes
     finally:
         client.close()
 
 
-def topic_sizes(bootstrap: str, topics) -> dict[str, int]:
-    """Messages each topic holds now (end minus start offsets, over its partitions): what a
-    read bounded at the latest offsets consumes, when no transaction markers sit in between."""
-    return {topic: sum(end - start for start, end in ranges.values())
-            for topic, ranges in topic_offsets(bootstrap, topics).items()}
-
-
 def users_snapshot(bootstrap: str, path: str) -> tuple[int, tuple]:
     """The users topic's snapshot into ``path`` (one line per message); (its lines, where the
-    job's live read of the topic starts: ``(partition, offset)`` pairs).
-
-    The live read starts at the end offsets seen *before* the snapshot is read: a message
-    produced in between is in both, never in neither, and the job's registry takes a message
-    it already holds as a re-delivery (``core.registry.CurrentRegistry``). Offsets, not a
-    time: a message's CreateTime is its event time (a change's ``updated_at``), which a
-    time-based start would compare with the launch's clock and could skip."""
-    from kafka_client import snapshot_topic
-    live_from = tuple(sorted((p, end) for p, (_start, end) in topic_offsets(bootstrap, ["users"])["users"].items()))
-    lines = snapshot_topic(bootstrap, "users")
+    job's live read of the topic starts: ``(partition, offset)`` pairs, the end offsets the
+    snapshot stopped at, so the live read continues it exactly). Offsets, not a time: a
+    message's CreateTime is its event time (a change's ``updated_at``), which a time-based
+    start would compare with the launch's clock and could skip."""
+    from kafka_client import snapshot_topic_with_ends
+    lines, ends = snapshot_topic_with_ends(bootstrap, "users")
     with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
-    return len(lines), live_from
+    return len(lines), tuple(sorted(ends.items()))
 
 
 def count_input_lines(cfg: RunConfig, users_lines: Optional[int]) -> dict[str, int]:

@@ -26,7 +26,7 @@ REST="http://127.0.0.1:$FLINK_REST_PORT"
 CKPT_DIR="$DATA_DIR/flink/checkpoints"
 SAVEPOINT_DIR="$DATA_DIR/flink/savepoints"
 TM_SLOTS="${FLINK_TM_SLOTS:-2}"
-TM_MEMORY="${FLINK_TM_MEMORY:-2048m}"
+TM_MEMORY="${FLINK_TM_MEMORY:-2304m}"
 TM_MANAGED_FRACTION="${FLINK_TM_MANAGED_FRACTION:-0.4}"
 STATE_BACKEND="${FLINK_STATE_BACKEND:-hashmap}"    # or rocksdb (inside flink-dist 2.2.1)
 FLINK_WORK_DIR="$DATA_DIR/flink"                   # tmp, blobs, web uploads: per instance
@@ -62,6 +62,10 @@ taskmanager.memory.process.size: $TM_MEMORY
 # about six tapfollow jobs
 taskmanager.memory.jvm-metaspace.size: 512m
 taskmanager.memory.managed.fraction: $TM_MANAGED_FRACTION
+# every PyFlink job leaves ~10 MB of direct memory in the TaskManager (its Python workers'
+# data channels); with only the framework's 128m + network 64m of direct memory, the workers
+# of about the eleventh job on one TaskManager failed with "Direct buffer memory"
+taskmanager.memory.task.off-heap.size: 256m
 taskmanager.memory.network.min: 64m
 taskmanager.memory.network.max: 64m
 python.executable: $PYFLINK_PYTHON
